@@ -1,0 +1,1 @@
+"""Raft: durable storage (:mod:`keyval.raft.storage`) and consensus built on it."""
