@@ -16,18 +16,21 @@ CSRC = ROOT / "csrc"
 if sys.byteorder != "little":  # the on-disk format and the CRC code are little-endian
     raise RuntimeError("keyval's WAL needs a little-endian CPU")
 
-CDEF = """
-uint32_t kv_crc32c(uint32_t crc, const void *buf, size_t len);
-uint32_t kv_crc32c_sw(uint32_t crc, const void *buf, size_t len);
-int64_t kv_crc32c_hw(uint32_t crc, const void *buf, size_t len);
-int kv_crc32c_hw_available(void);
-"""
+
+def _declarations(header: pathlib.Path) -> str:
+    """The header minus preprocessor lines: the C API is declared once, in csrc/."""
+    return "\n".join(
+        line for line in header.read_text().splitlines() if not line.lstrip().startswith("#")
+    )
+
+
+CDEF = _declarations(CSRC / "crc32c.h") + _declarations(CSRC / "wal.h") + "\nvoid free(void *);\n"
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "keyval._wal_cffi",
-    '#include "crc32c.h"\n',
+    '#include <stdlib.h>\n#include "crc32c.h"\n#include "wal.h"\n',
     sources=[str(p.relative_to(ROOT)) for p in sorted(CSRC.glob("*.c"))],
     include_dirs=[str(CSRC.relative_to(ROOT))],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],

@@ -15,8 +15,12 @@ class CorruptionError(KeyvalError):
     """Stored bytes fail their checksum or break a format rule.
 
     ``path`` names the file and ``offset`` the byte offset of the bad record, page or header
-    (``None`` when the problem is not at one place, e.g. a missing file).
+    (``None`` when the problem is not at one place, e.g. a missing file). ``repairable`` is
+    true for findings that a repair (or simply opening the store) fixes without losing any
+    acknowledged data, such as the torn tail a crash leaves.
     """
+
+    repairable = False
 
     def __init__(self, message: str, path: str | None = None, offset: int | None = None):
         self.message = message
@@ -29,6 +33,14 @@ class CorruptionError(KeyvalError):
 
     def to_dict(self) -> dict:
         return {"path": self.path, "offset": self.offset, "message": self.message}
+
+
+class FormatVersionError(CorruptionError):
+    """The file was written by a format version this keyval does not read (a newer one)."""
+
+
+class LockedError(KeyvalError):
+    """Another process has the store open (each file or log has one owner at a time)."""
 
 
 class ClosedError(KeyvalError):

@@ -1,0 +1,281 @@
+/* The write path: framing records into a user-space buffer, writing and syncing it with group
+ * commit, and rotating to the next segment.
+ *
+ * Group commit: an appender that needs its record durable either finds an fdatasync already
+ * running (it waits, and returns if that covered its record) or becomes the leader: it takes
+ * the whole buffer (swapping in the spare one, so other threads keep appending meanwhile),
+ * writes and syncs it outside the mutex, and wakes everyone. One fdatasync thus covers every
+ * record appended before it started. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wal_internal.h"
+
+void kv_fail_locked(kv_wal *w, int sys_errno, const char *path, const char *what)
+{
+    if (!w->failed) {
+        w->failed = 1;
+        kv_set_error(&w->fail_err, KV_EFAILED, sys_errno, path, -1,
+                     "%s failed (%s); the log is read-only until it is reopened", what,
+                     strerror(sys_errno));
+    }
+    pthread_cond_broadcast(&w->cv);
+}
+
+static int failed_locked(kv_wal *w)
+{
+    w->last_err = w->fail_err;
+    return -KV_EFAILED;
+}
+
+int kv_flush_locked(kv_wal *w, int sync, uint64_t target)
+{
+    for (;;) {
+        while (w->io_busy)
+            pthread_cond_wait(&w->cv, &w->mu);
+        if (w->failed)
+            return failed_locked(w);
+        if (sync ? w->durable_seq >= target : w->buf_len == 0)
+            return 0;
+        if (w->closing)
+            return -KV_ECLOSED;
+
+        w->io_busy = 1;
+        unsigned char *data = w->buf;
+        size_t len = w->buf_len;
+        uint64_t off = w->buf_off;
+        uint64_t upto = w->next_seq - 1;
+        int fd = w->cur_fd;
+        const char *path = w->segs[w->nsegs - 1].path;
+        w->buf = w->spare;
+        w->spare = NULL;
+        w->buf_len = 0;
+        w->buf_off = off + len;
+        pthread_mutex_unlock(&w->mu);
+
+        int e = len ? kv_io_pwrite(&w->io, fd, data, len, off) : 0;
+        const char *what = "write";
+        if (!e && sync) {
+            e = kv_io_fdatasync(&w->io, fd);
+            what = "fdatasync";
+        }
+
+        pthread_mutex_lock(&w->mu);
+        w->spare = data;
+        w->io_busy = 0;
+        if (e) {
+            kv_fail_locked(w, e, path, what);
+            return failed_locked(w);
+        }
+        w->written_seq = upto;
+        if (sync && w->durable_seq < upto)
+            w->durable_seq = upto;
+        pthread_cond_broadcast(&w->cv);
+        if (!sync)
+            return 0;
+    }
+}
+
+/* Makes everything in the current segment durable and moves to the prepared next one, unless
+ * another thread did so meanwhile and a record of `need` bytes now fits. */
+static int rotate_locked(kv_wal *w, uint64_t need)
+{
+    kv_segment *s = &w->segs[w->nsegs - 1];
+    /* The old segment is synced before the new one is named, so a crash never leaves a later
+     * segment after an earlier one whose tail was lost. */
+    while (w->buf_len > 0 || w->durable_seq < w->next_seq - 1 || w->io_busy) {
+        int e = kv_flush_locked(w, 1, w->next_seq - 1);
+        if (e)
+            return e;
+        s = &w->segs[w->nsegs - 1];
+        if (s->end + need <= s->size)
+            return 0;
+    }
+    int e = kv_prepare_wait_locked(w);
+    s = &w->segs[w->nsegs - 1];
+    if (s->end + need <= s->size || w->buf_len > 0)
+        return 0; /* someone rotated (or appended) while we waited: look again */
+    if (!e)
+        e = kv_activate_prepared_locked(w, s->id + 1, w->next_seq);
+    if (e) {
+        if (w->failed)
+            return failed_locked(w);
+        /* Not fail-stop: nothing was written to the log, it stays usable (e.g. ENOSPC while
+         * creating the next segment: free some space and append again). */
+        kv_set_error(&w->last_err, KV_EIO, e, w->dir, -1,
+                     "cannot create the next segment: %s", strerror(e));
+        return -KV_EIO;
+    }
+    w->buf_off = KV_SEG_HEADER_SIZE;
+    return 0;
+}
+
+/* A record too big for the buffer is written straight from the caller's memory. */
+static int64_t append_direct_locked(kv_wal *w, unsigned type, const char *data, uint32_t len,
+                                    uint64_t rs)
+{
+    kv_segment *s = &w->segs[w->nsegs - 1];
+    uint64_t seq = w->next_seq, off = s->end;
+    unsigned char hdr[KV_REC_HEADER_SIZE];
+    kv_record_header_encode(hdr, s->salt, seq, type, data, len);
+    if (kv_segment_push_offset(s, (uint32_t)off) != 0) {
+        kv_set_error(&w->last_err, KV_EIO, ENOMEM, s->path, -1, "out of memory");
+        return -KV_EIO;
+    }
+    w->next_seq++;
+    s->end += rs;
+    w->buf_off = s->end;
+    w->io_busy = 1;
+    int fd = w->cur_fd;
+    pthread_mutex_unlock(&w->mu);
+    /* Padding is left as it is: the file is zero there already. */
+    int e = kv_io_pwritev2(&w->io, fd, hdr, sizeof hdr, data, len, off);
+    pthread_mutex_lock(&w->mu);
+    w->io_busy = 0;
+    pthread_cond_broadcast(&w->cv);
+    if (e) {
+        kv_fail_locked(w, e, s->path, "write");
+        return failed_locked(w);
+    }
+    w->written_seq = seq;
+    return (int64_t)seq;
+}
+
+/* Appends one record (not synced). Returns its seq or a negative code. */
+static int64_t append_locked(kv_wal *w, unsigned type, const char *data, size_t len)
+{
+    if (len > UINT32_MAX || kv_record_size(len) > w->segment_size - KV_SEG_HEADER_SIZE) {
+        kv_set_error(&w->last_err, KV_ETOOBIG, 0, w->dir, -1,
+                     "a record of %zu bytes does not fit in a segment of %llu bytes (at most "
+                     "%llu payload bytes)",
+                     len, (unsigned long long)w->segment_size,
+                     (unsigned long long)(w->segment_size - KV_SEG_HEADER_SIZE -
+                                          KV_REC_HEADER_SIZE));
+        return -KV_ETOOBIG;
+    }
+    uint64_t rs = kv_record_size(len);
+    for (;;) {
+        if (w->closing)
+            return -KV_ECLOSED;
+        if (w->failed)
+            return failed_locked(w);
+        kv_segment *s = &w->segs[w->nsegs - 1];
+        if (s->end + rs > s->size) {
+            int e = rotate_locked(w, rs);
+            if (e)
+                return e;
+            continue;
+        }
+        if (rs > w->buf_cap) {
+            if (w->buf_len > 0 || w->io_busy) {
+                int e = kv_flush_locked(w, 0, 0);
+                if (e)
+                    return e;
+                continue;
+            }
+            return append_direct_locked(w, type, data, (uint32_t)len, rs);
+        }
+        if (w->buf_len + rs > w->buf_cap) {
+            int e = kv_flush_locked(w, 0, 0);
+            if (e)
+                return e;
+            continue;
+        }
+        if (kv_segment_push_offset(s, (uint32_t)s->end) != 0) {
+            kv_set_error(&w->last_err, KV_EIO, ENOMEM, s->path, -1, "out of memory");
+            return -KV_EIO;
+        }
+        uint64_t seq = w->next_seq++;
+        unsigned char *p = w->buf + w->buf_len;
+        kv_record_header_encode(p, s->salt, seq, type, data, (uint32_t)len);
+        memcpy(p + KV_REC_HEADER_SIZE, data, len);
+        memset(p + KV_REC_HEADER_SIZE + len, 0, rs - KV_REC_HEADER_SIZE - len);
+        w->buf_len += rs;
+        s->end += rs;
+        return (int64_t)seq;
+    }
+}
+
+static int writable_locked(kv_wal *w)
+{
+    if (w->closing)
+        return -KV_ECLOSED;
+    if (w->flags & KV_OPEN_CHECK) {
+        kv_set_error(&w->last_err, KV_EINVAL, 0, w->dir, -1, "the log was opened for checking");
+        return -KV_EINVAL;
+    }
+    if (w->failed)
+        return failed_locked(w);
+    return 0;
+}
+
+int64_t kv_wal_append(kv_wal *w, unsigned type, const char *data, size_t len)
+{
+    if (type > 255)
+        return -KV_EINVAL;
+    pthread_mutex_lock(&w->mu);
+    int64_t seq = writable_locked(w);
+    if (seq == 0)
+        seq = append_locked(w, type, data, len);
+    if (seq > 0 && w->sync_mode == KV_SYNC_ALWAYS) {
+        int e = kv_flush_locked(w, 1, (uint64_t)seq);
+        if (e)
+            seq = e;
+    }
+    pthread_mutex_unlock(&w->mu);
+    return seq;
+}
+
+int64_t kv_wal_append_batch(kv_wal *w, unsigned type, const char *data, const uint32_t *lens,
+                            size_t n)
+{
+    if (type > 255 || n == 0)
+        return -KV_EINVAL;
+    pthread_mutex_lock(&w->mu);
+    int64_t first = writable_locked(w), last = 0;
+    if (first == 0) {
+        /* Check every length first: a batch is refused whole, never appended in part. */
+        for (size_t i = 0; i < n; i++)
+            if (kv_record_size(lens[i]) > w->segment_size - KV_SEG_HEADER_SIZE) {
+                kv_set_error(&w->last_err, KV_ETOOBIG, 0, w->dir, -1,
+                             "record %zu of the batch (%u bytes) does not fit in a segment of "
+                             "%llu bytes",
+                             i, lens[i], (unsigned long long)w->segment_size);
+                first = -KV_ETOOBIG;
+                break;
+            }
+    }
+    if (first == 0) {
+        first = (int64_t)w->next_seq;
+        size_t off = 0;
+        for (size_t i = 0; i < n && last >= 0; i++) {
+            last = append_locked(w, type, data + off, lens[i]);
+            off += lens[i];
+            if (last < 0 && i > 0 && !w->failed)
+                /* Part of the batch is in the log and the rest could not follow (no room for a
+                 * new segment): stop writing rather than leave a half batch looking whole. */
+                kv_fail_locked(w, w->last_err.sys_errno, w->dir, "appending a batch");
+        }
+        if (last < 0)
+            first = last;
+    }
+    if (first > 0 && w->sync_mode == KV_SYNC_ALWAYS) {
+        int e = kv_flush_locked(w, 1, (uint64_t)last);
+        if (e)
+            first = e;
+    }
+    pthread_mutex_unlock(&w->mu);
+    return first;
+}
+
+int kv_wal_sync(kv_wal *w)
+{
+    pthread_mutex_lock(&w->mu);
+    int e = writable_locked(w);
+    if (!e)
+        e = kv_flush_locked(w, 1, w->next_seq - 1);
+    pthread_mutex_unlock(&w->mu);
+    return e;
+}
