@@ -1,0 +1,435 @@
+"""Buckets: ordered maps of bytes to bytes inside a transaction, nestable.
+
+A bucket is a B+tree of its own. Its header (root page, key count) is the value of its entry in
+the parent bucket's leaf; a small bucket is stored *inline* in that header instead of in pages
+of its own. Plain keys and nested bucket names share one key space: a name is either a key or a
+bucket, never both.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from keyval.errors import (
+    BucketExists,
+    BucketNotFound,
+    KeyTooLarge,
+    ReadOnlyError,
+    TxClosedError,
+    ValueTooLarge,
+)
+
+from .cursor import Cursor
+from .node import (
+    SPLIT_ENTRIES,
+    Node,
+    child_for_write,
+    inline_header,
+    rebalance,
+    route,
+    spill_root,
+    split_in_memory,
+)
+from .page import MAX_KEY_SIZE, MAX_VALUE_SIZE, BucketHeader, OverflowRef
+
+if TYPE_CHECKING:
+    from .tx import Tx
+
+DEFAULT_FILL_FACTOR = 0.5
+
+
+def check_key(key) -> bytes:
+    if type(key) is not bytes:
+        if not isinstance(key, bytes):
+            raise TypeError(f"keys are bytes, not {type(key).__name__}")
+        key = bytes(key)
+    if not key:
+        raise KeyTooLarge("the empty key is not allowed")
+    if len(key) > MAX_KEY_SIZE:
+        raise KeyTooLarge(f"key of {len(key)} bytes is longer than {MAX_KEY_SIZE}")
+    return key
+
+
+def check_value(value) -> bytes:
+    if type(value) is not bytes:
+        if not isinstance(value, bytes):
+            raise TypeError(f"values are bytes, not {type(value).__name__}")
+        value = bytes(value)
+    if len(value) > MAX_VALUE_SIZE:
+        raise ValueTooLarge(f"value of {len(value)} bytes is longer than {MAX_VALUE_SIZE}")
+    return value
+
+
+def check_bound(key) -> None:
+    if key is not None and not isinstance(key, bytes):
+        raise TypeError(f"keys are bytes, not {type(key).__name__}")
+
+
+class Bucket:
+    """An ordered map of ``bytes`` keys to ``bytes`` values, valid while its transaction is open.
+
+    Reads see the transaction's snapshot plus its own writes. Writes raise ReadOnlyError in a
+    ``view()``; any use after the transaction ended raises TxClosedError; use of a bucket that
+    was deleted raises BucketNotFound. Keys are 1 to 32 KiB (else KeyTooLarge), values up to
+    2 GiB - 1 (else ValueTooLarge); anything but bytes raises TypeError. Not thread-safe: a
+    transaction and its buckets belong to one thread.
+
+    ``fill_factor`` (0.1 .. 1.0, default 0.5) is how full pages are left when split at commit;
+    1.0 packs pages for keys that are only ever appended in ascending order.
+    """
+
+    __slots__ = (
+        "_children",
+        "_count",
+        "_deleted",
+        "_dirty",
+        "_header",
+        "_mods",
+        "_name",
+        "_node",
+        "_parent",
+        "_root",
+        "_tx",
+        "fill_factor",
+    )
+
+    def __init__(self, tx: Tx, parent: Bucket | None, name: bytes, header: BucketHeader):
+        self._tx = tx
+        self._parent = parent
+        self._name = name
+        self._header = header
+        self._root = header.root
+        self._count = header.count
+        self._node: Node | None = None
+        self._children: dict[bytes, Bucket] = {}
+        self._dirty = False
+        self._deleted = False
+        self._mods = 0
+        self.fill_factor = DEFAULT_FILL_FACTOR
+
+    @property
+    def name(self) -> bytes:
+        return self._name
+
+    def __repr__(self) -> str:
+        return f"<Bucket {self._name!r} of tx {self._tx.txid}>"
+
+    # -- state checks ----------------------------------------------------------------------
+
+    def _check_read(self) -> None:
+        if self._tx._closed:
+            raise TxClosedError("the transaction of this bucket has ended")
+        if self._deleted:
+            raise BucketNotFound(f"bucket {self._name!r} was deleted")
+
+    def _check_write(self) -> None:
+        self._check_read()
+        if not self._tx.writable:
+            raise ReadOnlyError("write in a read-only transaction (use db.update())")
+
+    # -- tree access -----------------------------------------------------------------------
+
+    def _root_node(self) -> Node:
+        node = self._node
+        if node is None:
+            if self._root:
+                node = self._tx._load(self._root)
+            else:
+                keys, vals = self._header.inline_entries(self._tx._db.path, None)
+                plain = all(type(v) is bytes for v in vals)
+                node = Node(True, keys, vals, plain=plain)
+            self._node = node
+        return node
+
+    def _lookup(self, key: bytes):
+        """The raw value under ``key`` (bytes, OverflowRef, BucketHeader) or None."""
+        node = self._node
+        if node is None:
+            node = self._root_node()
+        load = self._tx._load
+        while not node.leaf:
+            keys = node.keys
+            i = route(keys, key)
+            child = node.vals[i]
+            node = load(child) if type(child) is int else child
+        keys = node.keys
+        i = bisect_left(keys, key)
+        if i < len(keys) and keys[i] == key:
+            return node.vals[i]
+        return None
+
+    def _touch(self) -> None:
+        self._mods += 1
+        b = self
+        while b is not None and not b._dirty:
+            b._dirty = True
+            b = b._parent
+
+    def _leaf_for_write(self, key: bytes) -> tuple[list[tuple[Node, int]], Node]:
+        """The path to the leaf for ``key``, every node on it made dirty."""
+        self._touch()
+        tx = self._tx
+        node = self._node
+        if node is None:
+            node = self._root_node()
+        if not node.dirty:
+            if node.pgid:
+                tx._free(node.pgid, node.span)
+            node = node.dirty_copy()
+            self._node = node
+        path = []
+        while not node.leaf:
+            i = route(node.keys, key)
+            child = node.vals[i]
+            if type(child) is int:
+                child = child_for_write(tx, node, i)
+            path.append((node, i))
+            node = child
+        return path, node
+
+    def _insert(self, key: bytes, value) -> None:
+        """Set ``key`` to a raw value (bytes or BucketHeader)."""
+        path, leaf = self._leaf_for_write(key)
+        keys = leaf.keys
+        i = bisect_left(keys, key)
+        if i < len(keys) and keys[i] == key:
+            self._drop_value(leaf.vals[i])
+            leaf.vals[i] = value
+            return
+        keys.insert(i, key)
+        leaf.vals.insert(i, value)
+        if len(keys) > SPLIT_ENTRIES:
+            new_root = split_in_memory(leaf, path)
+            if new_root is not None:
+                self._node = new_root
+
+    def _drop_value(self, old) -> None:
+        if type(old) is OverflowRef:
+            self._tx._free(old.pgid, old.span(self._tx._db.page_size))
+
+    # -- the mapping -----------------------------------------------------------------------
+
+    def get(self, key: bytes, default: bytes | None = None) -> bytes | None:
+        """The value of ``key``, or ``default`` if it is absent (or names a nested bucket)."""
+        if self._tx._closed or self._deleted:
+            self._check_read()
+        if type(key) is not bytes and not isinstance(key, bytes):
+            raise TypeError(f"keys are bytes, not {type(key).__name__}")
+        # The lookup is inlined: this is the hottest path of the store.
+        node = self._node
+        if node is None:
+            node = self._root_node()
+        load = self._tx._load
+        while not node.leaf:
+            keys = node.keys
+            i = route(keys, key)
+            child = node.vals[i]
+            node = load(child) if type(child) is int else child
+        keys = node.keys
+        i = bisect_left(keys, key)
+        if i < len(keys) and keys[i] == key:
+            v = node.vals[i]
+            if type(v) is bytes:
+                return v
+            if type(v) is OverflowRef:
+                return self._tx._read_overflow(v)
+        return default
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Set ``key`` to ``value``. Raises BucketExists if ``key`` names a nested bucket."""
+        key = check_key(key)
+        value = check_value(value)
+        self._check_write()
+        old = self._lookup(key)
+        if type(old) is BucketHeader or key in self._children:
+            raise BucketExists(f"{key!r} is a nested bucket, not a key")
+        self._insert(key, value)
+        if old is None:
+            self._count += 1
+
+    def delete(self, key: bytes) -> bool:
+        """Remove ``key``; returns whether it was there. A nested bucket's name raises
+        BucketExists (use delete_bucket)."""
+        key = check_key(key)
+        self._check_write()
+        old = self._lookup(key)
+        if old is None:
+            return False
+        if type(old) is BucketHeader:
+            raise BucketExists(f"{key!r} is a nested bucket; use delete_bucket()")
+        _path, leaf = self._leaf_for_write(key)
+        i = bisect_left(leaf.keys, key)
+        self._drop_value(leaf.vals[i])
+        del leaf.keys[i], leaf.vals[i]
+        self._count -= 1
+        return True
+
+    def __getitem__(self, key: bytes) -> bytes:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.put(key, value)
+
+    def __delitem__(self, key: bytes) -> None:
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def __contains__(self, key: bytes) -> bool:
+        self._check_read()
+        if not isinstance(key, bytes):
+            raise TypeError(f"keys are bytes, not {type(key).__name__}")
+        v = self._lookup(key)
+        return v is not None and type(v) is not BucketHeader
+
+    def __len__(self) -> int:
+        """Number of plain keys (nested buckets not counted); O(1)."""
+        self._check_read()
+        return self._count
+
+    def __iter__(self) -> Iterator[bytes]:
+        for k, _ in self.items():
+            yield k
+
+    def items(
+        self, start: bytes | None = None, stop: bytes | None = None, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs with ``start <= key < stop``, ascending (descending if ``reverse``).
+
+        Nested buckets are skipped. Writing to the bucket while iterating is allowed: the walk
+        goes on from the last key it returned.
+        """
+        self._check_read()
+        check_bound(start)
+        check_bound(stop)
+        cursor = Cursor(self)
+        if reverse:
+            return cursor._iter_backward(start, stop)
+        return cursor._iter_forward(start, stop)
+
+    def cursor(self) -> Cursor:
+        """A cursor over the plain keys; see :class:`keyval.db.cursor.Cursor`."""
+        self._check_read()
+        return Cursor(self)
+
+    def _raw_items(self) -> Iterator:
+        self._check_read()
+        return Cursor(self)._iter_raw()
+
+    # -- nested buckets --------------------------------------------------------------------
+
+    def bucket(self, name: bytes) -> Bucket:
+        """The nested bucket ``name``; raises BucketNotFound."""
+        self._check_read()
+        if not isinstance(name, bytes):
+            raise TypeError(f"bucket names are bytes, not {type(name).__name__}")
+        child = self._children.get(name)
+        if child is not None:
+            return child
+        header = self._lookup(name)
+        if type(header) is not BucketHeader:
+            raise BucketNotFound(f"no bucket {name!r}")
+        child = Bucket(self._tx, self, bytes(name), header)
+        self._children[child._name] = child
+        return child
+
+    def create_bucket(self, name: bytes, exist_ok: bool = False) -> Bucket:
+        """Create the nested bucket ``name`` (BucketExists if it exists, unless ``exist_ok``;
+        BucketExists too if ``name`` is a plain key)."""
+        name = check_key(name)
+        self._check_write()
+        existing = self._lookup(name)
+        if existing is not None or name in self._children:
+            if type(existing) is BucketHeader and exist_ok:
+                return self.bucket(name)
+            if type(existing) is BucketHeader:
+                raise BucketExists(f"bucket {name!r} exists")
+            raise BucketExists(f"{name!r} is a key, not a bucket")
+        header = BucketHeader.inline(0, [], [])
+        self._insert(name, header)
+        child = Bucket(self._tx, self, name, header)
+        child._node = Node(True, [], [], dirty=True)
+        child._touch()
+        self._children[name] = child
+        return child
+
+    def delete_bucket(self, name: bytes) -> None:
+        """Delete the nested bucket ``name`` and everything in it; raises BucketNotFound."""
+        name = check_key(name)
+        self._check_write()
+        child = self.bucket(name)
+        child._free_all()
+        child._forget()
+        del self._children[name]
+        _path, leaf = self._leaf_for_write(name)
+        i = bisect_left(leaf.keys, name)
+        del leaf.keys[i], leaf.vals[i]
+
+    def buckets(self) -> Iterator[bytes]:
+        """Names of the nested buckets, ascending."""
+        self._check_read()
+        return Cursor(self)._iter_buckets()
+
+    # -- freeing ---------------------------------------------------------------------------
+
+    def _forget(self) -> None:
+        self._deleted = True
+        for child in self._children.values():
+            child._forget()
+
+    def _free_all(self) -> None:
+        """Free every page of this bucket and of all buckets nested in it."""
+        for child in self._children.values():
+            child._free_all()
+        self._free_subtree(self._root_node(), self._children)
+
+    def _free_subtree(self, node: Node, opened: dict) -> None:
+        tx = self._tx
+        if not node.dirty and node.pgid:
+            tx._free(node.pgid, node.span)
+        if not node.leaf:
+            for child in node.vals:
+                self._free_subtree(tx._load(child) if type(child) is int else child, opened)
+            return
+        for k, v in zip(node.keys, node.vals, strict=True):
+            if type(v) is OverflowRef:
+                self._drop_value(v)
+            elif type(v) is BucketHeader and k not in opened:
+                self._free_header(v)
+
+    def _free_header(self, header: BucketHeader) -> None:
+        tx = self._tx
+        if header.root:
+            self._free_subtree(tx._load(header.root), {})
+        else:
+            keys, vals = header.inline_entries(tx._db.path, None)
+            self._free_subtree(Node(True, keys, vals), {})
+
+    # -- commit ----------------------------------------------------------------------------
+
+    def _spill(self) -> BucketHeader:
+        """Write this bucket's changes (nested ones first); returns its new header."""
+        tx = self._tx
+        for name, child in self._children.items():
+            if child._dirty:
+                header = child._spill()
+                _path, leaf = self._leaf_for_write(name)
+                leaf.vals[bisect_left(leaf.keys, name)] = header
+        node = self._node
+        if node is not None and node.dirty:
+            node = rebalance(tx, node)
+            if self._parent is not None:
+                header = inline_header(node, self._count, tx._db.page_size)
+                if header is not None:
+                    self._root = 0
+                    self._header = header
+                    return header
+            self._root = spill_root(tx, node, min(1.0, max(0.1, self.fill_factor)))
+            self._node = None
+        if self._root == 0:
+            return self._header
+        return BucketHeader.of_page(self._root, self._count)

@@ -1,0 +1,557 @@
+"""The database: open or create the file, lock it, read pages, run transactions, maintain it.
+
+Reading a tour of the package: :mod:`.page` specifies the file format; :class:`DB` (here) opens
+a file and hands out transactions (:mod:`.tx`, which also documents the commit protocol);
+:mod:`.bucket` and :mod:`.cursor` are what a transaction reads and writes through; :mod:`.node`
+is the B+tree's split / rebalance / spill; :mod:`.freelist` tracks reusable pages; :mod:`.check`
+verifies a file offline.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from keyval.errors import ClosedError, CorruptionError, KeyvalError, ReadOnlyError
+
+from .freelist import Freelist
+from .meta import Meta, choose_meta, read_metas
+from .node import Node
+from .page import (
+    DEFAULT_PAGE_SIZE,
+    HEADER_SIZE,
+    PAGE_HEADER,
+    TYPE_BRANCH,
+    TYPE_LEAF,
+    TYPE_OVERFLOW,
+    BucketHeader,
+    OverflowRef,
+    build_page,
+    check_run,
+    type_name,
+    valid_page_size,
+)
+from .tx import Tx, write_runs
+
+# Decoded nodes kept in memory. Two generations approximate LRU at the cost of one dict lookup:
+# a hit in the old generation is promoted, and when the young one fills up it becomes the old.
+DEFAULT_CACHE_PAGES = 16384
+
+# pread/pwrite move at most about 2 GiB per call on Linux; larger transfers loop.
+_MAX_IO = 1 << 30
+
+# compact() commits after roughly this many bytes, so copying a huge file does not hold the
+# whole copy in memory as one transaction.
+COMPACT_TX_BYTES = 64 << 20
+
+_fdatasync = getattr(os, "fdatasync", os.fsync)
+
+
+def _pread(fd: int, n: int, offset: int) -> bytes:
+    if n <= _MAX_IO:
+        return os.pread(fd, n, offset)
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = os.preadv(fd, [view[got : got + _MAX_IO]], offset + got)
+        if k == 0:
+            break
+        got += k
+    return bytes(view[:got])
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _create(path: str, page_size: int, replace: bool) -> None:
+    """Write a fresh empty database under a temporary name, then move it into place.
+
+    The file appears at ``path`` complete and synced or not at all. A hard link (which fails
+    if ``path`` exists) stands in for rename so two processes creating the same file cannot
+    replace each other's; an empty file found at ``path`` is replaced outright.
+    """
+    base = os.path.basename(path)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{base}.{os.getpid()}.creating")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.pwrite(fd, Meta(page_size, 2, 0, 3, 0).encode(), 0)
+        os.pwrite(fd, Meta(page_size, 2, 0, 3, 1).encode(), page_size)
+        os.pwrite(fd, build_page(2, TYPE_LEAF, 0, b"", page_size), 2 * page_size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another process created it first; open theirs
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                    raise
+                os.rename(tmp, path)  # a file system without hard links
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    _fsync_dir(path)
+
+
+class DB:
+    """A single-file, copy-on-write B+tree database (BoltDB's design).
+
+    ``DB(path, page_size=4096, sync=True)`` opens ``path``, creating it if it is missing or
+    empty. ``page_size`` applies to a new file only; an existing file keeps the page size it was
+    created with. With ``sync=True`` a committed ``update()`` is on stable storage when its
+    ``with`` block exits; with ``sync=False`` nothing is fsynced: a crash of the process loses
+    nothing committed, a crash of the machine may lose or corrupt recent commits.
+
+    Thread safety: one writer at a time (``update()`` blocks while another thread's update is
+    open), any number of concurrent ``view()``s in other threads; readers never wait for the
+    writer and the writer never waits for readers. Each transaction belongs to its thread.
+
+    Only one process can open a file: the process holds an exclusive ``flock`` and a second
+    open raises KeyvalError. Corrupt pages raise CorruptionError with the file and the page's
+    byte offset when they are read. Use after ``close()`` raises ClosedError.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        sync: bool = True,
+        *,
+        cache_pages: int = DEFAULT_CACHE_PAGES,
+    ):
+        if not valid_page_size(page_size):
+            raise ValueError(f"page_size must be a power of two from 512 to 65536: {page_size}")
+        self.path = os.fspath(path)
+        self.sync = sync
+        self._cache_half = max(16, cache_pages // 2)
+        self._hot: dict[int, Node] = {}
+        self._cold: dict[int, Node] = {}
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._wlock = threading.Lock()
+        self._writer: int | None = None
+        self._readers: dict[int, int] = {}
+        self._open_reads: set[Tx] = set()
+        self._closed = False
+        self._closing = False
+        self._failed: BaseException | None = None
+
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:
+            size = None
+        if not size:
+            _create(self.path, page_size, replace=size == 0)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise KeyvalError(
+                    f"{self.path} is open in another process (or another DB object): "
+                    "a database file has one owner at a time"
+                ) from None
+            self._open_existing()
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _open_existing(self) -> None:
+        size = os.fstat(self._fd).st_size
+        meta = choose_meta(read_metas(self._fd, self.path), self.path)
+        self.page_size = meta.page_size
+        if size < meta.hwm * meta.page_size:
+            raise CorruptionError(
+                f"file is cut short: {size} bytes, but its meta page commits {meta.hwm} pages "
+                f"of {meta.page_size} bytes",
+                self.path,
+                size,
+            )
+        self._file_pages = size // meta.page_size
+        self._meta = meta
+        self._freelist = Freelist(meta.page_size)
+        self._freelist.load(meta.freelist, meta.hwm, self._read_freelist_run)
+
+    # -- reading pages ---------------------------------------------------------------------
+
+    def _read_run(
+        self, pgid: int, expect: tuple[int, ...], span: int = 0
+    ) -> tuple[bytes, int, int]:
+        """A verified page run as (buffer, type, count); CorruptionError names its offset."""
+        ps = self.page_size
+        offset = pgid * ps
+        if pgid < 2 or pgid >= self._file_pages:
+            raise CorruptionError(f"reference to page {pgid}, outside the file", self.path, offset)
+        buf = _pread(self._fd, (span or 1) * ps, offset)
+        if len(buf) < HEADER_SIZE:
+            raise CorruptionError(
+                f"page {pgid} is cut short by the end of the file", self.path, offset
+            )
+        overflow = PAGE_HEADER.unpack_from(buf)[6]
+        if overflow + 1 != (span or overflow + 1) or pgid + overflow >= self._file_pages:
+            raise CorruptionError(
+                f"page {pgid} claims {overflow} overflow pages, past the end of the file or "
+                "not what its reference says",
+                self.path,
+                offset,
+            )
+        if overflow and not span:
+            buf += _pread(self._fd, overflow * ps, offset + ps)
+        ptype, count, _ = check_run(buf, pgid, ps, self.path)
+        if ptype not in expect:
+            raise CorruptionError(
+                f"page {pgid} is a {type_name(ptype)} page where "
+                f"{' or '.join(type_name(t) for t in expect)} was expected",
+                self.path,
+                offset,
+            )
+        return buf, ptype, count
+
+    def _read_freelist_run(self, pgid: int, ptype: int) -> tuple[bytes, int, int]:
+        buf, _, count = self._read_run(pgid, (ptype,))
+        return buf, count, len(buf) // self.page_size - 1
+
+    def _load_node(self, pgid: int) -> Node:
+        node = self._hot.get(pgid)
+        if node is None:
+            node = self._cold.get(pgid)
+            if node is None:
+                buf, ptype, count = self._read_run(pgid, (TYPE_LEAF, TYPE_BRANCH))
+                span = len(buf) // self.page_size
+                node = Node.decode(buf, pgid, ptype, count, span, self.page_size, self.path)
+            hot = self._hot
+            hot[pgid] = node
+            if len(hot) > self._cache_half:
+                self._cold = hot
+                self._hot = {}
+        return node
+
+    def _read_overflow(self, ref: OverflowRef) -> bytes:
+        span = ref.span(self.page_size)
+        buf, _, count = self._read_run(ref.pgid, (TYPE_OVERFLOW,), span)
+        if count != ref.length:
+            raise CorruptionError(
+                f"overflow page {ref.pgid} holds {count} bytes, its reference says {ref.length}",
+                self.path,
+                ref.pgid * self.page_size,
+            )
+        return buf[HEADER_SIZE : HEADER_SIZE + count]
+
+    def _evict(self, pgid: int, span: int) -> None:
+        hot, cold = self._hot, self._cold
+        for p in range(pgid, pgid + span):
+            hot.pop(p, None)
+            cold.pop(p, None)
+
+    # -- transactions ----------------------------------------------------------------------
+
+    @contextmanager
+    def view(self) -> Iterator[Tx]:
+        """A read-only snapshot transaction. Never blocked by the writer; many at once."""
+        tx = self._begin_read()
+        try:
+            yield tx
+        finally:
+            tx.rollback()
+
+    @contextmanager
+    def update(self) -> Iterator[Tx]:
+        """The read-write transaction: commits (durably if ``sync``) when the block exits,
+        rolls back and re-raises on an exception. Blocks while another thread's update is
+        open; calling it inside an update of the same thread raises KeyvalError (it would
+        deadlock). After a failed commit (I/O error) raises ReadOnlyError until reopened."""
+        tx = self._begin_write()
+        try:
+            yield tx
+        except BaseException:
+            tx.rollback()
+            raise
+        if not tx._closed:
+            tx.commit()
+
+    def _check_open(self) -> None:
+        if self._closed or self._closing:
+            raise ClosedError(f"database {self.path} is closed")
+
+    def _begin_read(self) -> Tx:
+        with self._lock:
+            self._check_open()
+            meta = self._meta
+            self._readers[meta.txid] = self._readers.get(meta.txid, 0) + 1
+            tx = Tx(self, meta, False)
+            self._open_reads.add(tx)
+            return tx
+
+    def _begin_write(self) -> Tx:
+        self._check_open()
+        if self._writer == threading.get_ident():
+            raise KeyvalError("update() inside an update() of the same thread would deadlock")
+        self._wlock.acquire()
+        try:
+            with self._lock:
+                self._check_open()
+                if self._failed is not None:
+                    raise ReadOnlyError(
+                        f"database {self.path} refuses writes after a failed commit; reopen it"
+                    ) from self._failed
+                meta = self._meta
+            self._writer = threading.get_ident()
+            return Tx(self, meta, True)
+        except BaseException:
+            self._wlock.release()
+            raise
+
+    def _end(self, tx: Tx) -> None:
+        if tx.writable:
+            self._writer = None
+            self._wlock.release()
+            return
+        with self._cond:
+            self._end_read_locked(tx)
+
+    def _end_read_locked(self, tx: Tx) -> None:
+        if tx not in self._open_reads:
+            return
+        self._open_reads.discard(tx)
+        txid = tx.txid
+        left = self._readers[txid] - 1
+        if left:
+            self._readers[txid] = left
+        else:
+            del self._readers[txid]
+        self._cond.notify_all()
+
+    def _commit(self, tx: Tx) -> None:
+        with self._lock:
+            oldest = min(self._readers) if self._readers else tx._meta.txid
+        freelist = self._freelist
+        freelist.release_to(min(oldest, tx._meta.txid))
+        try:
+            meta, runs = tx._prepare()
+            for pgid, span, _, _ in runs:
+                self._evict(pgid, span)
+            write_runs(self._fd, self.page_size, runs)
+            if self.sync:
+                _fdatasync(self._fd)
+            self._file_pages = max(self._file_pages, meta.hwm)
+            os.pwrite(self._fd, meta.encode(), meta.slot * self.page_size)
+            if self.sync:
+                _fdatasync(self._fd)
+            if tx._force_commit and self._file_pages > meta.hwm:
+                os.ftruncate(self._fd, meta.hwm * self.page_size)
+                if self.sync:
+                    os.fsync(self._fd)
+                self._file_pages = meta.hwm
+        except BaseException as e:
+            self._failed = e
+            raise
+        hot = self._hot
+        for pgid, _, _, node in runs:
+            if node is not None:
+                hot[pgid] = node
+        if len(hot) > self._cache_half:
+            self._cold = hot
+            self._hot = {}
+        with self._lock:
+            self._meta = meta
+
+    # -- maintenance -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counts of the committed state: pages by kind, free pages, tree depth, keys.
+
+        ``depth`` is the number of levels of the deepest bucket tree. Reads every page of the
+        database (in a read transaction, so it runs beside the writer).
+        """
+        counts = {"branch_pages": 0, "leaf_pages": 0, "overflow_pages": 0}
+        totals = {"buckets": 0, "inline_buckets": 0, "keys": 0, "depth": 0}
+
+        def walk_tree(node: Node, level: int) -> None:
+            totals["depth"] = max(totals["depth"], level)
+            if node.pgid:
+                counts["leaf_pages" if node.leaf else "branch_pages"] += node.span
+            if not node.leaf:
+                for child in node.vals:
+                    walk_tree(self._load_node(child), level + 1)
+                return
+            for v in node.vals:
+                if type(v) is OverflowRef:
+                    counts["overflow_pages"] += v.span(self.page_size)
+                elif type(v) is BucketHeader:
+                    totals["buckets"] += 1
+                    totals["keys"] += v.count
+                    if v.root:
+                        walk_tree(self._load_node(v.root), 1)
+                    else:
+                        totals["inline_buckets"] += 1
+                        keys, vals = v.inline_entries(self.path, None)
+                        walk_tree(Node(True, keys, vals), 1)
+
+        with self.view() as tx:
+            meta = tx._meta
+            walk_tree(self._load_node(meta.root), 1)
+        # The freelist belongs to the writer; wait for it (unless this thread is the writer).
+        own = self._writer == threading.get_ident()
+        if not own:
+            self._wlock.acquire()
+        try:
+            pending = self._freelist.pending_pages()
+            free = self._freelist.reusable_pages()
+            freelist_pages = self._freelist.root_span + sum(
+                1 for p in self._freelist.chunk_pgids if p
+            )
+        finally:
+            if not own:
+                self._wlock.release()
+        return {
+            "page_size": self.page_size,
+            "txid": meta.txid,
+            "page_count": meta.hwm,
+            "file_size": os.fstat(self._fd).st_size,
+            "free_pages": free,
+            "pending_pages": pending,
+            "freelist_pages": freelist_pages,
+            **counts,
+            **totals,
+        }
+
+    def shrink(self) -> int:
+        """Return free pages at the end of the file to the file system; returns bytes freed.
+
+        Online: runs as write transactions beside readers. Pages still visible to an open
+        reader are kept, so a long-running reader can make this give back less.
+        """
+        self._check_open()
+        before = os.fstat(self._fd).st_size
+        last = None
+        for _ in range(4):
+            with self.update() as tx:
+                tx._force_commit = True
+            hwm = self._meta.hwm
+            if hwm == last:
+                break
+            last = hwm
+        return before - os.fstat(self._fd).st_size
+
+    def compact(self, dst_path: str | os.PathLike) -> None:
+        """Copy every bucket and key into a new file at ``dst_path``, packed and defragmented.
+
+        Reads one snapshot, so it runs beside the writer. ``dst_path`` must not exist (or be
+        empty). The copy is committed in batches; it is complete when this returns.
+        """
+        dst_path = os.fspath(dst_path)
+        if os.path.exists(dst_path) and os.path.getsize(dst_path) > 0:
+            raise FileExistsError(errno.EEXIST, "compact() destination exists", dst_path)
+        with self.view() as src, DB(dst_path, page_size=self.page_size, sync=self.sync) as out:
+            copier = _Copier(out)
+            try:
+                for name in src.buckets():
+                    copier.copy_bucket(src.bucket(name), (name,))
+            except BaseException as e:
+                copier.abort(e)
+                raise
+            copier.finish()
+
+    def close(self) -> None:
+        """Wait for the writer and other threads' readers to finish, then close the file.
+
+        This thread's own open read transactions are ended. Calling close() inside an update()
+        of the same thread raises KeyvalError.
+        """
+        with self._lock:
+            if self._closed or self._closing:
+                return
+            if self._writer == threading.get_ident():
+                raise KeyvalError("close() inside an update() of the same thread")
+            self._closing = True
+        with self._wlock:
+            with self._cond:
+                me = threading.get_ident()
+                for tx in list(self._open_reads):
+                    if tx._thread == me:
+                        tx._closed = True
+                        self._end_read_locked(tx)
+                while self._open_reads:
+                    self._cond.wait()
+                self._closed = True
+            os.close(self._fd)
+            self._hot = {}
+            self._cold = {}
+
+    def __enter__(self) -> DB:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"txid {self._meta.txid}"
+        return f"<DB {self.path!r} {state}>"
+
+
+class _Copier:
+    """compact()'s writer: copies buckets into ``out`` in transactions of bounded size."""
+
+    def __init__(self, out: DB):
+        self.out = out
+        self.cm = None
+        self.tx: Tx | None = None
+        self.buckets: dict[tuple, Any] = {}
+        self.pending = 0
+
+    def _dst(self, path: tuple):
+        if self.tx is None:
+            self.cm = self.out.update()
+            self.tx = self.cm.__enter__()
+            self.buckets = {}
+        b = self.buckets.get(path)
+        if b is None:
+            parent = self.tx if len(path) == 1 else self._dst(path[:-1])
+            b = parent.create_bucket(path[-1], exist_ok=True)
+            b.fill_factor = 1.0
+            self.buckets[path] = b
+        return b
+
+    def _flush(self) -> None:
+        if self.cm is not None:
+            self.cm.__exit__(None, None, None)
+        self.cm = None
+        self.tx = None
+        self.pending = 0
+
+    def copy_bucket(self, src, path: tuple) -> None:
+        self._dst(path)
+        for key, raw in src._raw_items():
+            if type(raw) is BucketHeader:
+                self.copy_bucket(src.bucket(key), (*path, key))
+                continue
+            value = src._tx._read_overflow(raw) if type(raw) is OverflowRef else raw
+            self._dst(path).put(key, value)
+            self.pending += len(key) + len(value)
+            if self.pending > COMPACT_TX_BYTES:
+                self._flush()
+
+    def finish(self) -> None:
+        self._flush()
+
+    def abort(self, exc: BaseException) -> None:
+        if self.cm is not None:
+            self.cm.__exit__(type(exc), exc, exc.__traceback__)
+        self.cm = None
+        self.tx = None

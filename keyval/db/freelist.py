@@ -1,0 +1,254 @@
+"""The freelist: which pages can be reused, which wait for readers, and how it is persisted.
+
+On disk (format in :mod:`keyval.db.page`) the freelist is a bitmap cut into chunk pages plus a
+root page listing them. In memory it is the same bitmap (``bits``: every page that is not part
+of the newest committed tree) split into two sets: ``free`` (reusable now) and ``pending``
+(freed by a transaction that some open reader may predate). Moving a page from pending to free
+does not change the bitmap, so a commit rewrites only the chunks in which pages were really
+allocated or freed, plus the small root: its cost does not grow with the number of free pages
+(bbolt rewrites its whole freelist on every commit).
+
+Not thread-safe by itself: the database calls it only from the one writer, and reads
+``pending`` for statistics under its own lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sortedcontainers import SortedList
+
+from keyval.errors import CorruptionError
+
+from .page import (
+    CHUNK_SLOT,
+    HEADER_SIZE,
+    PGID,
+    TYPE_CHUNK,
+    TYPE_FREELIST,
+    build_page,
+    chunk_bits,
+    pgid_array,
+    span_for,
+)
+
+# How far allocate() looks through the free set for a run of consecutive pages before it
+# gives up and grows the file: bounds the cost of one allocation on a fragmented file.
+RUN_SEARCH_LIMIT = 4096
+
+
+class Freelist:
+    def __init__(self, page_size: int):
+        self.page_size = page_size
+        self.chunk_bits = chunk_bits(page_size)
+        self.chunk_bytes = self.chunk_bits // 8
+        self.bits = bytearray()
+        self.free: SortedList = SortedList()
+        self.pending: dict[int, list[int]] = {}
+        self.chunk_pgids: list[int] = []
+        self.root = 0
+        self.root_span = 0
+        self.dirty: set[int] = set()
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def load(self, root: int, hwm: int, read_run: Callable[[int, int], tuple[bytes, int, int]]):
+        """Read the persisted freelist; every free page is reusable (no reader exists yet).
+
+        ``read_run(pgid, expected_type)`` returns a verified run as (buffer, count, overflow).
+        """
+        self.root = root
+        self.bits = bytearray(-(-hwm // 8))
+        if root == 0:
+            return
+        buf, count, overflow = read_run(root, TYPE_FREELIST)
+        self.root_span = overflow + 1
+        self.chunk_pgids = list(pgid_array(count).unpack_from(buf, HEADER_SIZE)) if count else []
+        for slot, pgid in enumerate(self.chunk_pgids):
+            if pgid == 0:
+                continue
+            chunk, _, _ = read_run(pgid, TYPE_CHUNK)
+            (stored_slot,) = CHUNK_SLOT.unpack_from(chunk, HEADER_SIZE)
+            if stored_slot != slot:
+                raise CorruptionError(
+                    f"freelist chunk page {pgid} says slot {stored_slot}, listed as {slot}",
+                    None,
+                    pgid * self.page_size,
+                )
+            start = slot * self.chunk_bytes
+            first = HEADER_SIZE + CHUNK_SLOT.size
+            body = chunk[first : first + self.chunk_bytes]
+            if start + len(body) > len(self.bits):
+                self.bits.extend(bytes(start + len(body) - len(self.bits)))
+            self.bits[start : start + len(body)] = body
+        self.free = SortedList(p for p in set_bits(self.bits) if p < hwm)
+
+    # -- bits ------------------------------------------------------------------------------
+
+    def _set(self, pgid: int) -> None:
+        byte = pgid >> 3
+        if byte >= len(self.bits):
+            self.bits.extend(bytes(byte + 1 - len(self.bits)))
+        self.bits[byte] |= 1 << (pgid & 7)
+        self.dirty.add(pgid // self.chunk_bits)
+
+    def _clear(self, pgid: int) -> None:
+        byte = pgid >> 3
+        if byte < len(self.bits):
+            self.bits[byte] &= ~(1 << (pgid & 7)) & 0xFF
+            self.dirty.add(pgid // self.chunk_bits)
+
+    def _chunk_body(self, slot: int) -> bytes:
+        start = slot * self.chunk_bytes
+        body = bytes(self.bits[start : start + self.chunk_bytes])
+        return body + bytes(self.chunk_bytes - len(body))
+
+    # -- allocation ------------------------------------------------------------------------
+
+    def allocate(self, span: int, hwm: int) -> tuple[int, int]:
+        """A run of ``span`` pages as (first page id, new hwm); lowest ids first, so the tail
+        of the file empties out and shrink() can return it."""
+        free = self.free
+        if span == 1:
+            if free:
+                pgid = free.pop(0)
+                self._clear(pgid)
+                return pgid, hwm
+            return hwm, hwm + 1
+        n = len(free)
+        for i in range(min(n - span + 1, RUN_SEARCH_LIMIT)):
+            first = free[i]
+            if free[i + span - 1] == first + span - 1:
+                del free[i : i + span]
+                for p in range(first, first + span):
+                    self._clear(p)
+                return first, hwm
+        return hwm, hwm + span
+
+    def unallocate(self, pgid: int, span: int) -> None:
+        """Give back a run that was allocated in this commit and never written."""
+        for p in range(pgid, pgid + span):
+            self.free.add(p)
+            self._set(p)
+
+    def release_to(self, txid: int) -> None:
+        """Pages freed by transactions up to ``txid`` become reusable: no open reader can
+        reach them any more (the caller guarantees every open reader started at ``>= txid``)."""
+        for t in [t for t in self.pending if t <= txid]:
+            self.free.update(self.pending.pop(t))
+
+    def release_all(self) -> None:
+        for pages in self.pending.values():
+            self.free.update(pages)
+        self.pending.clear()
+
+    def pend(self, txid: int, pgid: int, span: int) -> None:
+        """Pages of the tree before ``txid`` that ``txid`` no longer uses."""
+        pages = self.pending.setdefault(txid, [])
+        for p in range(pgid, pgid + span):
+            pages.append(p)
+            self._set(p)
+
+    def trim_tail(self, hwm: int) -> int:
+        """Drop reusable pages at the end of the file; returns the new hwm."""
+        free = self.free
+        while free and free[-1] == hwm - 1:
+            free.pop()
+            self._clear(hwm - 1)
+            hwm -= 1
+        return hwm
+
+    # -- persisting ------------------------------------------------------------------------
+
+    def write(self, txid: int, hwm: int) -> tuple[list[tuple[int, int, list]], int]:
+        """Allocate and encode the chunk pages that changed and a new root.
+
+        Returns (runs to write as (pgid, span, buffers), new hwm). Replaced freelist pages are
+        freed under ``txid`` like any other page of the previous tree.
+        """
+        if not self.dirty:
+            return [], hwm
+        new: dict[int, int] = {}
+        replaced: set[int] = set()
+        root_new: tuple[int, int] | None = None
+        root_replaced = False
+        slots = list(self.chunk_pgids)
+        while True:
+            progress = False
+            for slot in sorted(self.dirty):
+                nonzero = any(self._chunk_body(slot))
+                if slot in new and (new[slot] != 0 or not nonzero):
+                    continue
+                if slot not in replaced:
+                    replaced.add(slot)
+                    old = slots[slot] if slot < len(slots) else 0
+                    if old:
+                        self.pend(txid, old, 1)
+                if nonzero:
+                    new[slot], hwm = self.allocate(1, hwm)
+                else:
+                    new[slot] = 0
+                progress = True
+            merged = list(slots)
+            for slot, pgid in new.items():
+                if slot >= len(merged):
+                    merged.extend([0] * (slot + 1 - len(merged)))
+                merged[slot] = pgid
+            while merged and merged[-1] == 0:
+                merged.pop()
+            want = span_for(HEADER_SIZE + PGID.size * len(merged), self.page_size) if merged else 0
+            if not root_replaced:
+                root_replaced = True
+                if self.root:
+                    self.pend(txid, self.root, self.root_span)
+                progress = True
+            if want == 0:
+                if root_new is not None:
+                    self.unallocate(*root_new)
+                    root_new = None
+                    progress = True
+            elif root_new is None or root_new[1] < want:
+                if root_new is not None:
+                    self.unallocate(*root_new)
+                pgid, hwm = self.allocate(want, hwm)
+                root_new = (pgid, want)
+                progress = True
+            if not progress:
+                break
+        runs: list[tuple[int, int, list]] = []
+        for slot, pgid in sorted(new.items()):
+            if pgid:
+                body = self._chunk_body(slot)
+                count = sum(bin(b).count("1") for b in body if b)
+                page = build_page(
+                    pgid, TYPE_CHUNK, count, CHUNK_SLOT.pack(slot) + body, self.page_size
+                )
+                runs.append((pgid, 1, [page]))
+        self.chunk_pgids = merged
+        if root_new is None:
+            self.root, self.root_span = 0, 0
+        else:
+            pgid, span = root_new
+            body = pgid_array(len(merged)).pack(*merged)
+            # The run was sized before the last slots were known; it may be longer than needed.
+            page = build_page(pgid, TYPE_FREELIST, len(merged), body, self.page_size, span)
+            runs.append((pgid, span, [page]))
+            self.root, self.root_span = pgid, span
+        self.dirty.clear()
+        return runs, hwm
+
+    def reusable_pages(self) -> int:
+        return len(self.free)
+
+    def pending_pages(self) -> int:
+        return sum(len(p) for p in self.pending.values())
+
+
+def set_bits(bits: bytes | bytearray):
+    """Page ids whose bit is set, ascending."""
+    for byte_index, byte in enumerate(bits):
+        if byte:
+            base = byte_index * 8
+            for b in range(8):
+                if byte >> b & 1:
+                    yield base + b

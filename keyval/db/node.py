@@ -1,0 +1,301 @@
+"""In-memory B+tree nodes: decoding, and the write transaction's split, rebalance and spill.
+
+A node read from disk is *clean*: immutable, shared by every transaction through the page cache
+(pages never change once written, so a decoded node is valid until its page id is reused). A
+write transaction that changes a node works on a *dirty* private copy; the copy's old page is
+freed at once (the page stays readable for older readers until the freelist releases it).
+
+Dirty nodes may grow past a page while the transaction runs; ``split_in_memory`` keeps them
+bounded by entry count so huge transactions stay O(log n) per put. At commit, ``rebalance``
+merges underfull nodes and ``spill`` splits by size into pages, allocates them and encodes them.
+
+A branch's ``vals`` are its children: page ids (ints) or, in a dirty branch, dirty ``Node``s.
+A leaf's ``vals`` are bytes, :class:`OverflowRef` or :class:`BucketHeader`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from bisect import bisect_right
+from typing import TYPE_CHECKING
+
+from .page import (
+    BRANCH_ELEMENT,
+    HEADER_SIZE,
+    LEAF_ELEMENT,
+    TYPE_BRANCH,
+    TYPE_LEAF,
+    BucketHeader,
+    OverflowRef,
+    build_overflow,
+    build_page,
+    decode_branch_body,
+    decode_leaf_body,
+    encode_branch_body,
+    encode_leaf_body,
+    leaf_value_size,
+    max_inline_value,
+    span_for,
+)
+
+if TYPE_CHECKING:
+    from .tx import Tx
+
+# A dirty node with more entries than this is halved at once during the transaction, so an
+# insert never moves more than a few KiB of list (a bulk load into one node would be O(n^2)).
+SPLIT_ENTRIES = 1024
+
+# A piece made by a split keeps at least this many entries when it can.
+MIN_ENTRIES = 2
+
+
+class Node:
+    __slots__ = ("dirty", "keys", "leaf", "pgid", "plain", "span", "vals")
+
+    def __init__(
+        self,
+        leaf: bool,
+        keys: list[bytes],
+        vals: list,
+        pgid: int = 0,
+        span: int = 1,
+        dirty: bool = False,
+        plain: bool = False,
+    ):
+        self.leaf = leaf
+        self.keys = keys
+        self.vals = vals
+        self.pgid = pgid
+        self.span = span
+        self.dirty = dirty
+        # True for a clean leaf whose values are all inline bytes: scans can zip it directly.
+        self.plain = plain
+
+    def dirty_copy(self) -> Node:
+        return Node(self.leaf, list(self.keys), list(self.vals), dirty=True)
+
+    @classmethod
+    def decode(
+        cls, buf: bytes, pgid: int, ptype: int, count: int, span: int, page_size: int, path
+    ) -> Node:
+        offset = pgid * page_size
+        end = span * page_size
+        if ptype == TYPE_LEAF:
+            keys, vals = decode_leaf_body(buf, HEADER_SIZE, count, end, path, offset)
+            plain = all(type(v) is bytes for v in vals)
+            return cls(True, keys, vals, pgid, span, plain=plain)
+        keys, children = decode_branch_body(buf, HEADER_SIZE, count, end, path, offset)
+        return cls(False, keys, children, pgid, span)
+
+
+def route(keys: list[bytes], key: bytes) -> int:
+    """Index of the child of a branch that may hold ``key``."""
+    i = bisect_right(keys, key) - 1
+    return i if i > 0 else 0
+
+
+def split_in_memory(node: Node, path: list[tuple[Node, int]]) -> Node | None:
+    """Halve ``node`` and its ancestors on ``path`` while they exceed SPLIT_ENTRIES.
+
+    Returns a new root if the root itself was split, else None.
+    """
+    while len(node.keys) > SPLIT_ENTRIES:
+        mid = len(node.keys) // 2
+        right = Node(node.leaf, node.keys[mid:], node.vals[mid:], dirty=True)
+        del node.keys[mid:]
+        del node.vals[mid:]
+        if not path:
+            return Node(False, [node.keys[0], right.keys[0]], [node, right], dirty=True)
+        parent, i = path.pop()
+        parent.keys.insert(i + 1, right.keys[0])
+        parent.vals.insert(i + 1, right)
+        node = parent
+    return None
+
+
+def node_size(node: Node, max_inline: int) -> int:
+    return HEADER_SIZE + sum(entry_sizes(node, max_inline))
+
+
+def entry_sizes(node: Node, max_inline: int) -> list[int]:
+    if node.leaf:
+        elem = LEAF_ELEMENT.size
+        return [
+            elem + len(k) + leaf_value_size(v, max_inline)
+            for k, v in zip(node.keys, node.vals, strict=True)
+        ]
+    elem = BRANCH_ELEMENT.size
+    return [elem + len(k) for k in node.keys]
+
+
+def child_for_write(tx: Tx, parent: Node, i: int) -> Node:
+    child = parent.vals[i]
+    if type(child) is int:
+        clean = tx._load(child)
+        tx._free(child, clean.span)
+        child = clean.dirty_copy()
+        parent.vals[i] = child
+    return child
+
+
+def _underfull(node: Node, threshold: int, max_inline: int) -> bool:
+    if not node.leaf and len(node.vals) < 2:
+        return True
+    return node_size(node, max_inline) < threshold
+
+
+def _merge(left: Node, right: Node, separator: bytes) -> None:
+    """Append ``right``'s entries to ``left``; ``separator`` is right's key in their parent, a
+    correct lower bound for right's first child even when right's own first key is stale."""
+    if left.leaf:
+        left.keys.extend(right.keys)
+    else:
+        left.keys.append(separator)
+        left.keys.extend(right.keys[1:])
+    left.vals.extend(right.vals)
+
+
+def rebalance(tx: Tx, root: Node) -> Node:
+    """Merge underfull dirty nodes into a sibling, drop empty ones, collapse a one-child root.
+
+    Only dirty nodes can have shrunk, so clean subtrees are never read. Returns the new root.
+    """
+    page_size = tx._db.page_size
+    max_inline = max_inline_value(page_size)
+    threshold = page_size // 4
+    if not root.leaf:
+        _rebalance_children(tx, root, threshold, max_inline)
+    while not root.leaf and len(root.vals) == 1:
+        root = child_for_write(tx, root, 0)
+    if not root.leaf and not root.vals:
+        root = Node(True, [], [], dirty=True)
+    return root
+
+
+def _rebalance_children(tx: Tx, node: Node, threshold: int, max_inline: int) -> None:
+    vals = node.vals
+    for child in vals:
+        if type(child) is Node and not child.leaf:
+            _rebalance_children(tx, child, threshold, max_inline)
+    keys = node.keys
+    i = 0
+    while i < len(vals):
+        child = vals[i]
+        if type(child) is int or not _underfull(child, threshold, max_inline):
+            i += 1
+            continue
+        if not child.vals:
+            del keys[i], vals[i]
+            continue
+        if len(vals) == 1:
+            break  # nothing to merge with here; the parent merges this node as a whole
+        if i + 1 < len(vals):
+            right = child_for_write(tx, node, i + 1)
+            _merge(child, right, keys[i + 1])
+            del keys[i + 1], vals[i + 1]
+        else:
+            left = child_for_write(tx, node, i - 1)
+            _merge(left, child, keys[i])
+            del keys[i], vals[i]
+            i -= 1
+        # the merged node is re-examined: it may still be underfull, or too big (spill splits)
+
+
+def _pieces(node: Node, page_size: int, fill: float, max_inline: int) -> list[tuple[int, int]]:
+    """Index ranges of the pages ``node`` is cut into."""
+    sizes = entry_sizes(node, max_inline)
+    n = len(sizes)
+    if HEADER_SIZE + sum(sizes) <= page_size or n <= MIN_ENTRIES:
+        return [(0, n)]
+    threshold = int(page_size * fill)
+    cuts = [0]
+    size = HEADER_SIZE
+    for i, s in enumerate(sizes):
+        if i - cuts[-1] >= MIN_ENTRIES and size + s > threshold:
+            cuts.append(i)
+            size = HEADER_SIZE
+        size += s
+    cuts.append(n)
+    ranges = list(itertools.pairwise(cuts))
+    if len(ranges) > 1:
+        # A small last piece would be underfull at once: share the last two evenly.
+        a, b = ranges[-2][0], ranges[-1][1]
+        last = HEADER_SIZE + sum(sizes[ranges[-1][0] : b])
+        if last < page_size // 4:
+            half = (HEADER_SIZE + sum(sizes[a:b])) / 2
+            acc = HEADER_SIZE
+            mid = a
+            while mid < b - 1 and (acc + sizes[mid] <= half or mid - a < 1):
+                acc += sizes[mid]
+                mid += 1
+            ranges[-2:] = [(a, mid), (mid, b)] if a < mid < b else [(a, b)]
+    return ranges
+
+
+def spill(tx: Tx, node: Node, fill: float) -> list[tuple[bytes, int]]:
+    """Write a dirty subtree: children first, then ``node`` cut into pages.
+
+    Returns (first key, page id) of each page ``node`` became, for its parent.
+    """
+    db = tx._db
+    page_size = db.page_size
+    max_inline = max_inline_value(page_size)
+    if node.leaf:
+        vals = node.vals
+        for i, v in enumerate(vals):
+            if type(v) is bytes and len(v) > max_inline:
+                pgid = tx._allocate(span_for(HEADER_SIZE + len(v), page_size))
+                span, buffers = build_overflow(pgid, v, page_size)
+                tx._write(pgid, span, buffers, None)
+                vals[i] = OverflowRef(pgid, len(v))
+    else:
+        keys: list[bytes] = []
+        children: list = []
+        for k, child in zip(node.keys, node.vals, strict=True):
+            if type(child) is int:
+                keys.append(k)
+                children.append(child)
+            else:
+                for piece_key, pgid in spill(tx, child, fill):
+                    keys.append(piece_key)
+                    children.append(pgid)
+        node.keys, node.vals = keys, children
+    out = []
+    for a, b in _pieces(node, page_size, fill, max_inline):
+        keys = node.keys[a:b]
+        vals = node.vals[a:b]
+        if node.leaf:
+            body = encode_leaf_body(keys, vals)
+            ptype = TYPE_LEAF
+        else:
+            body = encode_branch_body(keys, vals)
+            ptype = TYPE_BRANCH
+        span = span_for(HEADER_SIZE + len(body), page_size)
+        pgid = tx._allocate(span)
+        page = build_page(pgid, ptype, len(keys), body, page_size)
+        plain = node.leaf and all(type(v) is bytes for v in vals)
+        tx._write(pgid, span, [page], Node(node.leaf, keys, vals, pgid, span, plain=plain))
+        out.append((keys[0] if keys else b"", pgid))
+    return out
+
+
+def inline_header(node: Node, count: int, page_size: int) -> BucketHeader | None:
+    """The inline form of a bucket whose whole tree is ``node``, if it is small enough."""
+    if not node.leaf:
+        return None
+    max_inline = max_inline_value(page_size)
+    for v in node.vals:
+        if type(v) is not bytes or len(v) > max_inline:
+            return None
+    if node_size(node, max_inline) > page_size // 4:
+        return None
+    return BucketHeader.inline(count, node.keys, node.vals)
+
+
+def spill_root(tx: Tx, root: Node, fill: float) -> int:
+    """Spill a whole dirty tree; returns the page id of its new root."""
+    pieces = spill(tx, root, fill)
+    while len(pieces) > 1:
+        root = Node(False, [k for k, _ in pieces], [p for _, p in pieces], dirty=True)
+        pieces = spill(tx, root, fill)
+    return pieces[0][1]

@@ -1,0 +1,173 @@
+"""Transactions: a snapshot to read, or the one writer's changes and their commit.
+
+Commit protocol (the order is what makes a crash at any instant safe):
+
+1. Rebalance and spill every changed bucket: changed nodes get new pages (never the pages the
+   last committed tree uses: copy-on-write), pages freed by this transaction become *pending*.
+2. Write the freelist chunks that changed and a new freelist root.
+3. Write all those pages in page order, then fdatasync: the new tree is on disk, unreachable.
+4. Write the meta page for ``txid`` into slot ``txid % 2`` (the other slot keeps the previous
+   commit), then fdatasync: the commit point. A torn meta fails its checksum and open falls
+   back to the previous one, whose pages step 1-3 never touched.
+5. Publish the meta to new readers.
+
+A page freed by transaction ``t`` belonged to the tree of ``t - 1``; a reader that started at
+``r < t`` may still read it, so it is reused only when every open reader has ``r >= t``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from keyval.errors import ReadOnlyError, TxClosedError
+
+from .bucket import Bucket, check_key
+from .meta import Meta
+from .node import Node
+from .page import BucketHeader, OverflowRef
+
+if TYPE_CHECKING:
+    from .db import DB
+
+
+class Tx:
+    """A transaction: ``db.view()`` gives a read-only one, ``db.update()`` the writer.
+
+    A read transaction sees the database as of its start, however many commits happen while it
+    runs. The write transaction sees its own changes; they become visible to new transactions,
+    and durable (``sync=True``), when its ``with`` block exits normally; an exception rolls
+    them all back. Use after the block raises TxClosedError. A transaction, and the buckets and
+    cursors it hands out, belong to the thread that opened it.
+    """
+
+    def __init__(self, db: DB, meta: Meta, writable: bool):
+        self._db = db
+        self._meta = meta
+        self.writable = writable
+        self.txid = meta.txid + 1 if writable else meta.txid
+        self._closed = False
+        self._thread = threading.get_ident()
+        self._load = db._load_node
+        self._freed: list[tuple[int, int]] = []
+        self._runs: list[tuple[int, int, list, Node | None]] = []
+        self._hwm = meta.hwm
+        self._root = Bucket(self, None, b"", BucketHeader.of_page(meta.root, 0))
+        self._force_commit = False
+
+    def __repr__(self) -> str:
+        kind = "write" if self.writable else "read"
+        state = "closed" if self._closed else "open"
+        return f"<Tx {self.txid} {kind} {state}>"
+
+    def _check(self) -> None:
+        if self._closed:
+            raise TxClosedError("the transaction has ended")
+
+    # -- top-level buckets -----------------------------------------------------------------
+
+    def bucket(self, name: bytes) -> Bucket:
+        """The top-level bucket ``name``; raises BucketNotFound."""
+        self._check()
+        return self._root.bucket(name)
+
+    def create_bucket(self, name: bytes, exist_ok: bool = False) -> Bucket:
+        """Create the top-level bucket ``name``; BucketExists if it exists unless ``exist_ok``."""
+        self._check()
+        return self._root.create_bucket(name, exist_ok)
+
+    def delete_bucket(self, name: bytes) -> None:
+        """Delete the top-level bucket ``name`` and all it holds; raises BucketNotFound."""
+        self._check()
+        check_key(name)
+        self._root.delete_bucket(name)
+
+    def buckets(self) -> Iterator[bytes]:
+        """Names of the top-level buckets, ascending."""
+        self._check()
+        return self._root.buckets()
+
+    # -- services for buckets and nodes ----------------------------------------------------
+
+    def _free(self, pgid: int, span: int) -> None:
+        self._freed.append((pgid, span))
+
+    def _allocate(self, span: int) -> int:
+        pgid, self._hwm = self._db._freelist.allocate(span, self._hwm)
+        return pgid
+
+    def _write(self, pgid: int, span: int, buffers: list, node: Node | None) -> None:
+        self._runs.append((pgid, span, buffers, node))
+
+    def _read_overflow(self, ref: OverflowRef) -> bytes:
+        return self._db._read_overflow(ref)
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def rollback(self) -> None:
+        """Discard the transaction's changes (nothing of them ever reached the file)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._db._end(self)
+
+    def commit(self) -> None:
+        """Make the changes durable and visible; see the module docstring for the protocol.
+
+        On an I/O error the database refuses further writes (ReadOnlyError) until reopened:
+        after a failed write or fsync the state of the file is unknown.
+        """
+        self._check()
+        if not self.writable:
+            raise ReadOnlyError("a read-only transaction cannot commit")
+        try:
+            if self._root._dirty or self._force_commit:
+                self._db._commit(self)
+        finally:
+            self._closed = True
+            self._db._end(self)
+
+    def _prepare(self) -> tuple[Meta, list]:
+        """Steps 1-2 of the protocol: all pages to write, and the meta that makes them live."""
+        db = self._db
+        freelist = db._freelist
+        header = self._root._spill()
+        for pgid, span in self._freed:
+            freelist.pend(self.txid, pgid, span)
+        if self._force_commit:
+            self._hwm = freelist.trim_tail(self._hwm)
+        runs, self._hwm = freelist.write(self.txid, self._hwm)
+        all_runs = [(p, s, b, n) for p, s, b, n in self._runs]
+        all_runs.extend((p, s, b, None) for p, s, b in runs)
+        all_runs.sort(key=lambda r: r[0])
+        meta = Meta(db.page_size, header.root, freelist.root, self._hwm, self.txid)
+        return meta, all_runs
+
+
+def write_runs(fd: int, page_size: int, runs: list) -> None:
+    """Write runs of pages, coalescing neighbours into one pwritev each."""
+    iov_max = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+    i = 0
+    n = len(runs)
+    while i < n:
+        pgid, span, buffers, _ = runs[i]
+        start = pgid
+        end = pgid + span
+        batch = list(buffers)
+        i += 1
+        while i < n and runs[i][0] == end and len(batch) + len(runs[i][2]) <= iov_max:
+            end += runs[i][1]
+            batch.extend(runs[i][2])
+            i += 1
+        offset = start * page_size
+        total = (end - start) * page_size
+        written = os.pwritev(fd, batch, offset)
+        if written != total:
+            # Short writes are legal; finish with a plain write of the remainder.
+            rest = b"".join(bytes(b) for b in batch)[written:]
+            while rest:
+                w = os.pwrite(fd, rest, offset + written)
+                written += w
+                rest = rest[w:]
