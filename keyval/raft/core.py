@@ -529,14 +529,21 @@ class RaftCore:
                     pr.become_probe()
                 self._send_append(m.frm)
             return
-        if not pr.maybe_update(m.index):
-            return
-        if pr.state is ProgressState.PROBE:
-            pr.become_replicate()
-        elif pr.state is ProgressState.SNAPSHOT:
+        updated = pr.maybe_update(m.index)
+        if pr.state is ProgressState.SNAPSHOT:
             if pr.match + 1 >= self.log.first_index():
                 pr.become_probe()
                 pr.become_replicate()
+            elif m.index >= pr.snapshot.index:
+                # The follower holds everything this snapshot does, but the log was compacted
+                # further meanwhile: a newer snapshot is needed (the next send starts it).
+                pr.become_probe()
+            else:
+                return
+        elif not updated:
+            return
+        elif pr.state is ProgressState.PROBE:
+            pr.become_replicate()
         else:
             pr.inflights.free_le(m.index)
         self._maybe_commit()
