@@ -17,10 +17,15 @@ static int fault_fires(kv_io *io, int op)
                                         __ATOMIC_ACQUIRE))
             return 0;
     }
-    int expected = op;
-    if (__atomic_compare_exchange_n(&io->op, &expected, KV_FAULT_NONE, 0, __ATOMIC_ACQ_REL,
-                                    __ATOMIC_ACQUIRE))
-        return io->err_no;
+    uint64_t times = __atomic_load_n(&io->times, __ATOMIC_ACQUIRE);
+    while (times > 0) {
+        if (__atomic_compare_exchange_n(&io->times, &times, times - 1, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE)) {
+            if (times == 1)
+                __atomic_store_n(&io->op, KV_FAULT_NONE, __ATOMIC_RELEASE);
+            return io->err_no;
+        }
+    }
     return 0;
 }
 

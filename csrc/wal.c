@@ -885,9 +885,10 @@ int kv_wal_finding(kv_wal *w, size_t i, kv_error *out)
     return 0;
 }
 
-int kv_wal_inject_fault(kv_wal *w, int op, int err_no, uint64_t after)
+int kv_wal_inject_fault(kv_wal *w, int op, int err_no, uint64_t after, uint64_t times)
 {
     __atomic_store_n(&w->io.err_no, err_no, __ATOMIC_RELEASE);
+    __atomic_store_n(&w->io.times, times, __ATOMIC_RELEASE);
     __atomic_store_n(&w->io.after, after, __ATOMIC_RELEASE);
     __atomic_store_n(&w->io.op, op, __ATOMIC_RELEASE);
     return 0;

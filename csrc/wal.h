@@ -41,8 +41,8 @@ enum { KV_SYNC_NONE = 0, KV_SYNC_ALWAYS = 1, KV_SYNC_INTERVAL = 2 };
  * problem as a finding instead of failing at the first. */
 enum { KV_OPEN_CHECK = 1 };
 
-/* Fault injection, for tests: after `after` more successful calls of `op`, the next one fails
- * with `err_no` (once). */
+/* Fault injection, for tests: after `after` more successful calls of `op`, the next `times`
+ * calls fail with `err_no`. */
 enum { KV_FAULT_NONE = 0, KV_FAULT_WRITE = 1, KV_FAULT_FSYNC = 2, KV_FAULT_PREPARE = 3 };
 
 typedef struct {
@@ -113,6 +113,6 @@ int kv_wal_segment_info(kv_wal *w, size_t i, kv_segment_info *info);
 size_t kv_wal_finding_count(kv_wal *w);
 int kv_wal_finding(kv_wal *w, size_t i, kv_error *out);
 
-int kv_wal_inject_fault(kv_wal *w, int op, int err_no, uint64_t after);
+int kv_wal_inject_fault(kv_wal *w, int op, int err_no, uint64_t after, uint64_t times);
 
 #endif

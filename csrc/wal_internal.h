@@ -18,6 +18,7 @@ typedef struct {
     int op;
     int err_no;
     uint64_t after;
+    uint64_t times; /* how many calls fail once the countdown is over */
     uint64_t writes, fsyncs, bytes_written; /* counters, updated atomically */
 } kv_io;
 

@@ -1,0 +1,97 @@
+"""Failed writes and fsyncs: fail-stop, never a silent retry; the log stays readable."""
+
+import errno
+import threading
+
+import pytest
+
+from keyval.errors import ReadOnlyError
+from keyval.wal import WAL
+
+from .conftest import payload
+
+
+def test_failed_fsync_makes_the_log_read_only_and_later_writes_raise(wal_dir):
+    wal = WAL(wal_dir, segment_size=1 << 16, sync="always")
+    for i in range(1, 11):
+        wal.append(payload(i))
+    wal.inject_fault("fsync", errno.EIO)
+    with pytest.raises(ReadOnlyError) as info:
+        wal.append(b"lost")
+    assert isinstance(info.value.__cause__, OSError)
+    assert info.value.__cause__.errno == errno.EIO
+    for write in (lambda: wal.append(b"x"), lambda: wal.append_many([b"x"]), wal.sync):
+        with pytest.raises(ReadOnlyError):
+            write()
+    # reads still work and show exactly the durable records
+    assert wal.last_seq == 10
+    assert [p for _, _, p in wal.replay()] == [payload(i) for i in range(1, 11)]
+    assert wal.stats()["failed"]
+    wal.close()
+    with WAL(wal_dir, segment_size=1 << 16) as wal:
+        got = [p for _, _, p in wal.replay()]
+        assert got[:10] == [payload(i) for i in range(1, 11)]
+        assert wal.append(b"works again") == len(got) + 1
+
+
+def test_enospc_on_write_raises_and_every_durable_record_survives_reopen(wal_dir):
+    wal = WAL(wal_dir, segment_size=1 << 16, sync="none")
+    for i in range(1, 101):
+        wal.append(payload(i))
+    wal.sync()
+    wal.inject_fault("write", errno.ENOSPC)
+    wal.append(b"buffered")
+    with pytest.raises(ReadOnlyError) as info:
+        wal.sync()
+    assert info.value.__cause__.errno == errno.ENOSPC
+    assert "No space left" in str(info.value)
+    assert [p for _, _, p in wal.replay()] == [payload(i) for i in range(1, 101)]
+    wal.close()
+    with WAL(wal_dir, segment_size=1 << 16) as wal:
+        assert [p for _, _, p in wal.replay()][:100] == [payload(i) for i in range(1, 101)]
+
+
+def test_no_room_for_a_new_segment_is_an_error_but_not_fail_stop(wal_dir):
+    with WAL(wal_dir, segment_size=4096, sync="none") as wal:
+        wal.append(b"x")
+        wal.sync()
+        # the disk stays full for two attempts: the background one and the retry at rotation
+        wal.inject_fault("prepare", errno.ENOSPC, times=2)
+        # fill the first segment, use the prepared second, then need a third
+        with pytest.raises(OSError) as info:
+            for _ in range(1000):
+                wal.append(b"y" * 100)
+        assert info.value.errno == errno.ENOSPC
+        assert not wal.stats()["failed"]
+        last = wal.last_seq
+        seq = wal.append(b"y" * 100)  # space is back: the next rotation succeeds
+        assert seq == last + 1
+    with WAL(wal_dir, segment_size=4096) as wal:
+        assert wal.last_seq == seq
+
+
+def test_group_commit_waiters_all_see_the_failure(wal_dir):
+    wal = WAL(wal_dir, segment_size=1 << 20, sync="always")
+    wal.append(b"durable")
+    wal.inject_fault("fsync", errno.EIO, after=3)
+    errors, successes = [], []
+
+    def writer():
+        for _ in range(50):
+            try:
+                successes.append(wal.append(b"w"))
+            except ReadOnlyError as exc:
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 8  # every thread hit the fail-stop
+    durable = wal.stats()["durable_seq"]
+    assert all(s <= durable for s in successes)  # nothing acknowledged that was not durable
+    wal.close()
+    with WAL(wal_dir, segment_size=1 << 20) as wal:
+        assert wal.last_seq >= durable

@@ -1,0 +1,151 @@
+"""Torn tails are cut; any other bad byte is corruption, named by file and offset."""
+
+import os
+import pathlib
+import random
+
+import pytest
+
+from keyval.errors import CorruptionError
+from keyval.fsck import main as fsck
+from keyval.wal import WAL
+
+from .conftest import payload, segment_files
+
+SEGMENT = 8192
+HEADER = 64
+
+
+def build(path, n, segment=SEGMENT):
+    """A closed log of n records; returns the (offset, size) of each record in its file."""
+    with WAL(path, segment_size=segment, sync="none") as wal:
+        for i in range(1, n + 1):
+            wal.append(payload(i))
+        layout = []
+        for seg in wal.segments():
+            off = HEADER
+            for seq in range(seg["first_seq"], seg["first_seq"] + seg["records"]):
+                size = (20 + len(payload(seq)) + 7) & ~7
+                layout.append((seg["path"], off, size))
+                off += size
+    return layout
+
+
+def records(path, segment=SEGMENT):
+    with WAL(path, segment_size=segment, sync="none") as wal:
+        return [p for _, _, p in wal.replay()]
+
+
+def zero_range(file, start, end):
+    with open(file, "r+b") as f:
+        f.seek(start)
+        f.write(b"\0" * (end - start))
+
+
+def flip_bit(file, offset, bit):
+    with open(file, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ (1 << bit)]))
+
+
+def test_last_record_cut_at_every_byte_reopens_with_all_earlier_records(tmp_path):
+    pristine = tmp_path / "pristine"
+    layout = build(str(pristine), 40)
+    file, off, size = layout[-1]
+    name = os.path.basename(file)
+    meaningful = 20 + len(payload(40))  # the rest of `size` is padding, zero either way
+    for keep in range(meaningful):  # keep `keep` bytes of the last record, as a torn write would
+        work = tmp_path / f"cut{keep}"
+        os.system(f"cp -r {pristine} {work}")
+        zero_range(str(work / name), off + keep, off + size)
+        got = records(str(work))
+        assert got == [payload(i) for i in range(1, 40)], f"cut at byte {keep}"
+        # the torn bytes were zeroed: the log now opens clean and fsck agrees
+        assert fsck([str(work)]) == 0
+        with WAL(str(work), segment_size=SEGMENT) as wal:
+            assert wal.append(b"after") == 40
+
+
+def test_torn_tail_is_reported_and_counted(tmp_path):
+    layout = build(str(tmp_path / "log"), 10)
+    file, off, size = layout[-1]
+    zero_range(file, off + 20, off + size)  # header written, payload lost
+    if size > 24:
+        with WAL(str(tmp_path / "log"), segment_size=SEGMENT) as wal:
+            path, at, nbytes = wal.torn_tail
+            assert (path, at) == (file, off) and nbytes > 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_flipped_bit_with_a_valid_record_after_it_is_corruption(tmp_path, seed):
+    rng = random.Random(seed)
+    layout = build(str(tmp_path / "log"), 400)  # several segments
+    victim = rng.randrange(len(layout) - 1)  # any record but the very last
+    file, off, _size = layout[victim]
+    flip_at = off + rng.randrange(20 + len(payload(victim + 1)))
+    flip_bit(file, flip_at, rng.randrange(8))
+    before = pathlib.Path(file).read_bytes()
+    with pytest.raises(CorruptionError) as info:
+        WAL(str(tmp_path / "log"), segment_size=SEGMENT)
+    assert info.value.path == file
+    assert info.value.offset == off
+    assert pathlib.Path(file).read_bytes() == before, "a corrupt log must not be modified on open"
+    assert fsck([str(tmp_path / "log")]) == 4
+    assert fsck([str(tmp_path / "log"), "--repair"]) == 4
+    assert pathlib.Path(file).read_bytes() == before, (
+        "fsck --repair must not cut mid-log corruption"
+    )
+
+
+def test_a_flipped_bit_in_a_segment_header_is_corruption(tmp_path):
+    layout = build(str(tmp_path / "log"), 400)
+    second = sorted({f for f, _, _ in layout})[1]
+    flip_bit(second, 20, 3)
+    with pytest.raises(CorruptionError) as info:
+        WAL(str(tmp_path / "log"), segment_size=SEGMENT)
+    assert (info.value.path, info.value.offset) == (second, 0)
+
+
+def test_a_zeroed_record_in_the_middle_of_the_last_segment_is_corruption(tmp_path):
+    layout = build(str(tmp_path / "log"), 30)
+    file, off, size = layout[10]
+    zero_range(file, off, off + size)
+    with pytest.raises(CorruptionError) as info:
+        WAL(str(tmp_path / "log"), segment_size=SEGMENT)
+    assert (info.value.path, info.value.offset) == (file, off)
+
+
+def test_fsck_names_every_bad_record(tmp_path):
+    layout = build(str(tmp_path / "log"), 400)
+    first_file = layout[0][0]
+    bad = [layout[i] for i in (5, 20, 35) if layout[i][0] == first_file]
+    for file, off, _ in bad:
+        flip_bit(file, off + 10, 0)  # inside the seq field
+    from keyval.wal.check import check_dir
+
+    found = [(p.path, p.offset) for p in check_dir(str(tmp_path / "log"))]
+    for file, off, _ in bad:
+        assert (file, off) in found
+
+
+def test_corruption_in_a_rotated_segment_tail_is_caught_by_the_gap_it_leaves(tmp_path):
+    layout = build(str(tmp_path / "log"), 400)
+    files = segment_files(str(tmp_path / "log"))
+    last_in_first = max((r for r in layout if r[0] == files[0]), key=lambda r: r[1])
+    file, off, size = last_in_first
+    flip_bit(file, off + size - 8 if size > 28 else off + 4, 1)
+    with pytest.raises(CorruptionError):
+        WAL(str(tmp_path / "log"), segment_size=SEGMENT)
+
+
+def test_replay_rechecks_crcs_of_bytes_that_changed_after_open(tmp_path):
+    path = str(tmp_path / "log")
+    layout = build(path, 50)
+    with WAL(path, segment_size=SEGMENT, sync="none") as wal:
+        file, off, _ = layout[20]
+        flip_bit(file, off + 12, 2)  # rot after the open's verification
+        with pytest.raises(CorruptionError) as info:
+            list(wal.replay())
+        assert (info.value.path, info.value.offset) == (file, off)
