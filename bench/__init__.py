@@ -20,6 +20,9 @@ Conventions a suite follows so the driver can report it
   ``sync``, ``batch``, ``record_size``, ``key_count``, ``threads``
                    the parameters of the case; the report states all of them for every number
   ``method``       one line on how the system was driven (the report's legend)
+  ``detail``       a few words appended to the case's row, e.g. the size of the data set
+  ``reference``    True for a yardstick that is not a peer (e.g. reading the bytes with no
+                   parsing: a ceiling); shown, but never the "best peer" keyval is compared to
   ``latency``      True when each round is exactly one operation: the driver then reports
                    per-operation latency percentiles and plots them
   ``plot``, ``plot_x``

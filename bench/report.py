@@ -42,8 +42,11 @@ DEFAULT_PLOTS = BENCH / "plots"
 # Layers in the order the report shows them; suites not listed follow alphabetically.
 LAYER_ORDER = ("wal", "db", "raft_storage", "cluster")
 KEYVAL = "keyval"
-# Load average per core above which the run is flagged as noisy.
+# Load average per core at the start above which the run is flagged as noisy.
 BUSY_LOAD_PER_CORE = 0.3
+# Share of the machine's CPU time (steal included) used by anything but this run above which
+# the run is flagged as noisy.
+BUSY_OTHERS_SHARE = 0.1
 # Seconds spent on each live fsync probe of the machine section, per scale.
 MACHINE_PROBE_SECONDS = {"tiny": 0.2, "quick": 1.0, "full": 3.0}
 PARAM_COLUMNS = (
@@ -183,6 +186,40 @@ def _git_revision() -> str:
     return f"{rev}{' + uncommitted changes' if dirty else ''}" if rev else "unknown"
 
 
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """Machine-wide busy CPU seconds (``/proc/stat``, steal included) and this process tree's
+    own CPU seconds, at one instant: two of them tell how much CPU others used in between."""
+
+    wall: float
+    machine_busy: float | None
+    own: float
+
+    @classmethod
+    def now(cls) -> CpuSnapshot:
+        times = os.times()
+        own = times.user + times.system + times.children_user + times.children_system
+        busy = None
+        try:
+            with open("/proc/stat") as stat:
+                fields = [int(x) for x in stat.readline().split()[1:]]
+            # user nice system idle iowait irq softirq steal (guest time is inside user).
+            busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            pass
+        return cls(wall=time.monotonic(), machine_busy=busy, own=own)
+
+
+def others_cpu_share(start: CpuSnapshot, end: CpuSnapshot, cores: int) -> float | None:
+    """Share of the machine's CPU capacity used by other processes (or stolen by the
+    hypervisor) between two snapshots; None where /proc/stat is unavailable."""
+    if start.machine_busy is None or end.machine_busy is None:
+        return None
+    capacity = (end.wall - start.wall) * cores
+    others = (end.machine_busy - start.machine_busy) - (end.own - start.own)
+    return max(0.0, others / capacity) if capacity > 0 else None
+
+
 def measure_machine(scratch: Path, probe_seconds: float) -> dict:
     """What the numbers were measured on, including live fsync latencies in ``scratch``."""
     overwrite = diskcheck.LatencySummary.of(
@@ -299,17 +336,28 @@ def _peer_systems(layer: LayerResults) -> list[str]:
 
 
 def best_peer(systems: dict[str, Measurement]) -> Measurement | None:
-    peers = [m for s, m in systems.items() if s != KEYVAL]
+    """The fastest peer; references (ceilings such as a bare read) are not peers."""
+    peers = [m for s, m in systems.items() if s != KEYVAL and not m.extra.get("reference")]
     return max(peers, key=lambda m: m.speed) if peers else None
+
+
+def _reference_systems(layer: LayerResults) -> set[str]:
+    return {
+        m.system
+        for systems in layer.groups.values()
+        for m in systems.values()
+        if m.extra.get("reference")
+    }
 
 
 def layer_table(layer: LayerResults) -> list[str]:
     peers = _peer_systems(layer)
+    references = _reference_systems(layer)
     header = (
         ["case"]
         + [label for _, label in PARAM_COLUMNS]
-        + ["unit", "keyval median", "keyval min-max"]
-        + peers
+        + ["unit", "rounds", "keyval median", "keyval min-max"]
+        + [f"{p} (reference)" if p in references else p for p in peers]
         + ["best peer", "keyval / best"]
     )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -317,9 +365,11 @@ def layer_table(layer: LayerResults) -> list[str]:
         any_m = systems.get(KEYVAL) or next(iter(systems.values()))
         kv = systems.get(KEYVAL)
         best = best_peer(systems)
-        row = [group.replace("|", "\\|")]
+        case = group + (f" ({any_m.extra['detail']})" if any_m.extra.get("detail") else "")
+        row = [case.replace("|", "\\|")]
         row += [str(any_m.extra.get(key, "-")) for key, _ in PARAM_COLUMNS]
         row.append(any_m.unit)
+        row.append(str(any_m.rounds))
         row.append(f"**{fmt(kv.median)}**" if kv else "not run")
         row.append(f"{fmt(kv.low)} - {fmt(kv.high)}" if kv else "-")
         row += [fmt(systems[p].median) if p in systems else "-" for p in peers]
@@ -501,18 +551,22 @@ def draw_plots(layers: list[LayerResults], plots_dir: Path) -> tuple[list[tuple[
 
 
 def provisional_reasons(
-    scale: str, full: bool, machine: dict, load_at_end: tuple | None, layers: list[LayerResults]
+    scale: str, full: bool, machine: dict, others_share: float | None, layers: list[LayerResults]
 ) -> list[str]:
     reasons = []
     if not full or scale != "full":
         reasons.append(f"not a full run (scale={scale}: small sizes, few rounds)")
-    cores = machine["usable_cores"] or 1
-    for when, load in (("start", machine["load_at_start"]), ("end", load_at_end)):
-        if load and load[0] > BUSY_LOAD_PER_CORE * cores:
-            reasons.append(
-                f"machine busy at the {when} of the run (1-min load average {load[0]:.2f} on "
-                f"{cores} cores): other processes competed for CPU and disk"
-            )
+    cores = machine["cores"] or 1
+    load = machine["load_at_start"]
+    if load and load[0] > BUSY_LOAD_PER_CORE * cores:
+        reasons.append(
+            f"machine busy when the run started (1-min load average {load[0]:.2f} on {cores} cores)"
+        )
+    if others_share is not None and others_share > BUSY_OTHERS_SHARE:
+        reasons.append(
+            f"other processes (or the hypervisor) used {others_share:.0%} of the machine's CPU "
+            "during the run"
+        )
     for layer in layers:
         if layer.groups and not any(KEYVAL in systems for systems in layer.groups.values()):
             reasons.append(f"{layer.layer}: keyval itself did not run (see skipped cases)")
@@ -529,6 +583,7 @@ def render(
     plots: list[tuple[str, Path]],
     plot_note: str,
     reasons: list[str],
+    others_share: float | None,
     out: Path,
     started: datetime,
     seconds: float,
@@ -582,6 +637,12 @@ def render(
     if machine["load_at_start"]:
         md.append(
             "- Load average at start: " + ", ".join(f"{x:.2f}" for x in machine["load_at_start"])
+        )
+    if others_share is not None:
+        md.append(
+            f"- CPU used by other processes or stolen by the hypervisor during the run: "
+            f"{others_share:.1%} of the machine (the run is flagged noisy above "
+            f"{BUSY_OTHERS_SHARE:.0%})"
         )
     md.append("")
 
@@ -684,6 +745,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = datetime.now(UTC)
     t0 = time.monotonic()
+    cpu_at_start = CpuSnapshot.now()
     run_dir = args.results_dir.resolve() / f"{started:%Y%m%dT%H%M%SZ}-{scale}"
     scratch = run_dir / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
@@ -708,9 +770,9 @@ def main(argv: list[str] | None = None) -> int:
             layers.append(layer)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    load_at_end = os.getloadavg() if hasattr(os, "getloadavg") else None
+    others_share = others_cpu_share(cpu_at_start, CpuSnapshot.now(), machine["cores"] or 1)
     plots, plot_note = draw_plots(layers, plots_dir)
-    reasons = provisional_reasons(scale, args.full, machine, load_at_end, layers)
+    reasons = provisional_reasons(scale, args.full, machine, others_share, layers)
     text = render(
         command=_command_line(argv),
         scale=scale,
@@ -720,6 +782,7 @@ def main(argv: list[str] | None = None) -> int:
         plots=plots,
         plot_note=plot_note,
         reasons=reasons,
+        others_share=others_share,
         out=out,
         started=started,
         seconds=time.monotonic() - t0,

@@ -41,13 +41,13 @@ RAW_READ = "read() only"
 
 APPEND_NOSYNC_RECORDS = by_scale(tiny=1_000, quick=20_000, full=100_000)
 APPEND_NOSYNC_ROUNDS = by_scale(tiny=2, quick=5, full=10)
-DURABLE_ROUNDS = by_scale(tiny=10, quick=200, full=2_000)
+DURABLE_ROUNDS = by_scale(tiny=10, quick=500, full=3_000)
 THREADED_RECORDS_PER_THREAD = by_scale(tiny=2, quick=10, full=50)
-THREADED_ROUNDS = by_scale(tiny=2, quick=5, full=20)
-BATCH_ROUNDS = by_scale(tiny=2, quick=20, full=100)
+THREADED_ROUNDS = by_scale(tiny=2, quick=10, full=30)
+BATCH_ROUNDS = by_scale(tiny=2, quick=50, full=200)
 REPLAY_BYTES = int(
     os.environ.get("KEYVAL_BENCH_REPLAY_BYTES")
-    or by_scale(tiny=256 << 10, quick=32 << 20, full=1 << 30)
+    or by_scale(tiny=256 << 10, quick=64 << 20, full=1 << 30)
 )
 REPLAY_ROUNDS = by_scale(tiny=1, quick=3, full=3)
 
@@ -98,6 +98,13 @@ BENCH_GOALS = [
 def payload(size: int, seed: int = 0) -> bytes:
     """The same pseudo-random (incompressible) bytes for every system."""
     return random.Random(seed).randbytes(size)
+
+
+def size_label(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.3g} {unit}"
+    return f"{n} B"
 
 
 def open_or_skip(system: str, directory: Path, *, durable: bool) -> LogStore:
@@ -237,7 +244,7 @@ def _write_replay_log(system: str, directory: Path, record_size: int, count: int
         with WAL(str(directory), sync="none") as wal:
             for start in range(0, count, chunk):
                 n = min(chunk, count - start)
-                wal.append_many([records[(start + i) % len(records)] for i in range(n)])
+                wal.append_many([records[(start + i) % len(records)] for i in range(n)], type=1)
     else:
         with FramedLogWriter(directory / "framed.log", sync_each=False) as writer:
             for start in range(0, count, chunk):
@@ -289,7 +296,8 @@ def test_replay(benchmark, bench_dir: Path, system: str, record_size: int) -> No
         system=system,
         ops=count,
         bytes=count * record_size,
-        log_bytes=REPLAY_BYTES,
+        detail=f"{size_label(count * record_size)} of payload, {count:,} records",
+        reference=system == RAW_READ,
         method={
             KEYVAL: "WAL.replay() over the whole log, CRC-verified (open not timed)",
             FRAMED_LOG: "read_framed_log(): 1 MiB reads, struct.unpack + zlib.crc32 per record",

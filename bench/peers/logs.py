@@ -91,10 +91,10 @@ class KeyvalLog:
         self._wal = WAL(str(directory), sync="always" if durable else "none")
 
     def append(self, payload: bytes) -> None:
-        self._wal.append(payload)
+        self._wal.append(payload, type=1)
 
     def append_batch(self, payloads: list[bytes]) -> None:
-        self._wal.append_many(payloads)
+        self._wal.append_many(payloads, type=1)
         if not self.durable:
             self._wal.sync()
 
