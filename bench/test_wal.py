@@ -114,6 +114,15 @@ def open_or_skip(system: str, directory: Path, *, durable: bool) -> LogStore:
         pytest.skip(f"{system}: {exc}")
 
 
+def note_records_per_fsync(benchmark, store: LogStore) -> None:
+    """Record how many appends shared each fsync (group commit at work), where counted."""
+    counted = store.fsync_stats()
+    if counted and counted[1]:
+        records, fsyncs = counted
+        benchmark.extra_info["records_per_fsync"] = records / fsyncs
+        benchmark.extra_info["detail"] = f"keyval: {records / fsyncs:.2f} records per fsync"
+
+
 def params(**values: object) -> dict:
     """The parameters every number states (``-`` where one does not apply)."""
     base: dict[str, object] = {
@@ -168,6 +177,7 @@ def test_append_durable_one_thread(benchmark, bench_dir: Path, system: str) -> N
     )
     try:
         benchmark.pedantic(store.append, args=(record,), rounds=DURABLE_ROUNDS, warmup_rounds=5)
+        note_records_per_fsync(benchmark, store)
     finally:
         store.close()
 
@@ -201,6 +211,7 @@ def test_append_durable_threads(benchmark, bench_dir: Path, system: str) -> None
         )
         try:
             benchmark.pedantic(threaded_round, rounds=THREADED_ROUNDS, warmup_rounds=1)
+            note_records_per_fsync(benchmark, store)
         finally:
             store.close()
 

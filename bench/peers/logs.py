@@ -61,6 +61,11 @@ class LogStore(Protocol):
 
     def close(self) -> None: ...
 
+    def fsync_stats(self) -> tuple[int, int] | None:
+        """(records appended, fsyncs issued) since open, when the system counts them; the
+        ratio shows how well concurrent appends were grouped into one fsync."""
+        ...
+
 
 def import_peer(module: str, package: str) -> object:
     """Import a peer's module or raise :class:`PeerUnavailable` naming the missing package."""
@@ -104,6 +109,10 @@ class KeyvalLog:
     def close(self) -> None:
         self._wal.close()
 
+    def fsync_stats(self) -> tuple[int, int] | None:
+        stats = self._wal.stats()
+        return stats["last_seq"], stats["fsyncs"]
+
 
 class FramedLog:
     """The pure-Python framed log of :mod:`bench.peers.framed_log` (one lock, no group commit)."""
@@ -131,6 +140,9 @@ class FramedLog:
 
     def close(self) -> None:
         self._writer.close()
+
+    def fsync_stats(self) -> tuple[int, int] | None:
+        return None
 
 
 class BareFdatasyncLog:
@@ -171,6 +183,9 @@ class BareFdatasyncLog:
                 os.fdatasync(self._fd)
                 os.close(self._fd)
                 self._fd = -1
+
+    def fsync_stats(self) -> tuple[int, int] | None:
+        return None
 
 
 class SqliteLog:
@@ -229,6 +244,9 @@ class SqliteLog:
         with self._lock:
             self._conn.close()
 
+    def fsync_stats(self) -> tuple[int, int] | None:
+        return None
+
 
 class LmdbLog:
     """py-lmdb, key = 8-byte big-endian sequence number (``put(append=True)``, the sorted-insert
@@ -275,6 +293,9 @@ class LmdbLog:
     def close(self) -> None:
         self._env.sync(True)
         self._env.close()
+
+    def fsync_stats(self) -> tuple[int, int] | None:
+        return None
 
 
 class RocksdbLog:
@@ -332,3 +353,6 @@ def open_log_store(system: str, directory: Path, *, durable: bool) -> LogStore:
     Raises :class:`PeerUnavailable` when the system cannot run here.
     """
     return _LOG_STORES[system](directory, durable=durable)
+
+    def fsync_stats(self) -> tuple[int, int] | None:
+        return None
