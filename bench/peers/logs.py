@@ -336,6 +336,9 @@ class RocksdbLog:
         self._db.flush_wal(True)
         self._db.close()
 
+    def fsync_stats(self) -> tuple[int, int] | None:
+        return None
+
 
 _LOG_STORES = {
     KEYVAL: KeyvalLog,
@@ -353,6 +356,3 @@ def open_log_store(system: str, directory: Path, *, durable: bool) -> LogStore:
     Raises :class:`PeerUnavailable` when the system cannot run here.
     """
     return _LOG_STORES[system](directory, durable=durable)
-
-    def fsync_stats(self) -> tuple[int, int] | None:
-        return None
