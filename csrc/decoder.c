@@ -100,7 +100,7 @@ int kv_wal_read_batch(kv_wal *w, uint64_t start, size_t max_records, char *out, 
     if (!w->failed && w->written_seq < last) {
         /* Records still in the user-space buffer are written (not synced) so that they can be
          * read from the mapping like every other. */
-        int e = kv_flush_locked(w, 0, 0);
+        int e = kv_flush_locked(w, 0, 0, 0);
         if (e) {
             rc = e;
             goto done;

@@ -10,8 +10,36 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "wal_internal.h"
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The leader of a group commit waits here, with io_busy set, for the appenders it expects:
+ * as many records pending as there were appenders in the last cycle, or one fsync's time.
+ * Without this, followers woken by the last fsync come back after the next one has started
+ * (waking threads is slower than an fsync on a fast disk) and batches stay at one or two. */
+static void gather_followers_locked(kv_wal *w, int expected)
+{
+    uint64_t wait = w->last_sync_ns < 1000000u ? w->last_sync_ns : 1000000u;
+    if (expected <= 1 || wait == 0)
+        return;
+    uint64_t deadline = now_ns() + wait;
+    struct timespec ts;
+    ts.tv_sec = (time_t)(deadline / 1000000000u);
+    ts.tv_nsec = (long)(deadline % 1000000000u);
+    w->leader_waiting = 1;
+    while (w->next_seq - 1 - w->durable_seq < (uint64_t)expected && !w->closing &&
+           pthread_cond_timedwait(&w->join_cv, &w->mu, &ts) == 0)
+        ;
+    w->leader_waiting = 0;
+}
 
 void kv_fail_locked(kv_wal *w, int sys_errno, const char *path, const char *what)
 {
@@ -30,7 +58,7 @@ static int failed_locked(kv_wal *w)
     return -KV_EFAILED;
 }
 
-int kv_flush_locked(kv_wal *w, int sync, uint64_t target)
+int kv_flush_locked(kv_wal *w, int sync, uint64_t target, int group)
 {
     for (;;) {
         while (w->io_busy)
@@ -43,6 +71,11 @@ int kv_flush_locked(kv_wal *w, int sync, uint64_t target)
             return -KV_ECLOSED;
 
         w->io_busy = 1;
+        if (group && sync && w->sync_mode == KV_SYNC_ALWAYS) {
+            int expected = w->peak_appenders;
+            w->peak_appenders = w->appenders;
+            gather_followers_locked(w, expected);
+        }
         unsigned char *data = w->buf;
         size_t len = w->buf_len;
         uint64_t off = w->buf_off;
@@ -55,6 +88,7 @@ int kv_flush_locked(kv_wal *w, int sync, uint64_t target)
         w->buf_off = off + len;
         pthread_mutex_unlock(&w->mu);
 
+        uint64_t started = now_ns();
         int e = len ? kv_io_pwrite(&w->io, fd, data, len, off) : 0;
         const char *what = "write";
         if (!e && sync) {
@@ -63,6 +97,8 @@ int kv_flush_locked(kv_wal *w, int sync, uint64_t target)
         }
 
         pthread_mutex_lock(&w->mu);
+        if (sync)
+            w->last_sync_ns = now_ns() - started;
         w->spare = data;
         w->io_busy = 0;
         if (e) {
@@ -86,7 +122,7 @@ static int rotate_locked(kv_wal *w, uint64_t need)
     /* The old segment is synced before the new one is named, so a crash never leaves a later
      * segment after an earlier one whose tail was lost. */
     while (w->buf_len > 0 || w->durable_seq < w->next_seq - 1 || w->io_busy) {
-        int e = kv_flush_locked(w, 1, w->next_seq - 1);
+        int e = kv_flush_locked(w, 1, w->next_seq - 1, 0);
         if (e)
             return e;
         s = &w->segs[w->nsegs - 1];
@@ -170,7 +206,7 @@ static int64_t append_locked(kv_wal *w, unsigned type, const char *data, size_t 
         }
         if (rs > w->buf_cap) {
             if (w->buf_len > 0 || w->io_busy) {
-                int e = kv_flush_locked(w, 0, 0);
+                int e = kv_flush_locked(w, 0, 0, 0);
                 if (e)
                     return e;
                 continue;
@@ -178,7 +214,7 @@ static int64_t append_locked(kv_wal *w, unsigned type, const char *data, size_t 
             return append_direct_locked(w, type, data, (uint32_t)len, rs);
         }
         if (w->buf_len + rs > w->buf_cap) {
-            int e = kv_flush_locked(w, 0, 0);
+            int e = kv_flush_locked(w, 0, 0, 0);
             if (e)
                 return e;
             continue;
@@ -211,19 +247,35 @@ static int writable_locked(kv_wal *w)
     return 0;
 }
 
+static void enter_append_locked(kv_wal *w)
+{
+    if (++w->appenders > w->peak_appenders)
+        w->peak_appenders = w->appenders;
+}
+
+/* A durable append has placed its record: the leader may be waiting for it. */
+static void joined_locked(kv_wal *w)
+{
+    if (w->leader_waiting)
+        pthread_cond_signal(&w->join_cv);
+}
+
 int64_t kv_wal_append(kv_wal *w, unsigned type, const char *data, size_t len)
 {
     if (type > 255)
         return -KV_EINVAL;
     pthread_mutex_lock(&w->mu);
+    enter_append_locked(w);
     int64_t seq = writable_locked(w);
     if (seq == 0)
         seq = append_locked(w, type, data, len);
     if (seq > 0 && w->sync_mode == KV_SYNC_ALWAYS) {
-        int e = kv_flush_locked(w, 1, (uint64_t)seq);
+        joined_locked(w);
+        int e = kv_flush_locked(w, 1, (uint64_t)seq, 1);
         if (e)
             seq = e;
     }
+    w->appenders--;
     pthread_mutex_unlock(&w->mu);
     return seq;
 }
@@ -234,6 +286,7 @@ int64_t kv_wal_append_batch(kv_wal *w, unsigned type, const char *data, const ui
     if (type > 255 || n == 0)
         return -KV_EINVAL;
     pthread_mutex_lock(&w->mu);
+    enter_append_locked(w);
     int64_t first = writable_locked(w), last = 0;
     if (first == 0) {
         /* Check every length first: a batch is refused whole, never appended in part. */
@@ -262,10 +315,12 @@ int64_t kv_wal_append_batch(kv_wal *w, unsigned type, const char *data, const ui
             first = last;
     }
     if (first > 0 && w->sync_mode == KV_SYNC_ALWAYS) {
-        int e = kv_flush_locked(w, 1, (uint64_t)last);
+        joined_locked(w);
+        int e = kv_flush_locked(w, 1, (uint64_t)last, 1);
         if (e)
             first = e;
     }
+    w->appenders--;
     pthread_mutex_unlock(&w->mu);
     return first;
 }
@@ -275,7 +330,7 @@ int kv_wal_sync(kv_wal *w)
     pthread_mutex_lock(&w->mu);
     int e = writable_locked(w);
     if (!e)
-        e = kv_flush_locked(w, 1, w->next_seq - 1);
+        e = kv_flush_locked(w, 1, w->next_seq - 1, 0);
     pthread_mutex_unlock(&w->mu);
     return e;
 }

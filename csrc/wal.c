@@ -439,7 +439,7 @@ static void *ticker_main(void *arg)
         if (w->closing || w->failed)
             continue;
         if (w->durable_seq < w->next_seq - 1)
-            kv_flush_locked(w, 1, w->next_seq - 1); /* a failure makes the log fail-stop */
+            kv_flush_locked(w, 1, w->next_seq - 1, 0); /* a failure makes the log fail-stop */
     }
     pthread_mutex_unlock(&w->mu);
     return NULL;
@@ -476,6 +476,7 @@ void kv_wal_free(kv_wal *w)
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);
     pthread_cond_destroy(&w->tick_cv);
+    pthread_cond_destroy(&w->join_cv);
     free(w);
 }
 
@@ -530,6 +531,11 @@ kv_wal *kv_wal_open(const char *dir, const kv_options *opt, kv_error *err)
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
     pthread_cond_init(&w->tick_cv, NULL);
+    pthread_condattr_t mono; /* the group-commit wait is timed on the monotonic clock */
+    pthread_condattr_init(&mono);
+    pthread_condattr_setclock(&mono, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->join_cv, &mono);
+    pthread_condattr_destroy(&mono);
     w->dir = strdup(dir);
     w->dirfd = w->lockfd = w->cur_fd = -1;
     w->flags = opt->flags;
@@ -654,7 +660,7 @@ int kv_wal_close(kv_wal *w, kv_error *err)
     }
     int rc = 0;
     if (!w->failed && !(w->flags & KV_OPEN_CHECK)) {
-        rc = kv_flush_locked(w, 1, w->next_seq - 1);
+        rc = kv_flush_locked(w, 1, w->next_seq - 1, 0);
         if (rc)
             *err = w->last_err;
     }
@@ -663,6 +669,7 @@ int kv_wal_close(kv_wal *w, kv_error *err)
     w->closing = 1;
     pthread_cond_broadcast(&w->cv);
     pthread_cond_broadcast(&w->tick_cv);
+    pthread_cond_broadcast(&w->join_cv);
     pthread_mutex_unlock(&w->mu);
     if (w->ticker_live)
         pthread_join(w->ticker, NULL);
@@ -770,7 +777,7 @@ int kv_wal_truncate_back(kv_wal *w, uint64_t seq)
     }
     /* Everything appended is written first, so that nothing buffered lands after the cut. */
     while (w->buf_len > 0 || w->io_busy || w->written_seq < w->next_seq - 1) {
-        rc = kv_flush_locked(w, 0, 0);
+        rc = kv_flush_locked(w, 0, 0, 0);
         if (rc)
             goto done;
     }

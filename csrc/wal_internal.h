@@ -90,6 +90,14 @@ struct kv_wal {
     uint64_t buf_off;
     int io_busy;
 
+    /* Adaptive group commit: a leader that saw several appenders during the last cycle waits
+     * (at most one fsync's duration) for that many records before it syncs. */
+    int appenders;        /* threads inside kv_wal_append / append_batch */
+    int peak_appenders;   /* most seen at once since the current leader started */
+    int leader_waiting;
+    uint64_t last_sync_ns; /* how long the last write + fdatasync took */
+    pthread_cond_t join_cv;
+
     int failed;        /* fail-stop: KV_EFAILED for every later write */
     kv_error fail_err; /* why */
     int closing;
@@ -132,7 +140,9 @@ int64_t kv_find_later_record(const kv_segment *s, uint64_t from, uint64_t after_
 int kv_cut_tail(kv_wal *w, kv_segment *s, int fd, uint64_t from, uint64_t *cut_bytes);
 
 /* encoder.c */
-int kv_flush_locked(kv_wal *w, int sync, uint64_t target);
+/* Writes the buffer and, with sync, fdatasyncs until every record <= target is durable.
+ * `group`: the caller is a durable appender, so the leader may wait for others to join. */
+int kv_flush_locked(kv_wal *w, int sync, uint64_t target, int group);
 void kv_fail_locked(kv_wal *w, int sys_errno, const char *path, const char *what);
 
 /* prepare.c */

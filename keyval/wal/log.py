@@ -344,7 +344,9 @@ class WAL:
 
     # -- tests -----------------------------------------------------------------------------
 
-    def inject_fault(self, op: str, errno: int = _errno.EIO, after: int = 0, times: int = 1) -> None:
+    def inject_fault(
+        self, op: str, errno: int = _errno.EIO, after: int = 0, times: int = 1
+    ) -> None:
         """Test hook: after ``after`` more successful ``op`` calls ("write", "fsync" or
         "prepare" of a new segment), the next ``times`` calls fail with ``errno``."""
         lib.kv_wal_inject_fault(self._w, FAULTS[op], errno, after, times)
