@@ -119,8 +119,11 @@ def measurement_from(bench: dict) -> Measurement:
     latencies = None
     if extra.get("latency") and stats.get("data"):
         latencies = sorted(stats["data"])
+    # A case that names no system is keyval's own, alone in a row named after it, unless it
+    # shares a group with others: then its test name tells it apart.
+    system = extra.get("system") or (bench["name"] if bench.get("group") else KEYVAL)
     return Measurement(
-        system=str(extra.get("system", bench["name"])),
+        system=str(system),
         group=bench.get("group") or bench["name"],
         name=bench["name"],
         unit=unit,

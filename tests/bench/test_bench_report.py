@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.report import LayerResults, goal_lines, layer_table, load_layer
 from bench.test_wal import (
     BATCH_SIZES,
     BENCH_GOALS,
@@ -142,3 +143,89 @@ def test_quick_or_full_is_required(tmp_path):
     result = run_driver("--out", str(tmp_path / "B.md"))
     assert result.returncode == 2
     assert not (tmp_path / "B.md").exists()
+
+
+# The report's arithmetic, on hand-made pytest-benchmark results (no benchmark is run).
+
+
+def fake_benchmark(group: str, system: str, seconds_per_round: float, **extra: object) -> dict:
+    return {
+        "name": f"test_case[{system}]",
+        "group": group,
+        "extra_info": {"system": system, **extra},
+        "stats": {
+            "median": seconds_per_round,
+            "min": seconds_per_round * 0.9,
+            "max": seconds_per_round * 1.1,
+            "rounds": 3,
+            "data": [seconds_per_round] * 3,
+        },
+    }
+
+
+def fake_layer(tmp_path: Path, benchmarks: list[dict], goals: list[dict]) -> LayerResults:
+    (tmp_path / "x.json").write_text(json.dumps({"benchmarks": benchmarks}))
+    (tmp_path / "x.cases.json").write_text(json.dumps({"goals": goals, "cases": []}))
+    layer = LayerResults(layer="x", suite=tmp_path / "test_x.py")
+    load_layer(layer, tmp_path / "x.json", tmp_path / "x.cases.json")
+    return layer
+
+
+def goal(factor: float, baseline_system: str = "peer") -> dict:
+    return {
+        "text": f"keyval >= {factor}x peer",
+        "group": "g",
+        "system": "keyval",
+        "baseline_group": "g",
+        "baseline_system": baseline_system,
+        "factor": factor,
+    }
+
+
+def test_goal_verdicts_follow_the_measured_ratio(tmp_path):
+    # keyval: 1000 ops in 0.1 s = 10,000 ops/s; peer: 1000 ops in 0.3 s = 3,333 ops/s: 3x.
+    layer = fake_layer(
+        tmp_path,
+        [
+            fake_benchmark("g", "keyval", 0.1, ops=1000),
+            fake_benchmark("g", "peer", 0.3, ops=1000),
+        ],
+        [goal(2.0), goal(5.0), goal(1.0, baseline_system="absent")],
+    )
+
+    met, not_met, unmeasured = goal_lines(layer)
+
+    assert met.startswith("- **met**") and "**3.00x**" in met
+    assert not_met.startswith("- **NOT MET**") and "**3.00x**" in not_met
+    assert unmeasured.startswith("- **not measured**") and "absent" in unmeasured
+
+
+def test_a_reference_is_never_the_best_peer(tmp_path):
+    layer = fake_layer(
+        tmp_path,
+        [
+            fake_benchmark("g", "keyval", 0.2, bytes=10**9),
+            fake_benchmark("g", "peer", 0.4, bytes=10**9),
+            fake_benchmark("g", "ceiling", 0.1, bytes=10**9, reference=True),
+        ],
+        [],
+    )
+
+    header, _, row = layer_table(layer)
+
+    assert "ceiling (reference)" in header
+    assert "| **5.00** |" in row  # keyval: 1 GB in 0.2 s
+    assert row.endswith("| peer | 2.00x |")
+
+
+def test_time_only_cases_compare_lower_as_faster(tmp_path):
+    layer = fake_layer(
+        tmp_path,
+        [fake_benchmark("g", "keyval", 0.002), fake_benchmark("g", "peer", 0.004)],
+        [goal(1.5)],
+    )
+
+    (line,) = goal_lines(layer)
+
+    assert "ms/round" in layer_table(layer)[2]
+    assert line.startswith("- **met**") and "**2.00x**" in line
