@@ -137,6 +137,9 @@ class Tx:
         for pgid, span in self._freed:
             freelist.pend(self.txid, pgid, span)
         if self._force_commit:
+            # shrink(): move the freelist's own pages down too (they may sit at the tail); the
+            # pages they leave are trimmed by the next shrink round, once released.
+            freelist.dirty.update(range(len(freelist.chunk_pgids)))
             self._hwm = freelist.trim_tail(self._hwm)
         runs, self._hwm = freelist.write(self.txid, self._hwm)
         all_runs = [(p, s, b, n) for p, s, b, n in self._runs]

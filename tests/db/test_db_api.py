@@ -1,0 +1,456 @@
+"""The keyval.db API contract of SPEC.md, one behaviour per test, on real files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from keyval.db import DB
+from keyval.db.check import check_file
+from keyval.errors import (
+    BucketExists,
+    BucketNotFound,
+    ClosedError,
+    KeyTooLarge,
+    KeyvalError,
+    ReadOnlyError,
+    TxClosedError,
+    ValueTooLarge,
+)
+
+from .conftest import dump
+
+
+def fill(db, n, name=b"b", value=lambda i: b"v%d" % i):
+    with db.update() as tx:
+        b = tx.create_bucket(name, exist_ok=True)
+        for i in range(n):
+            b.put(b"k%06d" % i, value(i))
+
+
+def test_committed_update_is_visible_after_reopen(path):
+    with DB(path) as db, db.update() as tx:
+        tx.create_bucket(b"users").put(b"k", b"v")
+    with DB(path) as db, db.view() as tx:
+        assert tx.bucket(b"users").get(b"k") == b"v"
+
+
+def test_exception_in_update_rolls_back_and_reraises(db):
+    fill(db, 10)
+    with pytest.raises(RuntimeError, match="boom"), db.update() as tx:
+        b = tx.bucket(b"b")
+        b.put(b"k000001", b"changed")
+        b.delete(b"k000002")
+        tx.create_bucket(b"new")
+        raise RuntimeError("boom")
+    with db.view() as tx:
+        b = tx.bucket(b"b")
+        assert b[b"k000001"] == b"v1"
+        assert b[b"k000002"] == b"v2"
+        assert list(tx.buckets()) == [b"b"]
+
+
+def test_rolled_back_update_leaves_no_trace_in_file(db, path):
+    fill(db, 50)
+    with pytest.raises(ValueError), db.update() as tx:
+        tx.bucket(b"b").put(b"zzz", b"x" * 5000)
+        raise ValueError
+    db.close()
+    assert check_file(path) == []
+
+
+def test_mapping_protocol(db):
+    with db.update() as tx:
+        b = tx.create_bucket(b"m")
+        b[b"a"] = b"1"
+        b[b"b"] = b"2"
+        del b[b"a"]
+        assert b"a" not in b
+        assert b"b" in b
+        assert len(b) == 1
+        assert b[b"b"] == b"2"
+        with pytest.raises(KeyError):
+            b[b"a"]
+        with pytest.raises(KeyError):
+            del b[b"a"]
+        assert b.get(b"a") is None
+        assert b.get(b"a", b"dflt") == b"dflt"
+        assert b.delete(b"b") is True
+        assert b.delete(b"b") is False
+        assert list(b) == []
+
+
+def test_len_counts_plain_keys_across_commits_and_reopen(db, path):
+    fill(db, 700)
+    with db.update() as tx:
+        b = tx.bucket(b"b")
+        for i in range(0, 700, 3):
+            b.delete(b"k%06d" % i)
+        b.create_bucket(b"nested").put(b"x", b"y")
+    db.close()
+    with DB(path) as db2, db2.view() as tx:
+        assert len(tx.bucket(b"b")) == 700 - len(range(0, 700, 3))
+
+
+def test_items_range_is_half_open_both_directions(db):
+    fill(db, 20)
+    with db.view() as tx:
+        b = tx.bucket(b"b")
+        fwd = [k for k, _ in b.items(start=b"k000005", stop=b"k000009")]
+        assert fwd == [b"k%06d" % i for i in range(5, 9)]
+        rev = [k for k, _ in b.items(start=b"k000005", stop=b"k000009", reverse=True)]
+        assert rev == fwd[::-1]
+        assert [k for k, _ in b.items(reverse=True)] == [b"k%06d" % i for i in range(19, -1, -1)]
+        assert list(b.items(start=b"z")) == []
+        assert list(b.items(stop=b"a")) == []
+
+
+def test_items_spans_many_pages_in_order(db):
+    fill(db, 3000)
+    with db.view() as tx:
+        keys = [k for k, _ in tx.bucket(b"b").items()]
+    assert keys == [b"k%06d" % i for i in range(3000)]
+
+
+def test_cursor_moves_and_ends(db):
+    fill(db, 5)
+    with db.view() as tx:
+        c = tx.bucket(b"b").cursor()
+        assert c.next() == (b"k000000", b"v0")  # a fresh cursor is before the start
+        assert c.last() == (b"k000004", b"v4")
+        assert c.next() is None
+        assert c.prev() == (b"k000004", b"v4")  # past the end, prev gives the last
+        assert c.seek(b"k0000025") == (b"k000003", b"v3")
+        assert c.prev() == (b"k000002", b"v2")
+        assert c.first() == (b"k000000", b"v0")
+        assert c.prev() is None
+        assert c.next() == (b"k000000", b"v0")  # before the start, next gives the first
+        assert c.seek(b"z") is None
+
+
+def test_cursor_skips_nested_buckets(db):
+    with db.update() as tx:
+        b = tx.create_bucket(b"b")
+        b.put(b"a", b"1")
+        b.create_bucket(b"b")
+        b.put(b"c", b"3")
+    with db.view() as tx:
+        b = tx.bucket(b"b")
+        c = b.cursor()
+        assert [c.first(), c.next(), c.next()] == [(b"a", b"1"), (b"c", b"3"), None]
+        assert list(b.buckets()) == [b"b"]
+
+
+def test_cursor_after_write_continues_from_last_key(db):
+    fill(db, 10)
+    with db.update() as tx:
+        b = tx.bucket(b"b")
+        c = b.cursor()
+        assert c.seek(b"k000003")[0] == b"k000003"
+        b.delete(b"k000004")
+        b.put(b"k0000035", b"new")
+        assert c.next() == (b"k0000035", b"new")
+        assert c.next()[0] == b"k000005"
+
+
+def test_nested_buckets_and_delete_bucket_frees_everything(db, path):
+    with db.update() as tx:
+        top = tx.create_bucket(b"top")
+        sub = top.create_bucket(b"sub")
+        subsub = sub.create_bucket(b"subsub")
+        for i in range(500):
+            sub.put(b"%05d" % i, b"x" * 300)
+            subsub.put(b"%05d" % i, b"y" * 2000)
+    with db.view() as tx:
+        assert tx.bucket(b"top").bucket(b"sub").bucket(b"subsub")[b"00042"] == b"y" * 2000
+    with db.update() as tx:
+        tx.bucket(b"top").delete_bucket(b"sub")
+    with db.view() as tx, pytest.raises(BucketNotFound):
+        tx.bucket(b"top").bucket(b"sub")
+    db.close()
+    assert check_file(path) == []
+
+
+def test_bucket_errors(db):
+    with db.update() as tx:
+        b = tx.create_bucket(b"b")
+        with pytest.raises(BucketExists):
+            tx.create_bucket(b"b")
+        assert tx.create_bucket(b"b", exist_ok=True) is b
+        with pytest.raises(BucketNotFound):
+            tx.bucket(b"missing")
+        with pytest.raises(BucketNotFound):
+            tx.delete_bucket(b"missing")
+        b.put(b"key", b"v")
+        with pytest.raises(BucketExists):
+            b.create_bucket(b"key")
+        b.create_bucket(b"sub")
+        with pytest.raises(BucketExists):
+            b.put(b"sub", b"v")
+        with pytest.raises(BucketNotFound):
+            b.bucket(b"key")
+
+
+def test_deleted_bucket_cannot_be_used(db):
+    with db.update() as tx:
+        b = tx.create_bucket(b"b")
+        tx.delete_bucket(b"b")
+        with pytest.raises(BucketNotFound):
+            b.put(b"k", b"v")
+
+
+def test_small_bucket_is_stored_inline_and_grows_into_pages(db):
+    with db.update() as tx:
+        tx.create_bucket(b"b").create_bucket(b"small").put(b"k", b"v")
+    assert db.stats()["inline_buckets"] == 1
+    with db.update() as tx:
+        small = tx.bucket(b"b").bucket(b"small")
+        for i in range(200):
+            small.put(b"%04d" % i, b"v" * 20)
+    assert db.stats()["inline_buckets"] == 0
+    with db.update() as tx:
+        small = tx.bucket(b"b").bucket(b"small")
+        for i in range(200):
+            small.delete(b"%04d" % i)
+    assert db.stats()["inline_buckets"] == 1
+    with db.view() as tx:
+        assert dict(tx.bucket(b"b").bucket(b"small").items()) == {b"k": b"v"}
+
+
+def test_values_up_to_overflow_sizes_round_trip(db, path):
+    sizes = [0, 1, 127, 128, 129, 511, 512, 513, 4096, 100_000, 3_000_000]
+    with db.update() as tx:
+        b = tx.create_bucket(b"b")
+        for n in sizes:
+            b.put(b"%08d" % n, os.urandom(n))
+    with db.view() as tx:
+        stored = dict(tx.bucket(b"b").items())
+    db.close()
+    with DB(path) as db2, db2.view() as tx:
+        assert dict(tx.bucket(b"b").items()) == stored
+        assert sorted(len(v) for v in stored.values()) == sizes
+    assert check_file(path) == []
+
+
+def test_overwritten_overflow_value_pages_are_reused(db):
+    with db.update() as tx:
+        tx.create_bucket(b"b").put(b"k", b"x" * 50_000)
+    for _ in range(3):
+        with db.update() as tx:
+            tx.bucket(b"b").put(b"k", b"y" * 50_000)
+    size = os.path.getsize(db.path)
+    for _ in range(10):
+        with db.update() as tx:
+            tx.bucket(b"b").put(b"k", b"z" * 50_000)
+    assert os.path.getsize(db.path) == size
+
+
+def test_keys_up_to_32_kib(db, path):
+    big = [b"a" * 32768, b"b" * 20000, b"c" * 600]
+    with db.update() as tx:
+        b = tx.create_bucket(b"b")
+        for k in big:
+            b.put(k, k[:10])
+        for i in range(100):
+            b.put(b"m%04d" % i, b"v")
+    db.close()
+    with DB(path) as db2, db2.view() as tx:
+        b = tx.bucket(b"b")
+        for k in big:
+            assert b[k] == k[:10]
+        assert len(b) == 103
+    assert check_file(path) == []
+
+
+def test_empty_and_oversized_keys_raise_key_too_large(db):
+    with db.update() as tx:
+        b = tx.create_bucket(b"b")
+        with pytest.raises(KeyTooLarge):
+            b.put(b"", b"v")
+        with pytest.raises(KeyTooLarge):
+            b.put(b"k" * 32769, b"v")
+        with pytest.raises(KeyTooLarge):
+            tx.create_bucket(b"")
+
+
+def test_value_over_2_gib_raises_value_too_large(db):
+    huge = bytes(2**31)  # zero pages: costs address space, not memory
+    with db.update() as tx, pytest.raises(ValueTooLarge):
+        tx.create_bucket(b"b").put(b"k", huge)
+
+
+@pytest.mark.parametrize("bad", ["str", 1, None, bytearray(b"x"), memoryview(b"x")])
+def test_non_bytes_keys_and_values_raise_type_error(db, bad):
+    with db.update() as tx:
+        b = tx.create_bucket(b"b")
+        with pytest.raises(TypeError):
+            b.put(bad, b"v")
+        with pytest.raises(TypeError):
+            b.put(b"k", bad)
+        with pytest.raises(TypeError):
+            b.get(bad)
+        with pytest.raises(TypeError):
+            tx.create_bucket(bad)
+
+
+def test_type_error_comes_before_any_write(db, path):
+    fill(db, 5)
+    before = Path(path).read_bytes()
+    with db.update() as tx, pytest.raises(TypeError):
+        tx.bucket(b"b").put("k", b"v")
+    assert Path(path).read_bytes() == before
+
+
+def test_writes_in_view_raise_read_only_error(db):
+    fill(db, 5)
+    with db.view() as tx:
+        b = tx.bucket(b"b")
+        with pytest.raises(ReadOnlyError):
+            b.put(b"k", b"v")
+        with pytest.raises(ReadOnlyError):
+            b.delete(b"k000001")
+        with pytest.raises(ReadOnlyError):
+            tx.create_bucket(b"x")
+        with pytest.raises(ReadOnlyError):
+            tx.delete_bucket(b"b")
+        with pytest.raises(ReadOnlyError):
+            b.create_bucket(b"x")
+
+
+def test_use_of_ended_transaction_raises_tx_closed_error(db):
+    fill(db, 5)
+    with db.view() as tx:
+        b = tx.bucket(b"b")
+        c = b.cursor()
+        it = b.items()
+    with db.update() as wtx:
+        wb = wtx.bucket(b"b")
+    for call in (
+        lambda: b.get(b"k000001"),
+        lambda: len(b),
+        lambda: c.first(),
+        lambda: next(it),
+        lambda: tx.bucket(b"b"),
+        lambda: wb.put(b"k", b"v"),
+        lambda: wtx.create_bucket(b"x"),
+    ):
+        with pytest.raises(TxClosedError):
+            call()
+
+
+def test_use_of_closed_db_raises_closed_error(path):
+    db = DB(path)
+    db.close()
+    with pytest.raises(ClosedError), db.view():
+        pass
+    with pytest.raises(ClosedError), db.update():
+        pass
+    db.close()  # closing twice is harmless
+
+
+def test_second_open_of_same_file_is_refused(path):
+    with DB(path), pytest.raises(KeyvalError, match="open in another"):
+        DB(path)
+    DB(path).close()  # the lock went with the close
+
+
+def test_update_inside_update_of_same_thread_raises(db):
+    with db.update(), pytest.raises(KeyvalError, match="deadlock"), db.update():
+        pass
+
+
+def test_fill_factor_one_packs_ascending_keys_tighter(tmp_path):
+    leaves = {}
+    for fill_factor in (0.5, 1.0):
+        with DB(str(tmp_path / f"{fill_factor}.db"), page_size=512) as db:
+            with db.update() as tx:
+                b = tx.create_bucket(b"b")
+                b.fill_factor = fill_factor
+                for i in range(3000):
+                    b.put(b"%08d" % i, b"v" * 20)
+            leaves[fill_factor] = db.stats()["leaf_pages"]
+    assert leaves[1.0] < leaves[0.5] * 0.7
+
+
+def test_deleting_everything_collapses_the_tree(db, path):
+    fill(db, 3000)
+    with db.update() as tx:
+        b = tx.bucket(b"b")
+        for i in range(3000):
+            b.delete(b"k%06d" % i)
+    stats = db.stats()
+    assert stats["keys"] == 0
+    assert stats["branch_pages"] == 0
+    db.close()
+    assert check_file(path) == []
+
+
+def test_stats_counts_keys_buckets_depth(db):
+    fill(db, 2000)
+    with db.update() as tx:
+        tx.create_bucket(b"other").put(b"x", b"y")
+    s = db.stats()
+    assert s["keys"] == 2001
+    assert s["buckets"] == 2
+    assert s["depth"] >= 3
+    assert s["page_count"] * 512 <= s["file_size"]
+    assert s["leaf_pages"] > 0 and s["branch_pages"] > 0
+
+
+def test_compact_copies_everything_into_a_smaller_clean_file(db, path, tmp_path):
+    fill(db, 3000, value=lambda i: b"v" * (i % 300))
+    with db.update() as tx:
+        b = tx.bucket(b"b")
+        for i in range(0, 3000, 2):
+            b.delete(b"k%06d" % i)
+        tx.create_bucket(b"nest").create_bucket(b"inner").put(b"x", b"y" * 1000)
+    dst = str(tmp_path / "compact.db")
+    db.compact(dst)
+    assert check_file(dst) == []
+    with DB(dst) as out:
+        assert dump(out) == dump(db)
+    assert os.path.getsize(dst) < os.path.getsize(path)
+
+
+def test_shrink_returns_free_tail_pages_to_the_file_system(db, path):
+    fill(db, 4000, value=lambda i: b"x" * 100)
+    with db.update() as tx:
+        tx.delete_bucket(b"b")
+    before = os.path.getsize(path)
+    freed = db.shrink()
+    assert freed > 0
+    assert os.path.getsize(path) == before - freed
+    assert os.path.getsize(path) < before / 4
+    fill(db, 10)
+    db.close()
+    assert check_file(path) == []
+
+
+def test_existing_file_keeps_its_page_size(path):
+    with DB(path, page_size=1024) as db:
+        fill(db, 10)
+    with DB(path, page_size=4096) as db:
+        assert db.page_size == 1024
+        assert len(dump(db)[b"b"]["kv"]) == 10
+
+
+def test_invalid_page_size_argument_raises_value_error(path):
+    with pytest.raises(ValueError):
+        DB(path, page_size=1000)
+    assert not os.path.exists(path)
+
+
+def test_empty_existing_file_is_initialised(path):
+    open(path, "wb").close()
+    with DB(path) as db:
+        fill(db, 3)
+    assert check_file(path) == []
+
+
+def test_sync_false_commits_are_visible_after_reopen(path):
+    with DB(path, sync=False) as db:
+        fill(db, 100)
+    with DB(path) as db:
+        assert len(dump(db)[b"b"]["kv"]) == 100
