@@ -143,7 +143,12 @@ def choose_meta(metas: list[Meta | CorruptionError], path: str | None) -> Meta:
             raise m
     valid = [m for m in metas if isinstance(m, Meta)]
     if not valid:
-        raise metas[0]  # type: ignore[misc]
+        first = metas[0]
+        assert isinstance(first, CorruptionError)
+        if "not a keyval database" in first.message:
+            raise first
+        reasons = "; ".join(m.message for m in metas if isinstance(m, CorruptionError))
+        raise CorruptionError(f"no valid meta page: {reasons}", path, 0)
     if len(valid) == 2 and valid[0].page_size != valid[1].page_size:
         raise CorruptionError("the two meta pages disagree on the page size", path, 0)
     return max(valid, key=lambda m: m.txid)
