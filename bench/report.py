@@ -47,6 +47,9 @@ BUSY_LOAD_PER_CORE = 0.3
 # Share of the machine's CPU time (steal included) used by anything but this run above which
 # the run is flagged as noisy.
 BUSY_OTHERS_SHARE = 0.1
+# fsync latency at the end of the run this many times higher or lower than at the start means
+# the disk was shared (CPU accounting cannot see another process's fsyncs). p99 varies more.
+FSYNC_DRIFT_FACTORS = {"p50_ms": 2.0, "p99_ms": 3.0}
 # Seconds spent on each live fsync probe of the machine section, per scale.
 MACHINE_PROBE_SECONDS = {"tiny": 0.2, "quick": 1.0, "full": 3.0}
 PARAM_COLUMNS = (
@@ -570,6 +573,15 @@ def provisional_reasons(
             f"other processes (or the hypervisor) used {others_share:.0%} of the machine's CPU "
             "during the run"
         )
+    for key, factor in FSYNC_DRIFT_FACTORS.items():
+        start = machine["fsync_overwrite"][key]
+        end = machine.get("fsync_overwrite_at_end", {}).get(key, start)
+        if max(start, end) > factor * min(start, end):
+            reasons.append(
+                f"fsync latency changed during the run (4 KiB overwrite {key[:3]} "
+                f"{start * 1e3:,.0f} µs at the start, {end * 1e3:,.0f} µs at the end): "
+                "the disk was shared"
+            )
     for layer in layers:
         if layer.groups and not any(KEYVAL in systems for systems in layer.groups.values()):
             reasons.append(f"{layer.layer}: keyval itself did not run (see skipped cases)")
@@ -636,6 +648,14 @@ def render(
             f"- fsync latency, {label}, measured live ({s['count']} samples, sync=fdatasync, "
             f"batch=1, record=4096 B, keys=-): p50 {fmt(s['p50_ms'] * 1e3)} µs, "
             f"p99 {fmt(s['p99_ms'] * 1e3)} µs, max {fmt(s['max_ms'] * 1e3)} µs"
+        )
+    if "fsync_overwrite_at_end" in machine:
+        s = machine["fsync_overwrite_at_end"]
+        md.append(
+            f"- fsync latency, 4 KiB overwrite + fdatasync, measured again at the end "
+            f"({s['count']} samples, sync=fdatasync, batch=1, record=4096 B, keys=-): "
+            f"p50 {fmt(s['p50_ms'] * 1e3)} µs, p99 {fmt(s['p99_ms'] * 1e3)} µs, "
+            f"max {fmt(s['max_ms'] * 1e3)} µs"
         )
     if machine["load_at_start"]:
         md.append(
@@ -771,6 +791,10 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             layers.append(layer)
+        machine["fsync_overwrite_at_end"] = diskcheck.LatencySummary.of(
+            diskcheck.fsync_latencies(scratch, "overwrite", MACHINE_PROBE_SECONDS[scale])
+        ).__dict__
+        (run_dir / "machine.json").write_text(json.dumps(machine, indent=2))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     others_share = others_cpu_share(cpu_at_start, CpuSnapshot.now(), machine["cores"] or 1)
