@@ -280,8 +280,8 @@ int64_t kv_wal_append(kv_wal *w, unsigned type, const char *data, size_t len)
     return seq;
 }
 
-int64_t kv_wal_append_batch(kv_wal *w, unsigned type, const char *data, const uint32_t *lens,
-                            size_t n)
+int64_t kv_wal_append_batch(kv_wal *w, unsigned type, const uint8_t *types, const char *data,
+                            const uint32_t *lens, size_t n)
 {
     if (type > 255 || n == 0)
         return -KV_EINVAL;
@@ -304,7 +304,7 @@ int64_t kv_wal_append_batch(kv_wal *w, unsigned type, const char *data, const ui
         first = (int64_t)w->next_seq;
         size_t off = 0;
         for (size_t i = 0; i < n && last >= 0; i++) {
-            last = append_locked(w, type, data + off, lens[i]);
+            last = append_locked(w, types ? types[i] : type, data + off, lens[i]);
             off += lens[i];
             if (last < 0 && i > 0 && !w->failed)
                 /* Part of the batch is in the log and the rest could not follow (no room for a

@@ -86,9 +86,10 @@ int kv_wal_close(kv_wal *w, kv_error *err);
 void kv_wal_free(kv_wal *w);
 
 int64_t kv_wal_append(kv_wal *w, unsigned type, const char *data, size_t len);
-/* n records, payloads concatenated in data, lengths in lens; returns the first seq. */
-int64_t kv_wal_append_batch(kv_wal *w, unsigned type, const char *data, const uint32_t *lens,
-                            size_t n);
+/* n records, payloads concatenated in data, lengths in lens; each of type `type`, or types[i]
+ * when types is not NULL. Returns the first seq. */
+int64_t kv_wal_append_batch(kv_wal *w, unsigned type, const uint8_t *types, const char *data,
+                            const uint32_t *lens, size_t n);
 int kv_wal_sync(kv_wal *w);
 
 uint64_t kv_wal_first_seq(kv_wal *w);

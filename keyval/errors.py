@@ -75,6 +75,14 @@ class ValueTooLarge(KeyvalError, ValueError):
     """The value (or WAL record) is longer than the store allows."""
 
 
+class LogCompacted(KeyvalError, IndexError):
+    """The Raft log index asked for was compacted into a snapshot."""
+
+
+class LogUnavailable(KeyvalError, IndexError):
+    """The Raft log index asked for is past the end of the log."""
+
+
 class NotLeader(KeyvalError):
     """This Raft node is not the leader; ``leader_hint`` names the one it believes leads."""
 

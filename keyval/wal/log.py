@@ -6,7 +6,7 @@ import errno as _errno
 import logging
 import os
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from struct import Struct
 
 from keyval._wal_cffi import ffi, lib
@@ -32,6 +32,7 @@ DEFAULT_SEGMENT_SIZE = 64 * 2**20
 MAX_SEGMENT_SIZE = 2**30
 _BATCH_HEADER = Struct("<QIB")  # seq, length, type: the framing of kv_wal_read_batch
 _READ_BUFFER = 1 << 20
+_FIRST_READ_BUFFER = 64 << 10
 
 
 def error_from(err, code: int | None = None) -> Exception:
@@ -160,24 +161,37 @@ class WAL:
             self._raise(seq)
         return seq
 
-    def append_many(self, payloads: Iterable[bytes], type: int = 0) -> tuple[int, int]:
+    def append_many(
+        self, payloads: Iterable[bytes], type: int | Sequence[int] = 0
+    ) -> tuple[int, int]:
         """Appends the records in order as one batch (one C call, and in ``"always"`` mode one
-        fsync) and returns ``(first_seq, last_seq)``. A batch with a non-bytes item or an
-        oversized record is refused whole, before anything is written."""
+        fsync) and returns ``(first_seq, last_seq)``. ``type`` is one type for all, or one per
+        record. A batch with a non-bytes item or an oversized record is refused whole, before
+        anything is written."""
         payloads = payloads if isinstance(payloads, list) else list(payloads)
         if not payloads:
             raise ValueError("append_many needs at least one record")
         for p in payloads:
             if p.__class__ is not bytes:
                 raise TypeError(f"payloads must be bytes, not {p.__class__.__name__}")
-        if not 0 <= type <= 255:
-            raise ValueError(f"type must be in 0..255, not {type}")
+        types = ffi.NULL
+        if isinstance(type, int):
+            if not 0 <= type <= 255:
+                raise ValueError(f"type must be in 0..255, not {type}")
+        else:
+            try:
+                per_record = bytes(type)
+            except (TypeError, ValueError):
+                raise ValueError("types must be ints in 0..255") from None
+            if len(per_record) != len(payloads):
+                raise ValueError(f"{len(per_record)} types for {len(payloads)} records")
+            types, type = per_record, 0
         try:
             lens = array("I", map(len, payloads))
         except OverflowError:
             raise ValueTooLarge("a record of 4 GiB or more cannot be stored") from None
         first = lib.kv_wal_append_batch(
-            self._w, type, b"".join(payloads), ffi.from_buffer("uint32_t[]", lens), len(lens)
+            self._w, type, types, b"".join(payloads), ffi.from_buffer("uint32_t[]", lens), len(lens)
         )
         if first < 0:
             self._raise(first)
@@ -246,24 +260,28 @@ class WAL:
             length = _BATCH_HEADER.unpack_from(buf)[1]
             return bytes(buf[16 : 16 + length])
 
-    def replay(self, start: int | None = None) -> Iterator[tuple[int, int, bytes]]:
-        """Yields ``(seq, type, payload)`` from ``start`` (default: the first record) to the last
-        record, in order, each CRC-verified as it is read. Records appended while iterating
-        are included."""
+    def replay(
+        self, start: int | None = None, stop: int | None = None
+    ) -> Iterator[tuple[int, int, bytes]]:
+        """Yields ``(seq, type, payload)`` for records ``start`` (default: the first) up to
+        ``stop`` (exclusive; default: the end, including records appended while iterating), in
+        order, each CRC-verified as it is read."""
         seq = self.first_seq if start is None else start
         self._check_seq(seq)
         if seq == 0:
             return
-        buf = bytearray(_READ_BUFFER)
+        if stop is not None:
+            self._check_seq(stop)
+        # Small reads stay cheap; a long replay grows the buffer to amortise the C calls.
+        buf = bytearray(_FIRST_READ_BUFFER)
         view = memoryview(buf)
         n, used = ffi.new("size_t *"), ffi.new("size_t *")
         unpack = _BATCH_HEADER.unpack_from
-        while True:
-            rc = lib.kv_wal_read_batch(
-                self._w, seq, 1 << 30, ffi.from_buffer(buf), len(buf), n, used
-            )
+        while stop is None or seq < stop:
+            want = (1 << 30) if stop is None else stop - seq
+            rc = lib.kv_wal_read_batch(self._w, seq, want, ffi.from_buffer(buf), len(buf), n, used)
             if rc == -lib.KV_ESPACE:
-                buf = bytearray(used[0])
+                buf = bytearray(max(used[0], len(buf)))
                 view = memoryview(buf)
                 continue
             if rc < 0:
@@ -277,6 +295,9 @@ class WAL:
                 yield rec_seq, rec_type, bytes(view[off + 16 : off + 16 + length])
                 off += 16 + ((length + 7) & ~7)
             seq += count
+            if len(buf) < _READ_BUFFER and count < want:
+                buf = bytearray(_READ_BUFFER)
+                view = memoryview(buf)
 
     # -- state -----------------------------------------------------------------------------
 

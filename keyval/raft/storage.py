@@ -1,0 +1,404 @@
+"""RaftStorage: the durable state of one Raft node, in one data directory.
+
+Layout of a node's data directory (the FORMAT of it; each file's own format is documented in
+its module)::
+
+    NODE_DIR/
+      wal/            keyval.wal log (csrc/format.h) holding three record types:
+                        ENTRY       index u64 | term u64 | data
+                        HARD_STATE  term u64 | vote u64 | commit u64
+                        SNAPSHOT    index u64 | term u64 | keep u8   (a snapshot was saved here)
+      raft.db         keyval.db file (keyval/db/page.py): bucket "meta" holds the hard state as
+                      of the last checkpoint, bucket "snapshot" the newest snapshot's metadata
+      snap/           snapshot files (keyval/raft/snapfile.py), the newest two kept
+
+Writes and when they are durable:
+
+- ``append(entries)`` / ``set_hard_state(hs)`` / ``save(hs, entries)``: one WAL batch and one
+  fdatasync, durable on return. The log is append-only: an entry whose index is at or below
+  ``last_index`` is appended after the old ones, and replay lets it replace the old suffix, so
+  a conflict never rewrites the file and no crash can bring a replaced entry back.
+- ``save_snapshot(snap)``: the snapshot file (fsynced, renamed, directory fsynced), then a
+  SNAPSHOT record in the WAL that says whether the entries after it are kept (the log holds
+  the snapshot's index with its term) or dropped (it does not), with the current hard state
+  beside it (one fsync), then the hard state and the snapshot's metadata in raft.db (one
+  transaction), then compaction: the WAL forgets the records
+  before the first kept one, whole segments are deleted, older snapshot files removed.
+
+Recovery (on open): raft.db gives the checkpointed hard state and snapshot; the WAL is then
+replayed from its first record: ENTRY records build an index (raft index -> WAL sequence number
+and term; payloads stay on disk and are read on demand), the last HARD_STATE record wins (one
+is written beside every SNAPSHOT record, so an older one retained before it never overrides
+the checkpoint), SNAPSHOT records at or after the checkpointed one are applied exactly as when
+they were written. ``.tmp`` files of an
+interrupted snapshot are removed, and snapshot files newer than any SNAPSHOT record (the crash
+came before it was written) too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import time
+from array import array
+from collections.abc import Sequence
+
+from keyval.db import DB
+from keyval.errors import (
+    ClosedError,
+    CorruptionError,
+    LogCompacted,
+    LogUnavailable,
+)
+from keyval.raft import snapfile
+from keyval.raft.records import Entry, HardState, Snapshot
+from keyval.wal import WAL
+
+log = logging.getLogger("keyval.raft.storage")
+
+ENTRY, HARD_STATE, SNAPSHOT = 1, 2, 3  # WAL record types
+_ENTRY_HEAD = struct.Struct("<QQ")
+_HARD_STATE = struct.Struct("<QQQ")
+_MARKER = struct.Struct("<QQB")
+_SNAP_META = struct.Struct("<QQ")  # raft.db "snapshot"/"latest": index, term
+WAL_DIR, DB_FILE, SNAP_DIR = "wal", "raft.db", "snap"
+SNAPSHOTS_KEPT = 2
+DEFAULT_SEGMENT_SIZE = 64 * 2**20
+
+
+def _fields(hs: HardState) -> tuple[int, int, int]:
+    return hs.term, hs.vote, hs.commit
+
+
+class RaftStorage:
+    """Durable Raft state in ``data_dir`` (created if missing): hard state, log, snapshots.
+
+    Empty storage: ``first_index == 1``, ``last_index == 0``, ``term(0) == 0``, hard state all
+    zeros. After a snapshot at index *i*: ``first_index == i + 1``, ``last_index >= i``,
+    ``term(i)`` is the snapshot's term, and reads below ``first_index`` raise
+    :class:`~keyval.errors.LogCompacted` (:class:`~keyval.errors.LogUnavailable` past
+    ``last_index``). Every write is durable on return (see the module doc). Thread-safe: one
+    lock serialises the calls. Bad input raises ``ValueError``/``TypeError`` and writes nothing.
+    """
+
+    def __init__(
+        self, data_dir: str | os.PathLike[str], *, segment_size: int = DEFAULT_SEGMENT_SIZE
+    ):
+        started = time.perf_counter()
+        self._dir = os.fspath(data_dir)
+        self._lock = threading.RLock()
+        self._closed = False
+        os.makedirs(os.path.join(self._dir, SNAP_DIR), exist_ok=True)
+        self._snap_dir = os.path.join(self._dir, SNAP_DIR)
+        self._db = DB(os.path.join(self._dir, DB_FILE))
+        try:
+            self._wal = WAL(
+                os.path.join(self._dir, WAL_DIR), segment_size=segment_size, sync="always"
+            )
+        except BaseException:
+            self._db.close()
+            raise
+        try:
+            self._recover()
+        except BaseException:
+            self._wal.close()
+            self._db.close()
+            raise
+        log.info(
+            "%s: recovered in %.3f s: snapshot at %d, entries %d..%d, term %d, %d WAL records, "
+            "%d bytes",
+            self._dir,
+            time.perf_counter() - started,
+            self._snap_index,
+            self.first_index,
+            self.last_index,
+            self._hard_state.term,
+            self._wal.last_seq - self._wal.first_seq + 1 if self._wal.last_seq else 0,
+            self._wal.stats()["bytes"],
+        )
+
+    # -- recovery ------------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        hs, snap_index, snap_term = HardState(), 0, 0
+        with self._db.view() as tx:
+            meta = tx.bucket(b"meta") if b"meta" in set(tx.buckets()) else None
+            if meta is not None and (raw := meta.get(b"hard_state")) is not None:
+                hs = HardState(*_HARD_STATE.unpack(raw))
+            snaps = tx.bucket(b"snapshot") if b"snapshot" in set(tx.buckets()) else None
+            if snaps is not None and (raw := snaps.get(b"latest")) is not None:
+                snap_index, snap_term = _SNAP_META.unpack(raw)
+        self._hard_state = hs
+        self._snap_index, self._snap_term = snap_index, snap_term
+        self._base = snap_index + 1  # raft index held at position 0 of the arrays below
+        self._seqs = array("Q")  # WAL sequence number of each entry
+        self._terms = array("Q")
+        wal_path = os.path.join(self._dir, WAL_DIR)
+        for seq, kind, payload in self._wal.replay():
+            if kind == ENTRY:
+                index, term = _ENTRY_HEAD.unpack_from(payload)
+                if index < self._base:
+                    continue  # covered by the snapshot
+                pos = index - self._base
+                if pos > len(self._seqs):
+                    raise CorruptionError(
+                        f"entry {index} follows entry {self.last_index}: the log has a gap",
+                        wal_path,
+                        None,
+                    )
+                del self._seqs[pos:], self._terms[pos:]
+                self._seqs.append(seq)
+                self._terms.append(term)
+            elif kind == HARD_STATE:
+                # In WAL order the last one is the newest: every snapshot marker is followed by
+                # the hard state checkpointed with it, so older records before it never win.
+                self._hard_state = HardState(*_HARD_STATE.unpack(payload))
+            elif kind == SNAPSHOT:
+                index, term, keep = _MARKER.unpack(payload)
+                if index >= self._snap_index:
+                    self._apply_snapshot_point(index, term, bool(keep))
+            else:
+                raise CorruptionError(f"WAL record {seq} has unknown type {kind}", wal_path, None)
+        self._tidy_snapshot_files()
+        if self._snap_index and not os.path.exists(
+            self._snap_path(self._snap_index, self._snap_term)
+        ):
+            raise CorruptionError(
+                f"the snapshot at index {self._snap_index} (term {self._snap_term}) is missing",
+                self._snap_path(self._snap_index, self._snap_term),
+                None,
+            )
+
+    def _apply_snapshot_point(self, index: int, term: int, keep: bool) -> None:
+        """Entries up to ``index`` give way to the snapshot; later ones stay only if ``keep``."""
+        if keep and index >= self._base - 1:
+            drop = index + 1 - self._base
+            del self._seqs[:drop], self._terms[:drop]
+        else:
+            del self._seqs[:], self._terms[:]
+        self._base = index + 1
+        self._snap_index, self._snap_term = index, term
+
+    def _snap_path(self, index: int, term: int) -> str:
+        return os.path.join(self._snap_dir, snapfile.file_name(index, term))
+
+    def _tidy_snapshot_files(self) -> None:
+        """Removes .tmp files and snapshots newer than the one in force (never recorded)."""
+        changed = False
+        for name in os.listdir(self._snap_dir):
+            parsed = snapfile.parse_name(name)
+            if name.endswith(snapfile.TMP_SUFFIX) or (parsed and parsed[0] > self._snap_index):
+                os.unlink(os.path.join(self._snap_dir, name))
+                changed = True
+        if changed:
+            snapfile.fsync_dir(self._snap_dir)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    @property
+    def first_index(self) -> int:
+        return self._base
+
+    @property
+    def last_index(self) -> int:
+        return self._base + len(self._seqs) - 1
+
+    @property
+    def path(self) -> str:
+        return self._dir
+
+    def hard_state(self) -> HardState:
+        self._check_open()
+        return self._hard_state
+
+    def term(self, index: int) -> int:
+        """The term of entry ``index`` (the snapshot's term at its index; 0 for index 0)."""
+        with self._lock:
+            self._check_open()
+            if index == self._base - 1:
+                return self._snap_term
+            if index < self._base:
+                raise LogCompacted(f"index {index} is compacted (first index {self._base})")
+            if index > self.last_index:
+                raise LogUnavailable(f"index {index} is past the last index {self.last_index}")
+            return self._terms[index - self._base]
+
+    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        """Entries ``[lo, hi)``, read from the WAL; with ``max_bytes``, stops once the data
+        passes that many bytes (but returns at least one entry)."""
+        with self._lock:
+            self._check_open()
+            if lo < self._base:
+                raise LogCompacted(f"index {lo} is compacted (first index {self._base})")
+            if hi > self.last_index + 1:
+                raise LogUnavailable(f"index {hi - 1} is past the last index {self.last_index}")
+            if lo >= hi:
+                return []
+            # Entries are in WAL order, but hard states and replaced entries may lie between.
+            seqs = self._seqs
+            pos, end = lo - self._base, hi - self._base
+            out: list[Entry] = []
+            size = 0
+            for seq, kind, payload in self._wal.replay(seqs[pos], seqs[end - 1] + 1):
+                if kind != ENTRY or seq != seqs[pos]:
+                    continue
+                index, term = _ENTRY_HEAD.unpack_from(payload)
+                data = payload[16:]
+                out.append(Entry(index, term, data))
+                size += len(data)
+                pos += 1
+                if pos == end or (max_bytes is not None and size >= max_bytes):
+                    break
+            return out
+
+    def snapshot(self) -> Snapshot | None:
+        """The newest snapshot, read and verified from its file; None if there is none."""
+        with self._lock:
+            self._check_open()
+            if not self._snap_index:
+                return None
+            return snapfile.read(self._snap_path(self._snap_index, self._snap_term))
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def set_hard_state(self, hs: HardState) -> None:
+        """Durable on return."""
+        self.save(hard_state=hs)
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        """Durable on return, with one fsync however many entries. An entry whose index is at
+        or below ``last_index`` replaces that entry and everything after it."""
+        self.save(entries=entries)
+
+    def save(self, hard_state: HardState | None = None, entries: Sequence[Entry] = ()) -> None:
+        """Entries and hard state in one WAL batch: one fsync for a whole Raft ready batch."""
+        with self._lock:
+            self._check_open()
+            entries = list(entries)
+            if hard_state is not None:
+                self._validate_hard_state(hard_state)
+            if entries:
+                self._validate_entries(entries)
+            payloads = [_ENTRY_HEAD.pack(e.index, e.term) + e.data for e in entries]
+            if hard_state is not None:
+                payloads.append(_HARD_STATE.pack(*_fields(hard_state)))
+            if not payloads:
+                return
+            types = [ENTRY] * len(entries) + ([HARD_STATE] if hard_state is not None else [])
+            first, _ = self._wal.append_many(payloads, type=types)
+            if entries:
+                pos = entries[0].index - self._base
+                del self._seqs[pos:], self._terms[pos:]
+                self._seqs.extend(range(first, first + len(entries)))
+                self._terms.extend(e.term for e in entries)
+            if hard_state is not None:
+                self._hard_state = hard_state
+
+    def save_snapshot(self, snap: Snapshot) -> None:
+        """Stores ``snap`` durably and compacts the log up to its index (see the module doc)."""
+        with self._lock:
+            self._check_open()
+            if not isinstance(snap, Snapshot):
+                raise TypeError(f"expected a Snapshot, not {type(snap).__name__}")
+            if type(snap.data) is not bytes:
+                raise TypeError("snapshot data must be bytes")
+            if not (snap.index >= 1 and snap.term >= 1):
+                raise ValueError(
+                    f"snapshot index and term must be >= 1, not {snap.index}, {snap.term}"
+                )
+            if snap.index < self._snap_index:
+                raise ValueError(
+                    f"snapshot at {snap.index} is older than the stored one at {self._snap_index}"
+                )
+            keep = (
+                self._base - 1 <= snap.index <= self.last_index
+                and self.term(snap.index) == snap.term
+            )
+            snapfile.write(self._snap_dir, snap)
+            hs = _HARD_STATE.pack(*_fields(self._hard_state))
+            marker, _ = self._wal.append_many(
+                [_MARKER.pack(snap.index, snap.term, keep), hs], type=[SNAPSHOT, HARD_STATE]
+            )
+            with self._db.update() as tx:
+                tx.create_bucket(b"meta", exist_ok=True).put(b"hard_state", hs)
+                tx.create_bucket(b"snapshot", exist_ok=True).put(
+                    b"latest", _SNAP_META.pack(snap.index, snap.term)
+                )
+            self._apply_snapshot_point(snap.index, snap.term, keep)
+            # The hard state is in raft.db now, so the WAL may forget everything before the
+            # first entry still needed (or before the marker when none is).
+            self._wal.truncate_front(self._seqs[0] if self._seqs else marker)
+            self._remove_old_snapshots()
+
+    def _remove_old_snapshots(self) -> None:
+        names = sorted(
+            (parsed, name)
+            for name in os.listdir(self._snap_dir)
+            if (parsed := snapfile.parse_name(name)) is not None
+        )
+        for _, name in names[:-SNAPSHOTS_KEPT]:
+            os.unlink(os.path.join(self._snap_dir, name))
+        if len(names) > SNAPSHOTS_KEPT:
+            snapfile.fsync_dir(self._snap_dir)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._wal.close()
+            finally:
+                self._db.close()
+
+    def __enter__(self) -> RaftStorage:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- validation ----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"RaftStorage {self._dir} is closed")
+
+    def _validate_hard_state(self, hs: HardState) -> None:
+        if not isinstance(hs, HardState):
+            raise TypeError(f"expected a HardState, not {type(hs).__name__}")
+        for name in ("term", "vote", "commit"):
+            value = getattr(hs, name)
+            if type(value) is not int or value < 0:
+                raise ValueError(f"hard state {name} must be an int >= 0, not {value!r}")
+        cur = self._hard_state
+        if hs.term < cur.term:
+            raise ValueError(f"term cannot go back from {cur.term} to {hs.term}")
+        if hs.term == cur.term and cur.vote and hs.vote != cur.vote:
+            raise ValueError(f"already voted for {cur.vote} in term {cur.term}, not {hs.vote}")
+
+    def _validate_entries(self, entries: list[Entry]) -> None:
+        prev_index, prev_term = entries[0].index - 1, None
+        for e in entries:
+            if not isinstance(e, Entry):
+                raise TypeError(f"expected an Entry, not {type(e).__name__}")
+            if type(e.data) is not bytes:
+                raise TypeError(f"entry {e.index}: data must be bytes")
+            if type(e.index) is not int or type(e.term) is not int or e.index < 1 or e.term < 1:
+                raise ValueError(f"entry index and term must be ints >= 1, not {e.index}, {e.term}")
+            if e.index != prev_index + 1:
+                raise ValueError(f"entries not consecutive: {prev_index} then {e.index}")
+            if prev_term is not None and e.term < prev_term:
+                raise ValueError(f"term goes back from {prev_term} to {e.term} at entry {e.index}")
+            prev_index, prev_term = e.index, e.term
+        first = entries[0]
+        if first.index < self._base:
+            raise LogCompacted(f"append at {first.index} below the first index {self._base}")
+        if first.index > self.last_index + 1:
+            raise ValueError(f"append at {first.index} leaves a gap after {self.last_index}")
+        before = self.term(first.index - 1) if first.index - 1 >= self._base - 1 else 0
+        if first.term < before:
+            raise ValueError(
+                f"entry {first.index} has term {first.term}, below the term {before} before it"
+            )
