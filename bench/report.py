@@ -307,7 +307,8 @@ def run_suite(layer: LayerResults, run_dir: Path, scale: str, scratch: Path) -> 
 
 
 def fmt(value: float) -> str:
-    """Three significant figures, thousands separated (no scientific notation)."""
+    """A table number: whole with thousands separators from 100 up, three significant figures
+    below (never scientific notation)."""
     if value != value or value in (float("inf"), float("-inf")):
         return str(value)
     if abs(value) >= 100:

@@ -103,7 +103,7 @@ def payload(size: int, seed: int = 0) -> bytes:
 def size_label(n: int) -> str:
     for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
         if n >= 1 << shift:
-            return f"{n / (1 << shift):.3g} {unit}"
+            return f"{n / (1 << shift):,.4g} {unit}"
     return f"{n} B"
 
 
