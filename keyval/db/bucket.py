@@ -8,7 +8,7 @@ bucket, never both.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -189,21 +189,30 @@ class Bucket:
             node = child
         return path, node
 
-    def _insert(self, key: bytes, value) -> None:
-        """Set ``key`` to a raw value (bytes or BucketHeader)."""
+    def _insert(self, key: bytes, value) -> bool:
+        """Set ``key`` to a raw value (bytes or BucketHeader); returns whether it is new.
+
+        Raises BucketExists, changing nothing visible, if ``key`` names a nested bucket.
+        """
         path, leaf = self._leaf_for_write(key)
         keys = leaf.keys
+        if type(value) is not bytes or len(value) > self._tx._db._max_inline:
+            leaf.plain = False
         i = bisect_left(keys, key)
         if i < len(keys) and keys[i] == key:
-            self._drop_value(leaf.vals[i])
+            old = leaf.vals[i]
+            if type(old) is BucketHeader:
+                raise BucketExists(f"{key!r} is a nested bucket, not a key")
+            self._drop_value(old)
             leaf.vals[i] = value
-            return
+            return False
         keys.insert(i, key)
         leaf.vals.insert(i, value)
         if len(keys) > SPLIT_ENTRIES:
             new_root = split_in_memory(leaf, path)
             if new_root is not None:
                 self._node = new_root
+        return True
 
     def _drop_value(self, old) -> None:
         if type(old) is OverflowRef:
@@ -213,28 +222,37 @@ class Bucket:
 
     def get(self, key: bytes, default: bytes | None = None) -> bytes | None:
         """The value of ``key``, or ``default`` if it is absent (or names a nested bucket)."""
-        if self._tx._closed or self._deleted:
-            self._check_read()
         if type(key) is not bytes and not isinstance(key, bytes):
             raise TypeError(f"keys are bytes, not {type(key).__name__}")
-        # The lookup is inlined: this is the hottest path of the store.
+        tx = self._tx
+        if tx._closed or self._deleted:
+            self._check_read()
+        # The descent is inlined, with the page cache probed directly: this is the hottest
+        # path of the store, and each Python call saved is a measurable share of a get.
         node = self._node
         if node is None:
             node = self._root_node()
-        load = self._tx._load
-        while not node.leaf:
-            keys = node.keys
-            i = route(keys, key)
-            child = node.vals[i]
-            node = load(child) if type(child) is int else child
+        if not node.leaf:
+            cache = tx._db._hot
+            load = tx._load
+            while True:
+                i = bisect_right(node.keys, key) - 1
+                child = node.vals[i if i > 0 else 0]
+                if type(child) is int:
+                    found = cache.get(child)
+                    node = found if found is not None else load(child)
+                else:
+                    node = child
+                if node.leaf:
+                    break
         keys = node.keys
         i = bisect_left(keys, key)
-        if i < len(keys) and keys[i] == key:
+        if i != len(keys) and keys[i] == key:
             v = node.vals[i]
             if type(v) is bytes:
                 return v
             if type(v) is OverflowRef:
-                return self._tx._read_overflow(v)
+                return tx._read_overflow(v)
         return default
 
     def put(self, key: bytes, value: bytes) -> None:
@@ -242,11 +260,7 @@ class Bucket:
         key = check_key(key)
         value = check_value(value)
         self._check_write()
-        old = self._lookup(key)
-        if type(old) is BucketHeader or key in self._children:
-            raise BucketExists(f"{key!r} is a nested bucket, not a key")
-        self._insert(key, value)
-        if old is None:
+        if self._insert(key, value):
             self._count += 1
 
     def delete(self, key: bytes) -> bool:

@@ -33,6 +33,7 @@ from .page import (
     OverflowRef,
     build_page,
     check_run,
+    max_inline_value,
     type_name,
     valid_page_size,
 )
@@ -185,6 +186,7 @@ class DB:
             )
         self._file_pages = size // meta.page_size
         self._meta = meta
+        self._max_inline = max_inline_value(meta.page_size)
         self._freelist = Freelist(meta.page_size)
         self._freelist.load(meta.freelist, meta.hwm, self._read_freelist_run)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 from bisect import bisect_right
+from operator import add
 from typing import TYPE_CHECKING
 
 from .page import (
@@ -68,11 +69,12 @@ class Node:
         self.pgid = pgid
         self.span = span
         self.dirty = dirty
-        # True for a clean leaf whose values are all inline bytes: scans can zip it directly.
+        # A leaf whose values are all bytes short enough to stay in the leaf: scans zip it
+        # directly, and sizes and encodings take C-speed paths. Writes keep it up to date.
         self.plain = plain
 
     def dirty_copy(self) -> Node:
-        return Node(self.leaf, list(self.keys), list(self.vals), dirty=True)
+        return Node(self.leaf, list(self.keys), list(self.vals), dirty=True, plain=self.plain)
 
     @classmethod
     def decode(
@@ -101,7 +103,7 @@ def split_in_memory(node: Node, path: list[tuple[Node, int]]) -> Node | None:
     """
     while len(node.keys) > SPLIT_ENTRIES:
         mid = len(node.keys) // 2
-        right = Node(node.leaf, node.keys[mid:], node.vals[mid:], dirty=True)
+        right = Node(node.leaf, node.keys[mid:], node.vals[mid:], dirty=True, plain=node.plain)
         del node.keys[mid:]
         del node.vals[mid:]
         if not path:
@@ -114,12 +116,24 @@ def split_in_memory(node: Node, path: list[tuple[Node, int]]) -> Node | None:
 
 
 def node_size(node: Node, max_inline: int) -> int:
-    return HEADER_SIZE + sum(entry_sizes(node, max_inline))
+    keys = node.keys
+    if node.leaf:
+        if node.plain:
+            return (
+                HEADER_SIZE
+                + LEAF_ELEMENT.size * len(keys)
+                + sum(map(len, keys))
+                + sum(map(len, node.vals))
+            )
+        return HEADER_SIZE + sum(entry_sizes(node, max_inline))
+    return HEADER_SIZE + BRANCH_ELEMENT.size * len(keys) + sum(map(len, keys))
 
 
 def entry_sizes(node: Node, max_inline: int) -> list[int]:
     if node.leaf:
         elem = LEAF_ELEMENT.size
+        if node.plain:
+            return [elem + n for n in map(add, map(len, node.keys), map(len, node.vals))]
         return [
             elem + len(k) + leaf_value_size(v, max_inline)
             for k, v in zip(node.keys, node.vals, strict=True)
@@ -148,6 +162,7 @@ def _merge(left: Node, right: Node, separator: bytes) -> None:
     """Append ``right``'s entries to ``left``; ``separator`` is right's key in their parent, a
     correct lower bound for right's first child even when right's own first key is stale."""
     if left.leaf:
+        left.plain = left.plain and right.plain
         left.keys.extend(right.keys)
     else:
         left.keys.append(separator)
@@ -168,7 +183,7 @@ def rebalance(tx: Tx, root: Node) -> Node:
     while not root.leaf and len(root.vals) == 1:
         root = child_for_write(tx, root, 0)
     if not root.leaf and not root.vals:
-        root = Node(True, [], [], dirty=True)
+        root = Node(True, [], [], dirty=True, plain=True)
     return root
 
 
@@ -203,10 +218,10 @@ def _rebalance_children(tx: Tx, node: Node, threshold: int, max_inline: int) -> 
 
 def _pieces(node: Node, page_size: int, fill: float, max_inline: int) -> list[tuple[int, int]]:
     """Index ranges of the pages ``node`` is cut into."""
-    sizes = entry_sizes(node, max_inline)
-    n = len(sizes)
-    if HEADER_SIZE + sum(sizes) <= page_size or n <= MIN_ENTRIES:
+    n = len(node.keys)
+    if n <= MIN_ENTRIES or node_size(node, max_inline) <= page_size:
         return [(0, n)]
+    sizes = entry_sizes(node, max_inline)
     threshold = int(page_size * fill)
     cuts = [0]
     size = HEADER_SIZE
@@ -241,13 +256,14 @@ def spill(tx: Tx, node: Node, fill: float) -> list[tuple[bytes, int]]:
     page_size = db.page_size
     max_inline = max_inline_value(page_size)
     if node.leaf:
-        vals = node.vals
-        for i, v in enumerate(vals):
-            if type(v) is bytes and len(v) > max_inline:
-                pgid = tx._allocate(span_for(HEADER_SIZE + len(v), page_size))
-                span, buffers = build_overflow(pgid, v, page_size)
-                tx._write(pgid, span, buffers, None)
-                vals[i] = OverflowRef(pgid, len(v))
+        if not node.plain:
+            vals = node.vals
+            for i, v in enumerate(vals):
+                if type(v) is bytes and len(v) > max_inline:
+                    pgid = tx._allocate(span_for(HEADER_SIZE + len(v), page_size))
+                    span, buffers = build_overflow(pgid, v, page_size)
+                    tx._write(pgid, span, buffers, None)
+                    vals[i] = OverflowRef(pgid, len(v))
     else:
         keys: list[bytes] = []
         children: list = []
@@ -265,7 +281,7 @@ def spill(tx: Tx, node: Node, fill: float) -> list[tuple[bytes, int]]:
         keys = node.keys[a:b]
         vals = node.vals[a:b]
         if node.leaf:
-            body = encode_leaf_body(keys, vals)
+            body = encode_leaf_body(keys, vals, node.plain)
             ptype = TYPE_LEAF
         else:
             body = encode_branch_body(keys, vals)
@@ -273,7 +289,7 @@ def spill(tx: Tx, node: Node, fill: float) -> list[tuple[bytes, int]]:
         span = span_for(HEADER_SIZE + len(body), page_size)
         pgid = tx._allocate(span)
         page = build_page(pgid, ptype, len(keys), body, page_size)
-        plain = node.leaf and all(type(v) is bytes for v in vals)
+        plain = node.plain or (node.leaf and all(type(v) is bytes for v in vals))
         tx._write(pgid, span, [page], Node(node.leaf, keys, vals, pgid, span, plain=plain))
         out.append((keys[0] if keys else b"", pgid))
     return out
