@@ -574,15 +574,19 @@ def provisional_reasons(
             f"other processes (or the hypervisor) used {others_share:.0%} of the machine's CPU "
             "during the run"
         )
+    drifts = []
     for key, factor in FSYNC_DRIFT_FACTORS.items():
         start = machine["fsync_overwrite"][key]
         end = machine.get("fsync_overwrite_at_end", {}).get(key, start)
         if max(start, end) > factor * min(start, end):
-            reasons.append(
-                f"fsync latency changed during the run (4 KiB overwrite {key[:3]} "
-                f"{start * 1e3:,.0f} µs at the start, {end * 1e3:,.0f} µs at the end): "
-                "the disk was shared"
+            drifts.append(
+                f"{key[:3]} {start * 1e3:,.0f} µs at the start, {end * 1e3:,.0f} µs at the end"
             )
+    if drifts:
+        reasons.append(
+            f"fsync latency changed during the run (4 KiB overwrite {'; '.join(drifts)}): "
+            "the disk was shared"
+        )
     for layer in layers:
         if layer.groups and not any(KEYVAL in systems for systems in layer.groups.values()):
             reasons.append(f"{layer.layer}: keyval itself did not run (see skipped cases)")
