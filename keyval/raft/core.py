@@ -502,10 +502,9 @@ class RaftCore:
                     self._send_append(m.frm)
                 elif pr.state is ProgressState.REPLICATE and pr.match < pr.sent_at_heartbeat:
                     # Entries sent before the heartbeat are unacknowledged although the
-                    # heartbeat made the round trip: appends or acks were lost. An empty append
-                    # at `next` finds out cheaply (acked if the follower has it all; rejected,
-                    # hence a probe, if not).
-                    pr.inflights.reset()
+                    # heartbeat made the round trip: appends or acks were lost. Resend from
+                    # the last known match.
+                    pr.become_probe()
                     self._send_append(m.frm)
             if m.context:
                 acks = self.read_only.ack(m.context, m.frm)
@@ -519,6 +518,20 @@ class RaftCore:
     def _handle_append_response(self, m: Message, pr: Progress) -> None:
         if m.reject:
             if pr.state is ProgressState.SNAPSHOT:
+                return
+            if m.hint_index > pr.match and m.log_term and self.log.term(m.hint_index) == m.log_term:
+                # Same term at the same index: by Log Matching the follower's log equals ours
+                # up to its hint, and it rejected only because an earlier append is missing
+                # (overtaken or lost). Take the match; keep the pipeline (a lost append is
+                # caught by the heartbeat stall check).
+                pr.maybe_update(m.hint_index)
+                if pr.state is ProgressState.PROBE:
+                    pr.become_replicate()
+                else:
+                    pr.inflights.free_le(m.hint_index)
+                self._maybe_commit()
+                while self._send_append(m.frm, send_if_empty=False):
+                    pass
                 return
             next_probe = m.hint_index
             if m.log_term > 0:
