@@ -104,6 +104,14 @@ class Node:
             self._process()
             return index
 
+    def propose_many(self, items: list[bytes]) -> list[int]:
+        """Propose several entries at once; they go out in as few appends as the message size
+        allows, with one storage append. Their indexes; raises like :meth:`propose`."""
+        with self._lock:
+            indexes = [self.core.propose(data) for data in items]
+            self._process()
+            return indexes
+
     def read_index(self, context: bytes) -> None:
         """Start a linearizable read; ``on_read`` is called with ``context`` when it may be
         served. Raises :class:`~keyval.errors.NotLeader` when no leader is known."""
