@@ -149,13 +149,13 @@ static int rotate_locked(kv_wal *w, uint64_t need)
 }
 
 /* A record too big for the buffer is written straight from the caller's memory. */
-static int64_t append_direct_locked(kv_wal *w, unsigned type, const char *data, uint32_t len,
-                                    uint64_t rs)
+static int64_t append_direct_locked(kv_wal *w, unsigned type, unsigned flags, const char *data,
+                                    uint32_t len, uint64_t rs)
 {
     kv_segment *s = &w->segs[w->nsegs - 1];
     uint64_t seq = w->next_seq, off = s->end;
     unsigned char hdr[KV_REC_HEADER_SIZE];
-    kv_record_header_encode(hdr, s->salt, seq, type, data, len);
+    kv_record_header_encode(hdr, s->salt, seq, type, flags, data, len);
     if (kv_segment_push_offset(s, (uint32_t)off) != 0) {
         kv_set_error(&w->last_err, KV_EIO, ENOMEM, s->path, -1, "out of memory");
         return -KV_EIO;
@@ -179,8 +179,10 @@ static int64_t append_direct_locked(kv_wal *w, unsigned type, const char *data, 
     return (int64_t)seq;
 }
 
-/* Appends one record (not synced). Returns its seq or a negative code. */
-static int64_t append_locked(kv_wal *w, unsigned type, const char *data, size_t len)
+/* Appends one record (not synced). Returns its seq or a negative code. `batch_owner`: the
+ * caller is placing a batch (w->batching), so it must not wait for one to finish. */
+static int64_t append_locked(kv_wal *w, unsigned type, unsigned flags, int batch_owner,
+                             const char *data, size_t len)
 {
     if (len > UINT32_MAX || kv_record_size(len) > w->segment_size - KV_SEG_HEADER_SIZE) {
         kv_set_error(&w->last_err, KV_ETOOBIG, 0, w->dir, -1,
@@ -197,6 +199,10 @@ static int64_t append_locked(kv_wal *w, unsigned type, const char *data, size_t 
             return -KV_ECLOSED;
         if (w->failed)
             return failed_locked(w);
+        if (w->batching && !batch_owner) { /* the mutex was released while we flushed */
+            pthread_cond_wait(&w->cv, &w->mu);
+            continue;
+        }
         kv_segment *s = &w->segs[w->nsegs - 1];
         if (s->end + rs > s->size) {
             int e = rotate_locked(w, rs);
@@ -211,7 +217,7 @@ static int64_t append_locked(kv_wal *w, unsigned type, const char *data, size_t 
                     return e;
                 continue;
             }
-            return append_direct_locked(w, type, data, (uint32_t)len, rs);
+            return append_direct_locked(w, type, flags, data, (uint32_t)len, rs);
         }
         if (w->buf_len + rs > w->buf_cap) {
             int e = kv_flush_locked(w, 0, 0, 0);
@@ -225,7 +231,7 @@ static int64_t append_locked(kv_wal *w, unsigned type, const char *data, size_t 
         }
         uint64_t seq = w->next_seq++;
         unsigned char *p = w->buf + w->buf_len;
-        kv_record_header_encode(p, s->salt, seq, type, data, (uint32_t)len);
+        kv_record_header_encode(p, s->salt, seq, type, flags, data, (uint32_t)len);
         memcpy(p + KV_REC_HEADER_SIZE, data, len);
         memset(p + KV_REC_HEADER_SIZE + len, 0, rs - KV_REC_HEADER_SIZE - len);
         w->buf_len += rs;
@@ -247,8 +253,12 @@ static int writable_locked(kv_wal *w)
     return 0;
 }
 
+/* Waits while another thread places a batch (its records must get consecutive seqs, and it
+ * may release the mutex while it flushes), then counts this thread as an appender. */
 static void enter_append_locked(kv_wal *w)
 {
+    while (w->batching)
+        pthread_cond_wait(&w->cv, &w->mu);
     if (++w->appenders > w->peak_appenders)
         w->peak_appenders = w->appenders;
 }
@@ -268,7 +278,7 @@ int64_t kv_wal_append(kv_wal *w, unsigned type, const char *data, size_t len)
     enter_append_locked(w);
     int64_t seq = writable_locked(w);
     if (seq == 0)
-        seq = append_locked(w, type, data, len);
+        seq = append_locked(w, type, 0, 0, data, len);
     if (seq > 0 && w->sync_mode == KV_SYNC_ALWAYS) {
         joined_locked(w);
         int e = kv_flush_locked(w, 1, (uint64_t)seq, 1);
@@ -288,6 +298,7 @@ int64_t kv_wal_append_batch(kv_wal *w, unsigned type, const uint8_t *types, cons
     pthread_mutex_lock(&w->mu);
     enter_append_locked(w);
     int64_t first = writable_locked(w), last = 0;
+    int owner = 0;
     if (first == 0) {
         /* Check every length first: a batch is refused whole, never appended in part. */
         for (size_t i = 0; i < n; i++)
@@ -301,10 +312,33 @@ int64_t kv_wal_append_batch(kv_wal *w, unsigned type, const uint8_t *types, cons
             }
     }
     if (first == 0) {
+        /* One batch at a time: its records get consecutive seqs even though placing them may
+         * release the mutex (to flush or rotate). */
+        while (w->batching)
+            pthread_cond_wait(&w->cv, &w->mu);
+        w->batching = owner = 1;
+        /* A batch that fits in one segment goes into one: start a new one now if needed, so
+         * that recovery can treat the batch as a unit. */
+        uint64_t total = 0;
+        for (size_t i = 0; i < n; i++)
+            total += kv_record_size(lens[i]);
+        while (total <= w->segment_size - KV_SEG_HEADER_SIZE && !w->failed && !w->closing) {
+            kv_segment *s = &w->segs[w->nsegs - 1];
+            if (s->end + total <= s->size)
+                break;
+            int e = rotate_locked(w, total);
+            if (e) {
+                first = e;
+                break;
+            }
+        }
+    }
+    if (first == 0) {
         first = (int64_t)w->next_seq;
         size_t off = 0;
         for (size_t i = 0; i < n && last >= 0; i++) {
-            last = append_locked(w, types ? types[i] : type, data + off, lens[i]);
+            unsigned flags = i + 1 < n ? KV_REC_CONTINUES : 0;
+            last = append_locked(w, types ? types[i] : type, flags, 1, data + off, lens[i]);
             off += lens[i];
             if (last < 0 && i > 0 && !w->failed)
                 /* Part of the batch is in the log and the rest could not follow (no room for a
@@ -313,6 +347,10 @@ int64_t kv_wal_append_batch(kv_wal *w, unsigned type, const uint8_t *types, cons
         }
         if (last < 0)
             first = last;
+    }
+    if (owner) {
+        w->batching = 0;
+        pthread_cond_broadcast(&w->cv);
     }
     if (first > 0 && w->sync_mode == KV_SYNC_ALWAYS) {
         joined_locked(w);

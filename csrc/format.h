@@ -28,7 +28,8 @@
  *     4     4  payload length
  *     8     8  seq
  *    16     1  type (0..255, the caller's)
- *    17     3  reserved, zero
+ *    17     1  flags: bit 0 = another record of the same append_many batch follows
+ *    18     2  reserved, zero
  *    20   len  payload
  *
  * A record is valid when its CRC matches, its seq is the one expected next, and it lies inside
@@ -42,7 +43,9 @@
  * lies among them. Anything else (a bad record followed by a valid one, a gap between
  * segments, a bad header) is corruption, reported with the file and offset and never skipped:
  * a valid record after a bad one proves the bad one was once written whole, so cutting there
- * would drop acknowledged records.
+ * would drop acknowledged records. A batch is all or nothing: if the last valid record still
+ * says that another of its batch follows, the batch never finished and is cut like a torn
+ * write (a batch that fits in a segment is never split across two).
  *
  *   off  size  bounds file (replaced atomically: write bounds.tmp, fsync, rename, fsync dir)
  *     0     8  magic "KVWALBND"
@@ -68,6 +71,7 @@
 #define KV_SEG_HEADER_SIZE 64u
 #define KV_REC_HEADER_SIZE 20u
 #define KV_REC_ALIGN 8u
+#define KV_REC_CONTINUES 1u
 #define KV_BOUNDS_SIZE 36u
 #define KV_BOUNDS_CUT_PENDING 1u
 
@@ -123,7 +127,7 @@ void kv_seg_header_encode(unsigned char out[KV_SEG_HEADER_SIZE], const kv_seg_he
  * -4 bad header size. */
 int kv_seg_header_decode(const unsigned char *in, kv_seg_header *h);
 void kv_record_header_encode(unsigned char out[KV_REC_HEADER_SIZE], uint64_t salt, uint64_t seq,
-                             unsigned type, const void *payload, uint32_t len);
+                             unsigned type, unsigned flags, const void *payload, uint32_t len);
 void kv_bounds_encode(unsigned char out[KV_BOUNDS_SIZE], const kv_bounds *b);
 /* 0 ok; -1 bad magic; -2 bad CRC; -3 unknown version. */
 int kv_bounds_decode(const unsigned char *in, kv_bounds *b);

@@ -5,8 +5,11 @@
  * nothing. Corruption elsewhere looks the same up close; what tells them apart is what
  * follows: after a torn record nothing valid with a later seq can exist, because records are
  * written in seq order and the crash stopped the writing. */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "wal_internal.h"
 
@@ -50,5 +53,28 @@ int kv_cut_tail(kv_wal *w, kv_segment *s, int fd, uint64_t from, uint64_t *cut_b
     free(zeros);
     if (!e)
         e = kv_io_fdatasync(&w->io, fd);
+    return e;
+}
+
+int kv_clear_continues(kv_wal *w, kv_segment *s, uint64_t count, int fd)
+{
+    if (count == 0)
+        return 0;
+    uint64_t off = s->offs[count - 1];
+    const unsigned char *rec = s->map + off;
+    if (!(rec[17] & KV_REC_CONTINUES))
+        return 0;
+    unsigned char hdr[KV_REC_HEADER_SIZE];
+    uint32_t len = kv_get32(rec + 4);
+    kv_record_header_encode(hdr, s->salt, kv_get64(rec + 8), rec[16], 0,
+                            rec + KV_REC_HEADER_SIZE, len);
+    int own = fd < 0;
+    if (own && (fd = open(s->path, O_RDWR | O_CLOEXEC)) < 0)
+        return errno;
+    int e = kv_io_pwrite(&w->io, fd, hdr, sizeof hdr, off);
+    if (!e)
+        e = kv_io_fdatasync(&w->io, fd);
+    if (own)
+        close(fd);
     return e;
 }

@@ -386,10 +386,8 @@ static int recover(kv_wal *w, kv_error *err, const kv_bounds *b)
         uint64_t nz = s->size;
         while (nz > s->end && s->map[nz - 1] == 0)
             nz--;
-        if (nz == s->end)
-            break;
         uint64_t later;
-        int64_t at = kv_find_later_record(s, s->end, expected - 1, &later);
+        int64_t at = nz > s->end ? kv_find_later_record(s, s->end, expected - 1, &later) : -1;
         if (at >= 0 && !(cut_pending && !check)) {
             describe_bad_record(s, s->end, expected, why, sizeof why);
             if (PROBLEM(w, err, KV_ECORRUPT, s->path, (int64_t)s->end,
@@ -399,11 +397,34 @@ static int recover(kv_wal *w, kv_error *err, const kv_bounds *b)
                 return 1;
             break;
         }
+        /* A batch whose last record never made it is cut with the torn bytes after it. */
+        uint64_t unfinished = 0;
+        if (cut_pending && !check) {
+            int e = kv_clear_continues(w, s, s->count, -1);
+            if (e) {
+                kv_set_error(err, KV_EIO, e, s->path, -1, "cannot finish truncate_back: %s",
+                             strerror(e));
+                return 1;
+            }
+        } else {
+            size_t k = s->count;
+            while (k > 0 && (s->map[s->offs[k - 1] + 17] & KV_REC_CONTINUES))
+                k--;
+            unfinished = s->count - k;
+            if (unfinished) {
+                s->count = k;
+                s->end = s->offs[k];
+                expected -= unfinished;
+            }
+        }
+        if (nz <= s->end)
+            break;
         if (check) {
             kv_add_finding(w, KV_ETORN, s->path, (int64_t)s->end,
-                           "torn tail: %llu bytes after the last valid record (seq %llu); "
+                           "torn tail: %llu bytes after the last valid record (seq %llu)%s; "
                            "opening the log cuts them",
-                           (unsigned long long)(nz - s->end), (unsigned long long)(expected - 1));
+                           (unsigned long long)(nz - s->end), (unsigned long long)(expected - 1),
+                           unfinished ? ", an append_many batch that never finished" : "");
             w->torn_offset = (int64_t)s->end;
             w->torn_bytes = nz - s->end;
             break;
@@ -806,6 +827,9 @@ int kv_wal_truncate_back(kv_wal *w, uint64_t seq)
     uint64_t keep = seq + 1 - s->first_seq, from = s->offs[keep], cut = 0;
     what = "zeroing the truncated tail";
     if ((e = kv_cut_tail(w, s, w->cur_fd, from, &cut)))
+        goto fail;
+    what = "ending the batch at the cut";
+    if ((e = kv_clear_continues(w, s, keep, w->cur_fd)))
         goto fail;
     s->count = keep;
     s->end = from;

@@ -89,6 +89,7 @@ struct kv_wal {
     size_t buf_len, buf_cap;
     uint64_t buf_off;
     int io_busy;
+    int batching; /* a thread is placing an append_many batch: other appenders wait */
 
     /* Adaptive group commit: a leader that saw several appenders during the last cycle waits
      * (at most one fsync's duration) for that many records before it syncs. */
@@ -138,6 +139,10 @@ int64_t kv_find_later_record(const kv_segment *s, uint64_t from, uint64_t after_
 /* Zeroes s from `from` to the last non-zero byte so that the next append starts clean; 0 or
  * errno. */
 int kv_cut_tail(kv_wal *w, kv_segment *s, int fd, uint64_t from, uint64_t *cut_bytes);
+/* truncate_back may cut inside a batch: the record it keeps last (the count-th) must then stop
+ * saying that more of its batch follows, or the next open would cut it as unfinished. Rewrites
+ * its header (through fd, or its own descriptor when fd < 0) and syncs; 0 or errno. */
+int kv_clear_continues(kv_wal *w, kv_segment *s, uint64_t count, int fd);
 
 /* encoder.c */
 /* Writes the buffer and, with sync, fdatasyncs until every record <= target is durable.

@@ -65,9 +65,12 @@ def _db_checker():
 
 
 def kind_of(path: str) -> str | None:
-    """What keyval thing lives at ``path``: "wal", "db", or None."""
+    """What keyval thing lives at ``path``: "node", "wal", "db", or None."""
+    from keyval.raft.check import is_node_dir
     from keyval.wal.check import is_wal_dir
 
+    if is_node_dir(path):
+        return "node"
     if is_wal_dir(path):
         return "wal"
     db = _db_checker()
@@ -89,6 +92,15 @@ def check_path(path: str, repair: bool = False) -> Report:
                 report.repairs = repair_dir(path)
         elif kind == "db":
             report.problems = _db_checker().check_file(path)
+        elif kind == "node":
+            from keyval.raft.check import check_node_dir
+
+            report.problems = check_node_dir(path)
+            if repair and report.problems and all(p.repairable for p in report.problems):
+                from keyval.raft.storage import RaftStorage
+
+                RaftStorage(path).close()  # opening repairs: cuts torn tails, drops .tmp files
+                report.repairs = [f"repaired: {p}" for p in report.problems]
         elif not os.path.exists(path):
             report.error = f"{path}: no such file or directory"
         else:

@@ -44,6 +44,7 @@ import threading
 import time
 from array import array
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from keyval.db import DB
 from keyval.errors import (
@@ -66,6 +67,73 @@ _SNAP_META = struct.Struct("<QQ")  # raft.db "snapshot"/"latest": index, term
 WAL_DIR, DB_FILE, SNAP_DIR = "wal", "raft.db", "snap"
 SNAPSHOTS_KEPT = 2
 DEFAULT_SEGMENT_SIZE = 64 * 2**20
+
+
+@dataclass
+class _State:
+    """What replaying a node's WAL over its raft.db checkpoint yields."""
+
+    hard_state: HardState
+    snap_index: int
+    snap_term: int
+    base: int  # raft index held at position 0 of seqs/terms
+    seqs: array  # WAL sequence number of each entry
+    terms: array
+
+    @property
+    def last_index(self) -> int:
+        return self.base + len(self.seqs) - 1
+
+    def apply_snapshot_point(self, index: int, term: int, keep: bool) -> None:
+        """Entries up to ``index`` give way to the snapshot; later ones stay only if ``keep``."""
+        if keep and index >= self.base - 1:
+            drop = index + 1 - self.base
+            del self.seqs[:drop], self.terms[:drop]
+        else:
+            del self.seqs[:], self.terms[:]
+        self.base = index + 1
+        self.snap_index, self.snap_term = index, term
+
+
+def replay_state(wal: WAL, db: DB, wal_path: str) -> _State:
+    """Rebuilds the log index and hard state from raft.db's checkpoint and the WAL; reads only
+    (the fsck of a node directory uses it on a log opened for checking)."""
+    hs, snap_index, snap_term = HardState(), 0, 0
+    with db.view() as tx:
+        names = set(tx.buckets())
+        if b"meta" in names and (raw := tx.bucket(b"meta").get(b"hard_state")) is not None:
+            hs = HardState(*_HARD_STATE.unpack(raw))
+        if b"snapshot" in names and (raw := tx.bucket(b"snapshot").get(b"latest")) is not None:
+            snap_index, snap_term = _SNAP_META.unpack(raw)
+    state = _State(hs, snap_index, snap_term, snap_index + 1, array("Q"), array("Q"))
+    seqs, terms = state.seqs, state.terms
+    for seq, kind, payload in wal.replay():
+        if kind == ENTRY:
+            index, term = _ENTRY_HEAD.unpack_from(payload)
+            if index < state.base:
+                continue  # covered by the snapshot
+            pos = index - state.base
+            if pos > len(seqs):
+                raise CorruptionError(
+                    f"WAL record {seq} holds entry {index} after entry {state.last_index}: "
+                    "the log has a gap",
+                    wal_path,
+                    None,
+                )
+            del seqs[pos:], terms[pos:]
+            seqs.append(seq)
+            terms.append(term)
+        elif kind == HARD_STATE:
+            # In WAL order the last one is the newest: every snapshot marker is followed by
+            # the hard state checkpointed with it, so older records before it never win.
+            state.hard_state = HardState(*_HARD_STATE.unpack(payload))
+        elif kind == SNAPSHOT:
+            index, term, keep = _MARKER.unpack(payload)
+            if index >= state.snap_index:
+                state.apply_snapshot_point(index, term, bool(keep))
+        else:
+            raise CorruptionError(f"WAL record {seq} has unknown type {kind}", wal_path, None)
+    return state
 
 
 def _fields(hs: HardState) -> tuple[int, int, int]:
@@ -111,10 +179,10 @@ class RaftStorage:
             "%d bytes",
             self._dir,
             time.perf_counter() - started,
-            self._snap_index,
+            self._s.snap_index,
             self.first_index,
             self.last_index,
-            self._hard_state.term,
+            self._s.hard_state.term,
             self._wal.last_seq - self._wal.first_seq + 1 if self._wal.last_seq else 0,
             self._wal.stats()["bytes"],
         )
@@ -122,64 +190,16 @@ class RaftStorage:
     # -- recovery ------------------------------------------------------------------------------
 
     def _recover(self) -> None:
-        hs, snap_index, snap_term = HardState(), 0, 0
-        with self._db.view() as tx:
-            meta = tx.bucket(b"meta") if b"meta" in set(tx.buckets()) else None
-            if meta is not None and (raw := meta.get(b"hard_state")) is not None:
-                hs = HardState(*_HARD_STATE.unpack(raw))
-            snaps = tx.bucket(b"snapshot") if b"snapshot" in set(tx.buckets()) else None
-            if snaps is not None and (raw := snaps.get(b"latest")) is not None:
-                snap_index, snap_term = _SNAP_META.unpack(raw)
-        self._hard_state = hs
-        self._snap_index, self._snap_term = snap_index, snap_term
-        self._base = snap_index + 1  # raft index held at position 0 of the arrays below
-        self._seqs = array("Q")  # WAL sequence number of each entry
-        self._terms = array("Q")
-        wal_path = os.path.join(self._dir, WAL_DIR)
-        for seq, kind, payload in self._wal.replay():
-            if kind == ENTRY:
-                index, term = _ENTRY_HEAD.unpack_from(payload)
-                if index < self._base:
-                    continue  # covered by the snapshot
-                pos = index - self._base
-                if pos > len(self._seqs):
-                    raise CorruptionError(
-                        f"entry {index} follows entry {self.last_index}: the log has a gap",
-                        wal_path,
-                        None,
-                    )
-                del self._seqs[pos:], self._terms[pos:]
-                self._seqs.append(seq)
-                self._terms.append(term)
-            elif kind == HARD_STATE:
-                # In WAL order the last one is the newest: every snapshot marker is followed by
-                # the hard state checkpointed with it, so older records before it never win.
-                self._hard_state = HardState(*_HARD_STATE.unpack(payload))
-            elif kind == SNAPSHOT:
-                index, term, keep = _MARKER.unpack(payload)
-                if index >= self._snap_index:
-                    self._apply_snapshot_point(index, term, bool(keep))
-            else:
-                raise CorruptionError(f"WAL record {seq} has unknown type {kind}", wal_path, None)
+        self._s = replay_state(self._wal, self._db, os.path.join(self._dir, WAL_DIR))
         self._tidy_snapshot_files()
-        if self._snap_index and not os.path.exists(
-            self._snap_path(self._snap_index, self._snap_term)
+        if self._s.snap_index and not os.path.exists(
+            self._snap_path(self._s.snap_index, self._s.snap_term)
         ):
             raise CorruptionError(
-                f"the snapshot at index {self._snap_index} (term {self._snap_term}) is missing",
-                self._snap_path(self._snap_index, self._snap_term),
+                f"the snapshot at index {self._s.snap_index} (term {self._s.snap_term}) is missing",
+                self._snap_path(self._s.snap_index, self._s.snap_term),
                 None,
             )
-
-    def _apply_snapshot_point(self, index: int, term: int, keep: bool) -> None:
-        """Entries up to ``index`` give way to the snapshot; later ones stay only if ``keep``."""
-        if keep and index >= self._base - 1:
-            drop = index + 1 - self._base
-            del self._seqs[:drop], self._terms[:drop]
-        else:
-            del self._seqs[:], self._terms[:]
-        self._base = index + 1
-        self._snap_index, self._snap_term = index, term
 
     def _snap_path(self, index: int, term: int) -> str:
         return os.path.join(self._snap_dir, snapfile.file_name(index, term))
@@ -189,7 +209,7 @@ class RaftStorage:
         changed = False
         for name in os.listdir(self._snap_dir):
             parsed = snapfile.parse_name(name)
-            if name.endswith(snapfile.TMP_SUFFIX) or (parsed and parsed[0] > self._snap_index):
+            if name.endswith(snapfile.TMP_SUFFIX) or (parsed and parsed[0] > self._s.snap_index):
                 os.unlink(os.path.join(self._snap_dir, name))
                 changed = True
         if changed:
@@ -199,11 +219,11 @@ class RaftStorage:
 
     @property
     def first_index(self) -> int:
-        return self._base
+        return self._s.base
 
     @property
     def last_index(self) -> int:
-        return self._base + len(self._seqs) - 1
+        return self._s.last_index
 
     @property
     def path(self) -> str:
@@ -211,34 +231,34 @@ class RaftStorage:
 
     def hard_state(self) -> HardState:
         self._check_open()
-        return self._hard_state
+        return self._s.hard_state
 
     def term(self, index: int) -> int:
         """The term of entry ``index`` (the snapshot's term at its index; 0 for index 0)."""
         with self._lock:
             self._check_open()
-            if index == self._base - 1:
-                return self._snap_term
-            if index < self._base:
-                raise LogCompacted(f"index {index} is compacted (first index {self._base})")
+            if index == self._s.base - 1:
+                return self._s.snap_term
+            if index < self._s.base:
+                raise LogCompacted(f"index {index} is compacted (first index {self._s.base})")
             if index > self.last_index:
                 raise LogUnavailable(f"index {index} is past the last index {self.last_index}")
-            return self._terms[index - self._base]
+            return self._s.terms[index - self._s.base]
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
         """Entries ``[lo, hi)``, read from the WAL; with ``max_bytes``, stops once the data
         passes that many bytes (but returns at least one entry)."""
         with self._lock:
             self._check_open()
-            if lo < self._base:
-                raise LogCompacted(f"index {lo} is compacted (first index {self._base})")
+            if lo < self._s.base:
+                raise LogCompacted(f"index {lo} is compacted (first index {self._s.base})")
             if hi > self.last_index + 1:
                 raise LogUnavailable(f"index {hi - 1} is past the last index {self.last_index}")
             if lo >= hi:
                 return []
             # Entries are in WAL order, but hard states and replaced entries may lie between.
-            seqs = self._seqs
-            pos, end = lo - self._base, hi - self._base
+            seqs = self._s.seqs
+            pos, end = lo - self._s.base, hi - self._s.base
             out: list[Entry] = []
             size = 0
             for seq, kind, payload in self._wal.replay(seqs[pos], seqs[end - 1] + 1):
@@ -257,9 +277,9 @@ class RaftStorage:
         """The newest snapshot, read and verified from its file; None if there is none."""
         with self._lock:
             self._check_open()
-            if not self._snap_index:
+            if not self._s.snap_index:
                 return None
-            return snapfile.read(self._snap_path(self._snap_index, self._snap_term))
+            return snapfile.read(self._snap_path(self._s.snap_index, self._s.snap_term))
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -289,12 +309,12 @@ class RaftStorage:
             types = [ENTRY] * len(entries) + ([HARD_STATE] if hard_state is not None else [])
             first, _ = self._wal.append_many(payloads, type=types)
             if entries:
-                pos = entries[0].index - self._base
-                del self._seqs[pos:], self._terms[pos:]
-                self._seqs.extend(range(first, first + len(entries)))
-                self._terms.extend(e.term for e in entries)
+                pos = entries[0].index - self._s.base
+                del self._s.seqs[pos:], self._s.terms[pos:]
+                self._s.seqs.extend(range(first, first + len(entries)))
+                self._s.terms.extend(e.term for e in entries)
             if hard_state is not None:
-                self._hard_state = hard_state
+                self._s.hard_state = hard_state
 
     def save_snapshot(self, snap: Snapshot) -> None:
         """Stores ``snap`` durably and compacts the log up to its index (see the module doc)."""
@@ -308,16 +328,16 @@ class RaftStorage:
                 raise ValueError(
                     f"snapshot index and term must be >= 1, not {snap.index}, {snap.term}"
                 )
-            if snap.index < self._snap_index:
+            if snap.index < self._s.snap_index:
                 raise ValueError(
-                    f"snapshot at {snap.index} is older than the stored one at {self._snap_index}"
+                    f"snapshot at {snap.index} is older than the stored one at {self._s.snap_index}"
                 )
             keep = (
-                self._base - 1 <= snap.index <= self.last_index
+                self._s.base - 1 <= snap.index <= self.last_index
                 and self.term(snap.index) == snap.term
             )
             snapfile.write(self._snap_dir, snap)
-            hs = _HARD_STATE.pack(*_fields(self._hard_state))
+            hs = _HARD_STATE.pack(*_fields(self._s.hard_state))
             marker, _ = self._wal.append_many(
                 [_MARKER.pack(snap.index, snap.term, keep), hs], type=[SNAPSHOT, HARD_STATE]
             )
@@ -326,10 +346,10 @@ class RaftStorage:
                 tx.create_bucket(b"snapshot", exist_ok=True).put(
                     b"latest", _SNAP_META.pack(snap.index, snap.term)
                 )
-            self._apply_snapshot_point(snap.index, snap.term, keep)
+            self._s.apply_snapshot_point(snap.index, snap.term, keep)
             # The hard state is in raft.db now, so the WAL may forget everything before the
             # first entry still needed (or before the marker when none is).
-            self._wal.truncate_front(self._seqs[0] if self._seqs else marker)
+            self._wal.truncate_front(self._s.seqs[0] if self._s.seqs else marker)
             self._remove_old_snapshots()
 
     def _remove_old_snapshots(self) -> None:
@@ -372,7 +392,7 @@ class RaftStorage:
             value = getattr(hs, name)
             if type(value) is not int or value < 0:
                 raise ValueError(f"hard state {name} must be an int >= 0, not {value!r}")
-        cur = self._hard_state
+        cur = self._s.hard_state
         if hs.term < cur.term:
             raise ValueError(f"term cannot go back from {cur.term} to {hs.term}")
         if hs.term == cur.term and cur.vote and hs.vote != cur.vote:
@@ -393,11 +413,11 @@ class RaftStorage:
                 raise ValueError(f"term goes back from {prev_term} to {e.term} at entry {e.index}")
             prev_index, prev_term = e.index, e.term
         first = entries[0]
-        if first.index < self._base:
-            raise LogCompacted(f"append at {first.index} below the first index {self._base}")
+        if first.index < self._s.base:
+            raise LogCompacted(f"append at {first.index} below the first index {self._s.base}")
         if first.index > self.last_index + 1:
             raise ValueError(f"append at {first.index} leaves a gap after {self.last_index}")
-        before = self.term(first.index - 1) if first.index - 1 >= self._base - 1 else 0
+        before = self.term(first.index - 1) if first.index - 1 >= self._s.base - 1 else 0
         if first.term < before:
             raise ValueError(
                 f"entry {first.index} has term {first.term}, below the term {before} before it"

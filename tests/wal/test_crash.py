@@ -140,9 +140,11 @@ def crash_mixed(path, rounds):
         _first, _last, records = read_log(path)
         got = {s: tag(p) for s, p in records.items()}
         if pending and pending[0] in ("append", "many"):
-            # the in-flight append may have landed, wholly or (a batch) in part
+            # the in-flight append may have landed, but a batch only whole
             extra = {s: v for s, v in got.items() if s not in model}
             assert sorted(extra) == list(range(next_seq, next_seq + len(extra)))
+            whole = 1 if pending[0] == "append" else int(pending[2])
+            assert len(extra) in (0, whole), f"round {rnd}: part of a batch survived: {pending}"
             assert all(v.startswith(f"{rnd}.0.") for v in extra.values())
             assert {s: v for s, v in got.items() if s in model} == model
             model.update(extra)
