@@ -93,14 +93,6 @@ def check_node_dir(path: str) -> list[CorruptionError]:
                 db_file,
             )
         )
-    if terms and max(terms) > state.hard_state.term:
-        problems.append(
-            _finding(
-                f"the log holds term {max(terms)} but the hard state's term is "
-                f"{state.hard_state.term}",
-                wal_dir,
-            )
-        )
     if state.snap_index:
         snap_path = os.path.join(snap_dir, snapfile.file_name(state.snap_index, state.snap_term))
         if not os.path.exists(snap_path):

@@ -1,0 +1,187 @@
+"""RaftStorage behaviours one at a time: empty state, durability points, compaction, snapshot
+retention, recovery leftovers, and bad input that must change nothing."""
+
+import os
+
+import pytest
+
+from keyval.errors import ClosedError, CorruptionError, LogCompacted, LogUnavailable
+from keyval.raft import snapfile
+from keyval.raft.records import Entry, HardState, Snapshot
+from keyval.raft.storage import RaftStorage
+
+SEGMENT = 8192
+
+
+def ents(start, end, term=1):
+    return [Entry(i, term, b"data-%d" % i) for i in range(start, end + 1)]
+
+
+@pytest.fixture
+def node(tmp_path):
+    with RaftStorage(str(tmp_path / "node"), segment_size=SEGMENT) as st:
+        yield st
+
+
+def segments(st) -> int:
+    return sum(n.endswith(".wal") for n in os.listdir(os.path.join(st.path, "wal")))
+
+
+def reopen(st):
+    st.close()
+    return RaftStorage(st.path, segment_size=SEGMENT)
+
+
+def test_empty_storage(node):
+    assert (node.first_index, node.last_index, node.term(0)) == (1, 0, 0)
+    assert node.hard_state() == HardState(0, 0, 0)
+    assert node.snapshot() is None
+    assert node.entries(1, 1) == []
+
+
+def test_append_then_read_back_after_reopen(node):
+    node.append(ents(1, 200))
+    node = reopen(node)
+    assert node.entries(1, 201) == ents(1, 200)
+    assert node.entries(100, 102) == ents(100, 101)
+    assert node.term(200) == 1
+    node.close()
+
+
+def test_a_conflicting_entry_replaces_the_suffix_durably(node):
+    node.append(ents(1, 50, term=1))
+    node.append([Entry(30, 2, b"new")])
+    assert node.last_index == 30
+    node = reopen(node)
+    assert node.last_index == 30
+    assert node.entries(29, 31) == [Entry(29, 1, b"data-29"), Entry(30, 2, b"new")]
+    node.close()
+
+
+def test_entries_can_stop_at_a_byte_budget(node):
+    node.append(ents(1, 100))
+    got = node.entries(1, 101, max_bytes=50)
+    assert 1 <= len(got) < 100 and got == ents(1, len(got))
+
+
+def test_hard_state_survives_reopen_and_a_vote_is_kept(node):
+    node.set_hard_state(HardState(5, 3, 0))
+    node = reopen(node)
+    assert node.hard_state() == HardState(5, 3, 0)
+    with pytest.raises(ValueError, match="already voted"):
+        node.set_hard_state(HardState(5, 2, 0))
+    with pytest.raises(ValueError, match="go back"):
+        node.set_hard_state(HardState(4, 0, 0))
+    assert node.hard_state() == HardState(5, 3, 0)
+    node.close()
+
+
+def test_snapshot_compacts_the_log_and_term_at_its_index_still_answers(node):
+    node.append(ents(1, 300, term=2))
+    files_before = segments(node)
+    node.save_snapshot(Snapshot(250, 2, b"state"))
+    assert (node.first_index, node.last_index, node.term(250)) == (251, 300, 2)
+    with pytest.raises(LogCompacted):
+        node.entries(250, 252)
+    with pytest.raises(LogCompacted):
+        node.term(249)
+    with pytest.raises(LogUnavailable):
+        node.term(301)
+    assert segments(node) < files_before
+    node = reopen(node)
+    assert (node.first_index, node.last_index, node.term(250)) == (251, 300, 2)
+    assert node.snapshot() == Snapshot(250, 2, b"state")
+    node.close()
+
+
+def test_a_snapshot_that_does_not_match_the_log_replaces_all_of_it(node):
+    node.append(ents(1, 20, term=1))
+    node.save_snapshot(Snapshot(10, 3, b"from the leader"))
+    assert (node.first_index, node.last_index) == (11, 10)
+    node = reopen(node)
+    assert (node.first_index, node.last_index, node.term(10)) == (11, 10, 3)
+    node.close()
+
+
+def test_only_the_newest_two_snapshots_are_kept(node):
+    node.append(ents(1, 100))
+    for index in (10, 20, 30, 40):
+        node.save_snapshot(Snapshot(index, 1, b"s%d" % index))
+    names = sorted(os.listdir(os.path.join(node.path, "snap")))
+    assert [snapfile.parse_name(n)[0] for n in names] == [30, 40]
+
+
+def test_a_half_written_snapshot_is_ignored_and_removed(node):
+    node.append(ents(1, 10))
+    node.save_snapshot(Snapshot(5, 1, b"real"))
+    snap_dir = os.path.join(node.path, "snap")
+    leftover = os.path.join(snap_dir, snapfile.file_name(9, 1) + ".tmp")
+    unrecorded = os.path.join(snap_dir, snapfile.file_name(8, 1))
+    with open(leftover, "wb") as f:
+        f.write(b"partial")
+    snapfile.write(snap_dir, Snapshot(8, 1, b"never recorded"))  # crash before its WAL record
+    node = reopen(node)
+    assert node.snapshot() == Snapshot(5, 1, b"real")
+    assert not os.path.exists(leftover) and not os.path.exists(unrecorded)
+    node.close()
+
+
+def test_a_corrupt_snapshot_file_is_reported_with_its_path(node):
+    node.append(ents(1, 10))
+    node.save_snapshot(Snapshot(5, 1, b"x" * 1000))
+    path = os.path.join(node.path, "snap", snapfile.file_name(5, 1))
+    with open(path, "r+b") as f:
+        f.seek(500)
+        f.write(b"!")
+    with pytest.raises(CorruptionError) as info:
+        node.snapshot()
+    assert info.value.path == path
+
+
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        ([Entry(1, 1), Entry(3, 1)], ValueError),  # not contiguous
+        ([Entry(0, 1)], ValueError),  # index 0
+        ([Entry(11, 1), Entry(12, 0)], ValueError),  # term 0
+        ([Entry(11, 2), Entry(12, 1)], ValueError),  # term going backwards in the batch
+        ([Entry(11, 1, "text")], TypeError),  # data not bytes
+        ([(11, 1, b"x")], TypeError),  # not an Entry
+        ([Entry(13, 3)], ValueError),  # gap after last_index
+    ],
+)
+def test_bad_entries_are_refused_and_write_nothing(node, bad, error):
+    node.append(ents(1, 10, term=2))
+    wal_before = node._wal.next_seq
+    with pytest.raises(error):
+        node.append(bad)
+    assert node.last_index == 10 and node._wal.next_seq == wal_before
+
+
+def test_an_entry_below_the_previous_term_is_refused(node):
+    node.append(ents(1, 10, term=3))
+    with pytest.raises(ValueError, match="term"):
+        node.append([Entry(11, 2)])
+
+
+def test_a_snapshot_older_than_the_current_one_is_refused(node):
+    node.append(ents(1, 20))
+    node.save_snapshot(Snapshot(15, 1, b"new"))
+    with pytest.raises(ValueError, match="older"):
+        node.save_snapshot(Snapshot(10, 1, b"old"))
+    assert node.snapshot() == Snapshot(15, 1, b"new")
+
+
+def test_appending_below_the_snapshot_is_refused(node):
+    node.append(ents(1, 20))
+    node.save_snapshot(Snapshot(15, 1, b"s"))
+    with pytest.raises(LogCompacted):
+        node.append([Entry(10, 1)])
+
+
+def test_use_after_close_raises(node):
+    node.close()
+    with pytest.raises(ClosedError):
+        node.append(ents(1, 1))
+    with pytest.raises(ClosedError):
+        node.hard_state()
