@@ -3,9 +3,10 @@
     keyval demo          what `make run` runs: the WAL under load and through a SIGKILL
     keyval bench DIR     is this disk fit for keyval (fsync percentiles, durable appends/s)
     keyval fsck PATH     the integrity checker (same as python -m keyval.fsck)
+    keyval inspect DIR   a Raft node's data directory: hard state, log, snapshots, segments
 
-The cluster commands (serve, put, get, append, delete, status, inspect) arrive with the
-replicated service.
+The cluster commands (serve, put, get, append, delete, status) arrive with the replicated
+service.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import sys
 COMMANDS = {
     "demo": ("keyval.demo", "the WAL under load and through a crash (what `make run` runs)"),
     "bench": ("keyval.diskcheck", "is this disk fit for keyval: fsync latency, appends/s"),
-    "fsck": ("keyval.fsck", "check a WAL directory or database file (fsck(8) exit codes)"),
+    "fsck": ("keyval.fsck", "check a WAL directory, database file or node directory"),
+    "inspect": ("keyval.raft.inspect", "a node's hard state, log range, snapshots, segments"),
 }
 
 

@@ -1,0 +1,72 @@
+"""keyval inspect and python -m keyval.fsck on node directories: what a user runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from keyval.cli import main as keyval
+from keyval.fsck import main as fsck
+from keyval.raft import snapfile
+from keyval.raft.records import Entry, HardState, Snapshot
+from keyval.raft.storage import RaftStorage
+
+
+@pytest.fixture
+def node_dir(tmp_path):
+    path = str(tmp_path / "node")
+    with RaftStorage(path, segment_size=8192) as st:
+        st.save(HardState(3, 2, 150), [Entry(i, 3, b"v" * 50) for i in range(1, 201)])
+        st.save_snapshot(Snapshot(100, 3, b"state" * 10))
+    return path
+
+
+def test_inspect_reports_hard_state_log_snapshot_and_segments(node_dir, capsys):
+    assert keyval(["inspect", node_dir, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["hard_state"] == {"term": 3, "vote": 2, "commit": 150}
+    assert info["log"] == {"first_index": 101, "last_index": 200, "entries": 100}
+    assert info["snapshot"] == {"index": 100, "term": 3}
+    assert info["wal_segments"] and info["problems"] == []
+    assert keyval(["inspect", node_dir]) == 0
+    assert "commit 150" in capsys.readouterr().out
+
+
+def test_inspect_refuses_what_is_not_a_node_directory(tmp_path):
+    assert keyval(["inspect", str(tmp_path)]) == 2
+
+
+def test_fsck_exit_codes_on_a_node(node_dir, tmp_path):
+    assert fsck([node_dir]) == 0
+    snap = os.path.join(node_dir, "snap", snapfile.file_name(100, 3))
+    with open(snap, "r+b") as f:
+        f.seek(70)
+        f.write(b"?")
+    assert fsck([node_dir]) == 4
+    assert fsck([node_dir, "--repair"]) == 4  # a damaged snapshot is not repairable
+    assert fsck([str(tmp_path / "missing")]) == 8
+
+
+def test_fsck_repairs_a_node_whose_wal_has_a_torn_tail(node_dir):
+    wal_dir = os.path.join(node_dir, "wal")
+    last = sorted(n for n in os.listdir(wal_dir) if n.endswith(".wal"))[-1]
+    with RaftStorage(node_dir, segment_size=8192) as st:
+        end = st._wal.segments()[-1]["bytes"]
+    with open(os.path.join(wal_dir, last), "r+b") as f:
+        f.seek(end)
+        f.write(b"\x07" * 30)  # half a record, as a crash mid-write leaves it
+    assert fsck([node_dir]) == 4
+    assert fsck([node_dir, "--repair"]) == 1
+    assert fsck([node_dir]) == 0
+
+
+def test_fsck_json_and_usage_errors(node_dir):
+    out = subprocess.run(
+        [sys.executable, "-m", "keyval.fsck", node_dir, "--json"], capture_output=True, text=True
+    )
+    assert out.returncode == 0
+    assert json.loads(out.stdout)["kind"] == "node"
+    usage = subprocess.run([sys.executable, "-m", "keyval.fsck"], capture_output=True)
+    assert usage.returncode == 16
