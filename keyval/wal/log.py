@@ -31,6 +31,7 @@ FAULTS = {"write": lib.KV_FAULT_WRITE, "fsync": lib.KV_FAULT_FSYNC, "prepare": l
 DEFAULT_SEGMENT_SIZE = 64 * 2**20
 MAX_SEGMENT_SIZE = 2**30
 _BATCH_HEADER = Struct("<QIB")  # seq, length, type: the framing of kv_wal_read_batch
+_LEN_TYPE = Struct("<IB")  # the same framing from its length field on
 _READ_BUFFER = 1 << 20
 _FIRST_READ_BUFFER = 64 << 10
 
@@ -276,7 +277,7 @@ class WAL:
         buf = bytearray(_FIRST_READ_BUFFER)
         view = memoryview(buf)
         n, used = ffi.new("size_t *"), ffi.new("size_t *")
-        unpack = _BATCH_HEADER.unpack_from
+        unpack = _LEN_TYPE.unpack_from
         while stop is None or seq < stop:
             want = (1 << 30) if stop is None else stop - seq
             rc = lib.kv_wal_read_batch(self._w, seq, want, ffi.from_buffer(buf), len(buf), n, used)
@@ -289,11 +290,15 @@ class WAL:
             count = n[0]
             if count == 0:
                 return
+            # One copy of the batch into bytes, then plain slices: half the allocations of
+            # slicing a memoryview. Records are consecutive, so seq needs no decoding.
+            data = bytes(view[: used[0]])
             off = 0
-            for _ in range(count):
-                rec_seq, length, rec_type = unpack(buf, off)
-                yield rec_seq, rec_type, bytes(view[off + 16 : off + 16 + length])
-                off += 16 + ((length + 7) & ~7)
+            for rec_seq in range(seq, seq + count):
+                length, rec_type = unpack(data, off + 8)
+                start = off + 16
+                off = start + ((length + 7) & ~7)
+                yield rec_seq, rec_type, data[start : start + length]
             seq += count
             if len(buf) < _READ_BUFFER and count < want:
                 buf = bytearray(_READ_BUFFER)
