@@ -169,16 +169,16 @@ class Bucket:
 
     def _leaf_for_write(self, key: bytes) -> tuple[list[tuple[Node, int]], Node]:
         """The path to the leaf for ``key``, every node on it made dirty."""
-        self._touch()
+        if self._dirty:
+            self._mods += 1
+        else:
+            self._touch()
         tx = self._tx
         node = self._node
         if node is None:
             node = self._root_node()
         if not node.dirty:
-            if node.pgid:
-                tx._free(node.pgid, node.span)
-            node = node.dirty_copy()
-            self._node = node
+            node = self._dirty_root(node)
         path = []
         while not node.leaf:
             i = route(node.keys, key)
@@ -189,12 +189,43 @@ class Bucket:
             node = child
         return path, node
 
+    def _dirty_root(self, node: Node) -> Node:
+        if node.pgid:
+            self._tx._free(node.pgid, node.span)
+        node = node.dirty_copy()
+        self._node = node
+        return node
+
     def _insert(self, key: bytes, value) -> bool:
         """Set ``key`` to a raw value (bytes or BucketHeader); returns whether it is new.
 
         Raises BucketExists, changing nothing visible, if ``key`` names a nested bucket.
         """
-        path, leaf = self._leaf_for_write(key)
+        # _leaf_for_write() inlined: this runs once per put.
+        if self._dirty:
+            self._mods += 1
+        else:
+            self._touch()
+        node = self._node
+        if node is None:
+            node = self._root_node()
+        if not node.dirty:
+            node = self._dirty_root(node)
+        path = []
+        if not node.leaf:
+            tx = self._tx
+            while True:
+                i = bisect_right(node.keys, key) - 1
+                if i < 0:
+                    i = 0
+                child = node.vals[i]
+                if type(child) is int:
+                    child = child_for_write(tx, node, i)
+                path.append((node, i))
+                node = child
+                if node.leaf:
+                    break
+        leaf = node
         keys = leaf.keys
         if type(value) is not bytes or len(value) > self._tx._db._max_inline:
             leaf.plain = False
@@ -257,9 +288,13 @@ class Bucket:
 
     def put(self, key: bytes, value: bytes) -> None:
         """Set ``key`` to ``value``. Raises BucketExists if ``key`` names a nested bucket."""
-        key = check_key(key)
-        value = check_value(value)
-        self._check_write()
+        if type(key) is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
+            key = check_key(key)
+        if type(value) is not bytes or len(value) > MAX_VALUE_SIZE:
+            value = check_value(value)
+        tx = self._tx
+        if tx._closed or not tx.writable or self._deleted:
+            self._check_write()
         if self._insert(key, value):
             self._count += 1
 
@@ -366,7 +401,7 @@ class Bucket:
         header = BucketHeader.inline(0, [], [])
         self._insert(name, header)
         child = Bucket(self._tx, self, name, header)
-        child._node = Node(True, [], [], dirty=True)
+        child._node = Node(True, [], [], dirty=True, plain=True)
         child._touch()
         self._children[name] = child
         return child

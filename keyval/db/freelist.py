@@ -81,7 +81,13 @@ class Freelist:
             if start + len(body) > len(self.bits):
                 self.bits.extend(bytes(start + len(body) - len(self.bits)))
             self.bits[start : start + len(body)] = body
-        self.free = SortedList(p for p in set_bits(self.bits) if p < hwm)
+        # Bits at or past the high-water mark mean nothing; keeping them would mark pages free
+        # once the file grows over them.
+        whole = -(-hwm // 8)
+        del self.bits[whole:]
+        if hwm % 8 and len(self.bits) == whole:
+            self.bits[-1] &= (1 << (hwm % 8)) - 1
+        self.free = SortedList(set_bits(self.bits))
 
     # -- bits ------------------------------------------------------------------------------
 

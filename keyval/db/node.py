@@ -265,17 +265,19 @@ def spill(tx: Tx, node: Node, fill: float) -> list[tuple[bytes, int]]:
                     tx._write(pgid, span, buffers, None)
                     vals[i] = OverflowRef(pgid, len(v))
     else:
-        keys: list[bytes] = []
-        children: list = []
-        for k, child in zip(node.keys, node.vals, strict=True):
-            if type(child) is int:
-                keys.append(k)
-                children.append(child)
-            else:
-                for piece_key, pgid in spill(tx, child, fill):
-                    keys.append(piece_key)
-                    children.append(pgid)
-        node.keys, node.vals = keys, children
+        # Find the dirty children with C-speed scans: a branch has hundreds of children and
+        # usually few of them changed.
+        keys, children = node.keys, node.vals
+        types = list(map(type, children))
+        dirty = []
+        at = -1
+        for _ in range(types.count(Node)):
+            at = types.index(Node, at + 1)
+            dirty.append(at)
+        for i in reversed(dirty):  # back to front, so splicing keeps earlier indices valid
+            pieces = spill(tx, children[i], fill)
+            keys[i : i + 1] = [k for k, _ in pieces]
+            children[i : i + 1] = [p for _, p in pieces]
     out = []
     for a, b in _pieces(node, page_size, fill, max_inline):
         keys = node.keys[a:b]

@@ -64,7 +64,10 @@ def one_round(path: str, model: Model, rng: random.Random) -> int:
         for _ in range(rng.randrange(0, 200_000)):  # jitter the kill's moment, no waiting
             pass
         child.send_signal(signal.SIGKILL)
-        out, err = child.communicate()
+        child.wait()
+        # Read through the same buffered file objects: readline() may already hold lines the
+        # child wrote before it died (communicate() would read past them).
+        out, err = child.stdout.read(), child.stderr.read()
     finally:
         if child.poll() is None:
             child.kill()
