@@ -28,6 +28,7 @@ from bench.peers.logs import (
     ROCKSDB,
     LogStore,
     PeerUnavailable,
+    await_next_segment,
     open_log_store,
 )
 
@@ -294,6 +295,7 @@ def test_replay(benchmark, bench_dir: Path, system: str, record_size: int) -> No
         from keyval.wal import WAL
 
         wal = WAL(str(bench_dir), sync="none")
+        await_next_segment(wal)
     expected = count if system != RAW_READ else os.path.getsize(bench_dir / "framed.log")
 
     def replay_round() -> None:

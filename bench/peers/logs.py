@@ -80,6 +80,21 @@ def import_peer(module: str, package: str) -> object:
         ) from exc
 
 
+def await_next_segment(wal: object) -> None:
+    """Return once keyval's ``wal`` has pre-written its next segment (or after 30 s).
+
+    An opened WAL zero-fills its next 64 MiB segment in the background (~0.3 s here). A
+    long-running log pays that once per 64 MiB; a benchmark case lasting a fraction of a second
+    would instead measure every operation competing with it. Peers get the same treatment:
+    they are measured from the moment they are ready.
+    """
+    deadline = time.monotonic() + STEADY_STATE_TIMEOUT
+    while time.monotonic() < deadline:
+        if wal.stats().get("next_segment_prepared", True):  # type: ignore[attr-defined]
+            return
+        time.sleep(0.001)
+
+
 class KeyvalLog:
     """keyval's :class:`keyval.wal.WAL` (thread-safe by contract, group commit when durable)."""
 
@@ -101,21 +116,7 @@ class KeyvalLog:
             + ", timed once the next segment is prepared"
         )
         self._wal = WAL(str(directory), sync="always" if durable else "none")
-        self._await_next_segment()
-
-    def _await_next_segment(self) -> None:
-        """Wait until the WAL has pre-written its next segment.
-
-        A fresh WAL zero-fills the next 64 MiB segment in the background (~0.3 s here). A
-        long-running log pays that once per 64 MiB; a benchmark case lasting a fraction of a
-        second would instead measure every append competing with it. Peers get the same:
-        they are measured from the moment they are ready.
-        """
-        deadline = time.monotonic() + STEADY_STATE_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._wal.stats().get("next_segment_prepared", True):
-                return
-            time.sleep(0.001)
+        await_next_segment(self._wal)
 
     def append(self, payload: bytes) -> None:
         self._wal.append(payload, type=1)
