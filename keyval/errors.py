@@ -83,6 +83,10 @@ class LogUnavailable(KeyvalError, IndexError):
     """The Raft log index asked for is past the end of the log."""
 
 
+class MessageDecodeError(KeyvalError, ValueError):
+    """Bytes from the network are not one well-formed message of a known version."""
+
+
 class NotLeader(KeyvalError):
     """This Raft node is not the leader; ``leader_hint`` names the one it believes leads."""
 

@@ -25,16 +25,10 @@ from __future__ import annotations
 
 from itertools import pairwise
 
-from keyval.errors import ClosedError, KeyvalError
+from keyval.errors import ClosedError, LogCompacted, LogUnavailable
 from keyval.raft.records import Entry, HardState, Snapshot
 
-
-class LogCompacted(KeyvalError, IndexError):
-    """The requested index was compacted into a snapshot."""
-
-
-class LogUnavailable(KeyvalError, IndexError):
-    """The requested index is past the end of the log."""
+__all__ = ["LogCompacted", "LogUnavailable", "MemoryStorage"]
 
 
 class MemoryStorage:
@@ -79,8 +73,9 @@ class MemoryStorage:
             raise LogUnavailable(f"index {index} is past the last index {self.last_index}")
         return self._entries[index - self._offset].term
 
-    def entries(self, lo: int, hi: int) -> list[Entry]:
-        """Entries ``[lo, hi)``; ``lo`` must be >= ``first_index`` and ``hi <= last_index + 1``."""
+    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        """Entries ``[lo, hi)``; ``lo`` must be >= ``first_index`` and ``hi <= last_index + 1``.
+        With ``max_bytes``, stops once the data passes that many bytes (at least one entry)."""
         self._check_open()
         if lo < self._offset:
             raise LogCompacted(f"index {lo} is compacted (first index {self._offset})")
@@ -88,7 +83,21 @@ class MemoryStorage:
             raise LogUnavailable(f"index {hi - 1} is past the last index {self.last_index}")
         if lo >= hi:
             return []
-        return self._entries[lo - self._offset : hi - self._offset]
+        out = self._entries[lo - self._offset : hi - self._offset]
+        if max_bytes is not None:
+            size = 0
+            for n, e in enumerate(out, 1):
+                size += len(e.data)
+                if size >= max_bytes:
+                    return out[:n]
+        return out
+
+    def save(self, hard_state: HardState | None = None, entries: list[Entry] = ()) -> None:
+        """Entries then hard state, as one call (the durable store makes it one fsync)."""
+        if entries:
+            self.append(list(entries))
+        if hard_state is not None:
+            self.set_hard_state(hard_state)
 
     def append(self, entries: list[Entry]) -> None:
         self._check_open()
@@ -106,6 +115,10 @@ class MemoryStorage:
         self._entries.extend(entries)
 
     # -- snapshots ----------------------------------------------------------------------------
+
+    def size_bytes(self) -> int:
+        """Bytes of entry data in the log after the snapshot."""
+        return sum(len(e.data) for e in self._entries)
 
     def save_snapshot(self, snap: Snapshot) -> None:
         self._check_open()

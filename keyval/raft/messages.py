@@ -30,7 +30,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from keyval.errors import KeyvalError
+from keyval.errors import MessageDecodeError
 from keyval.raft.records import Entry
 
 VERSION = 1
@@ -40,10 +40,6 @@ FLAG_CHUNK = 0x02
 # work a corrupt or hostile buffer can cause.
 MAX_VARINT_BYTES = 10
 MAX_VALUE = 2**64 - 1
-
-
-class MessageDecodeError(KeyvalError, ValueError):
-    """The bytes are not one well-formed message of a known version."""
 
 
 class MsgType(enum.IntEnum):

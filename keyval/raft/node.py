@@ -7,8 +7,9 @@ arrives and :meth:`Node.propose` / :meth:`Node.read_index` for clients; outgoing
 handed to the ``send`` callback given at construction.
 
 Every call processes all ready work before it returns, in this order (the crash-safety
-argument): the snapshot, then the new entries (one ``append``), then the hard state are made
-durable with the storage calls of the SPEC, *then* messages are sent (they may promise a vote
+argument): the snapshot, then the new entries and the hard state are made durable (one
+``save(hard_state, entries)`` when the storage has it, so they land together with one fsync;
+else ``append`` then ``set_hard_state``), *then* messages are sent (they may promise a vote
 or acknowledge entries, which must survive a crash), then the snapshot is restored and the
 committed entries are applied in order. After applying, if the Raft state (log plus hard state)
 exceeds ``max_raft_state`` bytes, the state machine is snapshotted at the applied index and
@@ -173,15 +174,20 @@ class Node:
         if rd.snapshot is not None:
             st.save_snapshot(rd.snapshot)
             self._log_bytes = self._measure_log()
-        if rd.entries:
-            truncates = rd.entries[0].index <= st.last_index
-            st.append(list(rd.entries))
-            if truncates:
-                self._log_bytes = self._measure_log()
-            else:
-                self._log_bytes += sum(len(e.data) + ENTRY_OVERHEAD_BYTES for e in rd.entries)
-        if rd.hard_state is not None:
-            st.set_hard_state(rd.hard_state)
+        truncates = bool(rd.entries) and rd.entries[0].index <= st.last_index
+        save = getattr(st, "save", None)
+        if save is not None and (rd.entries or rd.hard_state is not None):
+            # One durable write for the whole batch: entries and hard state land together.
+            save(hard_state=rd.hard_state, entries=list(rd.entries))
+        else:
+            if rd.entries:
+                st.append(list(rd.entries))
+            if rd.hard_state is not None:
+                st.set_hard_state(rd.hard_state)
+        if truncates:
+            self._log_bytes = self._measure_log()
+        elif rd.entries:
+            self._log_bytes += sum(len(e.data) + ENTRY_OVERHEAD_BYTES for e in rd.entries)
 
     def _apply(self, rd: Ready) -> None:
         sm = self.state_machine
@@ -217,6 +223,10 @@ class Node:
 
     def _measure_log(self) -> int:
         st = self.storage
+        entries = st.last_index - st.first_index + 1
+        size_bytes = getattr(st, "size_bytes", None)
+        if size_bytes is not None:  # kept by the storage: no need to read the log back
+            return size_bytes() + ENTRY_OVERHEAD_BYTES * entries
         return sum(
             len(e.data) + ENTRY_OVERHEAD_BYTES
             for e in st.entries(st.first_index, st.last_index + 1)

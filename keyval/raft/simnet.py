@@ -80,13 +80,17 @@ class SimNet:
         tick_ms: int = 50,
         config: dict | None = None,
         storage_factory: Callable[[int], object] | None = None,
+        storage_reopen: Callable[[int, object], object] | None = None,
         state_machine_factory: Callable[[int], StateMachine] | None = None,
         max_raft_state: int | None = None,
         observer: Callable[[SimNet], None] | None = None,
     ) -> None:
         """``n`` nodes with ids 1..n. ``config`` holds :class:`~keyval.raft.core.Config` fields
         (besides id and peers); ``storage_factory(id)`` makes a node's storage (default
-        :class:`MemoryStorage`); ``observer(net)`` runs after every event (safety checkers)."""
+        :class:`MemoryStorage`); ``storage_reopen(id, old)`` gives the storage a restarted node
+        uses (default: the same object, which is what an in-memory store models; a durable
+        store closes ``old`` and opens its directory again, so recovery really runs);
+        ``observer(net)`` runs after every event (safety checkers)."""
         self.seed = seed
         self.rng = random.Random(seed)
         self.ids = tuple(range(1, n + 1))
@@ -95,6 +99,7 @@ class SimNet:
         self.tick_ms = tick_ms
         self.config = dict(heartbeat_ticks=2, election_ticks=10) | (config or {})
         self.storage_factory = storage_factory or (lambda i: MemoryStorage())
+        self.storage_reopen = storage_reopen
         self.state_machine_factory = state_machine_factory or (lambda i: NullStateMachine())
         self.max_raft_state = max_raft_state
         self.observer = observer
@@ -123,6 +128,8 @@ class SimNet:
             self.crash(i)
         self.incarnation[i] += 1
         inc = self.incarnation[i]
+        if inc > 1 and self.storage_reopen is not None:
+            self.storages[i] = self.storage_reopen(i, self.storages[i])
         sm = self.state_machine_factory(i)
         self.state_machines[i] = sm
         cfg = Config(id=i, peers=self.ids, **self.config)

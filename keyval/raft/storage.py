@@ -79,6 +79,7 @@ class _State:
     base: int  # raft index held at position 0 of seqs/terms
     seqs: array  # WAL sequence number of each entry
     terms: array
+    sizes: array  # bytes of data of each entry
 
     @property
     def last_index(self) -> int:
@@ -88,9 +89,9 @@ class _State:
         """Entries up to ``index`` give way to the snapshot; later ones stay only if ``keep``."""
         if keep and index >= self.base - 1:
             drop = index + 1 - self.base
-            del self.seqs[:drop], self.terms[:drop]
+            del self.seqs[:drop], self.terms[:drop], self.sizes[:drop]
         else:
-            del self.seqs[:], self.terms[:]
+            del self.seqs[:], self.terms[:], self.sizes[:]
         self.base = index + 1
         self.snap_index, self.snap_term = index, term
 
@@ -105,24 +106,26 @@ def replay_state(wal: WAL, db: DB, wal_path: str) -> _State:
             hs = HardState(*_HARD_STATE.unpack(raw))
         if b"snapshot" in names and (raw := tx.bucket(b"snapshot").get(b"latest")) is not None:
             snap_index, snap_term = _SNAP_META.unpack(raw)
-    state = _State(hs, snap_index, snap_term, snap_index + 1, array("Q"), array("Q"))
-    seqs, terms = state.seqs, state.terms
+    state = _State(hs, snap_index, snap_term, snap_index + 1, array("Q"), array("Q"), array("L"))
+    seqs, terms, sizes = state.seqs, state.terms, state.sizes
     for seq, kind, payload in wal.replay():
         if kind == ENTRY:
             index, term = _ENTRY_HEAD.unpack_from(payload)
             if index < state.base:
                 continue  # covered by the snapshot
             pos = index - state.base
-            if pos > len(seqs):
-                raise CorruptionError(
-                    f"WAL record {seq} holds entry {index} after entry {state.last_index}: "
-                    "the log has a gap",
-                    wal_path,
-                    None,
-                )
-            del seqs[pos:], terms[pos:]
+            if pos != len(seqs):  # not the next entry: a conflict replaced a suffix, or a gap
+                if pos > len(seqs):
+                    raise CorruptionError(
+                        f"WAL record {seq} holds entry {index} after entry {state.last_index}: "
+                        "the log has a gap",
+                        wal_path,
+                        None,
+                    )
+                del seqs[pos:], terms[pos:], sizes[pos:]
             seqs.append(seq)
             terms.append(term)
+            sizes.append(len(payload) - _ENTRY_HEAD.size)
         elif kind == HARD_STATE:
             # In WAL order the last one is the newest: every snapshot marker is followed by
             # the hard state checkpointed with it, so older records before it never win.
@@ -273,6 +276,11 @@ class RaftStorage:
                     break
             return out
 
+    def size_bytes(self) -> int:
+        """Bytes of entry data in the log after the snapshot (kept in memory, O(entries))."""
+        with self._lock:
+            return sum(self._s.sizes)
+
     def snapshot(self) -> Snapshot | None:
         """The newest snapshot, read and verified from its file; None if there is none."""
         with self._lock:
@@ -309,10 +317,11 @@ class RaftStorage:
             types = [ENTRY] * len(entries) + ([HARD_STATE] if hard_state is not None else [])
             first, _ = self._wal.append_many(payloads, type=types)
             if entries:
-                pos = entries[0].index - self._s.base
-                del self._s.seqs[pos:], self._s.terms[pos:]
-                self._s.seqs.extend(range(first, first + len(entries)))
-                self._s.terms.extend(e.term for e in entries)
+                s, pos = self._s, entries[0].index - self._s.base
+                del s.seqs[pos:], s.terms[pos:], s.sizes[pos:]
+                s.seqs.extend(range(first, first + len(entries)))
+                s.terms.extend(e.term for e in entries)
+                s.sizes.extend(len(e.data) for e in entries)
             if hard_state is not None:
                 self._s.hard_state = hard_state
 
