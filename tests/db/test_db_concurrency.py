@@ -8,8 +8,11 @@ import queue
 import threading
 from contextlib import ExitStack
 
+import pytest
+
 from keyval.db import DB
 from keyval.db.check import check_file
+from keyval.errors import ClosedError
 
 from .conftest import dump
 
@@ -199,3 +202,26 @@ def test_pages_seen_by_an_open_reader_are_not_reused(db):
                 for j in range(300):
                     b.put(b"k%04d" % j, b"%d" % i)
         assert dict(old.bucket(b"b").items()) == before[b"b"]["kv"]
+
+
+def test_close_waits_for_readers_of_other_threads(path):
+    db = DB(path, page_size=512)
+    seed(db, 10)
+    opened, release = threading.Event(), threading.Event()
+
+    def reader():
+        with db.view() as tx:
+            opened.set()
+            release.wait(JOIN)
+            assert tx.bucket(b"b")[b"k0001"] == b"00"  # the file is still open under it
+
+    r = run_thread(reader)
+    opened.wait(JOIN)
+    closer = run_thread(db.close)
+    closer[0].join(0.2)  # give close() every chance to return early: it must not
+    assert closer[0].is_alive()
+    release.set()
+    finish(*r)
+    finish(*closer)
+    with pytest.raises(ClosedError), db.view():
+        pass
