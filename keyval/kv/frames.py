@@ -28,6 +28,7 @@ speak this protocol (an HTTP probe, a stray telnet) fails on byte 4, with a clea
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import xxhash
@@ -81,56 +82,56 @@ def encode(kind: int, payload: bytes, max_payload: int = DEFAULT_MAX_PAYLOAD) ->
 class FrameDecoder:
     """Turns received bytes, split anywhere, back into frames.
 
-    :meth:`feed` buffers at most one incomplete frame (header, then a body no longer than
-    ``max_payload``). The first invalid byte sequence raises :class:`FrameError`; the decoder then
-    stays failed (every later :meth:`feed` raises the same error) since the stream cannot be
-    resynchronised. Not thread-safe: one decoder per connection, fed by its reader.
+    :meth:`feed` buffers the bytes and returns an iterator over the frames they complete, parsed
+    as it is consumed: frames before a bad one are delivered, then :class:`FrameError` is raised
+    at the bad one. The decoder then stays failed (every later :meth:`feed` raises the same error)
+    since the stream cannot be resynchronised. Frames an iterator left unconsumed are yielded by
+    the next one. The buffer holds at most what one ``recv`` added plus one incomplete frame (a
+    header, then a body no longer than ``max_payload``). Not thread-safe: one decoder per
+    connection, fed by its reader.
     """
 
     def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD):
         self.max_payload = max_payload
         self._buf = bytearray()
+        self._pos = 0  # start of the first unparsed byte; trimmed lazily to avoid O(n^2) copies
         self._error: FrameError | None = None
 
     @property
     def buffered(self) -> int:
-        """Bytes received but not yet part of a complete frame."""
-        return len(self._buf)
+        """Bytes received but not yet returned as part of a complete frame."""
+        return len(self._buf) - self._pos
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
-        """Add ``data`` and return every frame it completes, in stream order."""
+    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[Frame]:
+        """Add ``data``; return an iterator over every frame now complete, in stream order."""
         if self._error is not None:
             raise self._error
         self._buf += data
-        frames: list[Frame] = []
-        buf = self._buf
-        pos = 0
-        try:
-            while len(buf) - pos >= HEADER.size:
-                length, version, kind = HEADER.unpack_from(buf, pos)
-                if version != VERSION:
-                    raise FrameError(f"frame version {version}, expected {VERSION}")
-                if length > self.max_payload:
-                    raise FrameError(
-                        f"frame of {length} bytes exceeds the maximum of {self.max_payload}"
-                    )
-                end = pos + HEADER.size + length + CHECK.size
-                if len(buf) < end:
-                    break
-                view = memoryview(buf)
-                try:
-                    body = view[pos + 4 : end - CHECK.size]
-                    (expected,) = CHECK.unpack_from(buf, end - CHECK.size)
-                    if _check(body) != expected:
-                        raise FrameError(f"frame checksum mismatch (kind {kind}, {length} bytes)")
-                    frames.append(Frame(kind, bytes(body[2:])))
-                finally:
-                    body.release()
-                    view.release()
-                pos = end
-        except FrameError as e:
-            self._error = e
-            self._buf = bytearray()
-            raise
-        del buf[:pos]
-        return frames
+        return self._frames()
+
+    def _frames(self) -> Iterator[Frame]:
+        while self._error is None and len(self._buf) - self._pos >= HEADER.size:
+            buf, pos = self._buf, self._pos
+            length, version, kind = HEADER.unpack_from(buf, pos)
+            if version != VERSION:
+                self._fail(f"frame version {version}, expected {VERSION}")
+            if length > self.max_payload:
+                self._fail(f"frame of {length} bytes exceeds the maximum of {self.max_payload}")
+            end = pos + HEADER.size + length + CHECK.size
+            if len(buf) < end:
+                break
+            body = bytes(buf[pos + 4 : end - CHECK.size])
+            (expected,) = CHECK.unpack_from(buf, end - CHECK.size)
+            if _check(body) != expected:
+                self._fail(f"frame checksum mismatch (kind {kind}, {length} bytes)")
+            self._pos = end
+            yield Frame(kind, body[2:])
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+
+    def _fail(self, message: str) -> None:
+        self._error = FrameError(message)
+        self._buf = bytearray()
+        self._pos = 0
+        raise self._error
