@@ -1,0 +1,262 @@
+"""The replicated key/value state machine, kept in a ``keyval.db`` file.
+
+Commands are Raft log entries (format below); applying one changes the ``kv`` bucket and
+records the client's sequence number and reply in ``sessions``, so a retried request is
+applied exactly once and gets the reply of its first application. The applied index lives in
+``meta`` and is committed in the same transaction as the data it covers.
+
+Durability: the Raft log is the durable record of every acknowledged write. Applied entries
+are committed to the DB in batches (every ``batch_entries`` entries or ``batch_seconds``
+seconds, whichever comes first, and on :meth:`flush`/:meth:`close`/:meth:`snapshot`), as
+etcd's backend does: one DB fsync per entry would make the state machine, not consensus, the
+bottleneck. After a crash the DB is at some applied index *a* (all of it or none of it) and
+the node replays the log after *a*.
+
+::
+
+    command (an entry's data)         reply
+      u8  op (PUT 1, APPEND 2, DELETE 3) u8  status (OK 0, NOT_FOUND 1)
+      u64 client id                      ... value (for GET)
+      u64 sequence number (0 = none)
+      u32 key length, key, value
+
+    snapshot: "KVSNAP01" | u64 applied index | then records of
+      u8 bucket (1 kv, 2 sessions) | u32 key length | key | u32 value length | value
+
+An empty entry (a new leader's no-op) changes nothing but the applied index. Thread safety:
+apply/flush/snapshot/restore come from the Raft driver (one at a time); :meth:`get` may run
+on other threads and sees every applied entry.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from dataclasses import dataclass
+
+from keyval.db import DB
+from keyval.errors import CorruptionError
+from keyval.raft.records import Entry
+
+PUT, APPEND, DELETE = 1, 2, 3
+OK, NOT_FOUND = 0, 1
+_COMMAND = struct.Struct("<BQQI")
+_SESSION = struct.Struct("<Q")
+_APPLIED = struct.Struct("<Q")
+_SNAP_MAGIC = b"KVSNAP01"
+_SNAP_RECORD = struct.Struct("<BI")
+_LEN = struct.Struct("<I")
+KV, SESSIONS, META = b"kv", b"sessions", b"meta"
+_BUCKET_TAGS = {1: KV, 2: SESSIONS}
+_DELETED = object()  # marks a key deleted in the pending batch
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    op: int
+    client: int
+    seq: int
+    key: bytes
+    value: bytes = b""
+
+    def encode(self) -> bytes:
+        return _COMMAND.pack(self.op, self.client, self.seq, len(self.key)) + self.key + self.value
+
+    @staticmethod
+    def decode(data: bytes) -> Command:
+        if len(data) < _COMMAND.size:
+            raise ValueError(f"a command of {len(data)} bytes is too short")
+        op, client, seq, klen = _COMMAND.unpack_from(data)
+        if op not in (PUT, APPEND, DELETE) or _COMMAND.size + klen > len(data):
+            raise ValueError(f"malformed command (op {op}, key length {klen})")
+        key = data[_COMMAND.size : _COMMAND.size + klen]
+        return Command(op, client, seq, key, data[_COMMAND.size + klen :])
+
+
+class KVStateMachine:
+    """The KV state of one node, in the database file ``path`` (created if missing)."""
+
+    def __init__(self, path: str, *, batch_entries: int = 1000, batch_seconds: float = 0.1):
+        self._db = DB(path)
+        self._lock = threading.Lock()
+        self.batch_entries = batch_entries
+        self.batch_seconds = batch_seconds
+        with self._db.update() as tx:
+            for name in (KV, SESSIONS, META):
+                tx.create_bucket(name, exist_ok=True)
+        with self._db.view() as tx:
+            raw = tx.bucket(META).get(b"applied")
+        self._durable_index = _APPLIED.unpack(raw)[0] if raw else 0
+        self._applied = self._durable_index
+        self._pending: dict[bytes, bytes | object] = {}
+        self._pending_sessions: dict[bytes, bytes] = {}
+        self._pending_count = 0
+        self._batch_started = time.monotonic()
+
+    @property
+    def applied_index(self) -> int:
+        """The last applied entry's index (the DB holds at least ``durable_index``)."""
+        return self._applied
+
+    @property
+    def durable_index(self) -> int:
+        """The applied index committed to the DB: a restart resumes after it."""
+        return self._durable_index
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value of ``key`` after every applied entry."""
+        with self._lock:
+            pending = self._pending.get(key)
+            if pending is not None:
+                return None if pending is _DELETED else pending
+            with self._db.view() as tx:
+                return tx.bucket(KV).get(key)
+
+    def session(self, client: int) -> tuple[int, bytes] | None:
+        """``(last sequence number, its reply)`` recorded for ``client``."""
+        with self._lock:
+            raw = self._pending_sessions.get(_SESSION.pack(client))
+            if raw is None:
+                with self._db.view() as tx:
+                    raw = tx.bucket(SESSIONS).get(_SESSION.pack(client))
+        return None if raw is None else (_SESSION.unpack_from(raw)[0], raw[_SESSION.size :])
+
+    # -- the Raft state machine interface ----------------------------------------------------
+
+    def apply(self, entry: Entry) -> bytes:
+        """Applies one committed entry and returns its reply (the first reply again for a
+        retried client request)."""
+        with self._lock:
+            if entry.index <= self._applied:
+                raise ValueError(f"entry {entry.index} was applied already ({self._applied})")
+            reply = b""
+            if entry.data:
+                reply = self._apply_command(Command.decode(entry.data))
+            self._applied = entry.index
+            self._pending_count += 1
+            if (
+                self._pending_count >= self.batch_entries
+                or time.monotonic() - self._batch_started >= self.batch_seconds
+            ):
+                self._flush_locked()
+            return reply
+
+    def _apply_command(self, cmd: Command) -> bytes:
+        session_key = _SESSION.pack(cmd.client)
+        if cmd.seq:
+            last = self._session_locked(session_key)
+            if last is not None and cmd.seq <= last[0]:
+                return last[1] if cmd.seq == last[0] else bytes([OK])  # a stale retry
+        current = self._get_locked(cmd.key)
+        if cmd.op == PUT:
+            self._pending[cmd.key] = cmd.value
+            reply = bytes([OK])
+        elif cmd.op == APPEND:
+            self._pending[cmd.key] = (current or b"") + cmd.value
+            reply = bytes([OK])
+        else:
+            self._pending[cmd.key] = _DELETED
+            reply = bytes([OK if current is not None else NOT_FOUND])
+        if cmd.seq:
+            self._pending_sessions[session_key] = _SESSION.pack(cmd.seq) + reply
+        return reply
+
+    def _get_locked(self, key: bytes) -> bytes | None:
+        pending = self._pending.get(key)
+        if pending is not None:
+            return None if pending is _DELETED else pending
+        with self._db.view() as tx:
+            return tx.bucket(KV).get(key)
+
+    def _session_locked(self, session_key: bytes) -> tuple[int, bytes] | None:
+        raw = self._pending_sessions.get(session_key)
+        if raw is None:
+            with self._db.view() as tx:
+                raw = tx.bucket(SESSIONS).get(session_key)
+        return None if raw is None else (_SESSION.unpack_from(raw)[0], raw[_SESSION.size :])
+
+    def flush(self) -> None:
+        """Commits every applied entry to the DB (durable on return)."""
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if self._applied != self._durable_index:
+            with self._db.update() as tx:
+                kv, sessions = tx.bucket(KV), tx.bucket(SESSIONS)
+                for key, value in self._pending.items():
+                    if value is _DELETED:
+                        kv.delete(key)
+                    else:
+                        kv.put(key, value)
+                for key, value in self._pending_sessions.items():
+                    sessions.put(key, value)
+                tx.bucket(META).put(b"applied", _APPLIED.pack(self._applied))
+            self._durable_index = self._applied
+        self._pending.clear()
+        self._pending_sessions.clear()
+        self._pending_count = 0
+        self._batch_started = time.monotonic()
+
+    def snapshot(self) -> bytes:
+        """The whole state (data and sessions) as of the applied index, from one read view."""
+        with self._lock:
+            self._flush_locked()
+            parts = [_SNAP_MAGIC, _APPLIED.pack(self._applied)]
+            with self._db.view() as tx:
+                for tag, name in _BUCKET_TAGS.items():
+                    for key, value in tx.bucket(name).items():
+                        parts += [
+                            _SNAP_RECORD.pack(tag, len(key)),
+                            key,
+                            _LEN.pack(len(value)),
+                            value,
+                        ]
+            return b"".join(parts)
+
+    def restore(self, data: bytes) -> None:
+        """Replaces the whole state with a snapshot's, durably, in one transaction."""
+        records, applied = _decode_snapshot(data)
+        with self._lock:
+            with self._db.update() as tx:
+                for name in (KV, SESSIONS):
+                    tx.delete_bucket(name)
+                    tx.create_bucket(name)
+                for tag, key, value in records:
+                    tx.bucket(_BUCKET_TAGS[tag]).put(key, value)
+                tx.bucket(META).put(b"applied", _APPLIED.pack(applied))
+            self._pending.clear()
+            self._pending_sessions.clear()
+            self._pending_count = 0
+            self._applied = self._durable_index = applied
+
+    def close(self) -> None:
+        with self._lock:
+            self._flush_locked()
+            self._db.close()
+
+
+def _decode_snapshot(data: bytes) -> tuple[list[tuple[int, bytes, bytes]], int]:
+    if data[:8] != _SNAP_MAGIC or len(data) < 16:
+        raise CorruptionError("not a KV snapshot (bad magic)", None, 0)
+    applied = _APPLIED.unpack_from(data, 8)[0]
+    records, off = [], 16
+    try:
+        while off < len(data):
+            tag, klen = _SNAP_RECORD.unpack_from(data, off)
+            off += _SNAP_RECORD.size
+            key = data[off : off + klen]
+            off += klen
+            (vlen,) = _LEN.unpack_from(data, off)
+            off += _LEN.size
+            value = data[off : off + vlen]
+            off += vlen
+            if tag not in _BUCKET_TAGS or len(key) != klen or len(value) != vlen:
+                raise CorruptionError(f"bad KV snapshot record at offset {off}", None, off)
+            records.append((tag, key, value))
+    except struct.error:
+        raise CorruptionError(f"KV snapshot truncated at offset {off}", None, off) from None
+    return records, applied

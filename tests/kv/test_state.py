@@ -1,0 +1,168 @@
+"""The KV state machine: against a dict under random commands with retried requests,
+batched commits, snapshots, and reopen with log replay; and through a real crash."""
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from keyval.kv.state import APPEND, DELETE, NOT_FOUND, OK, PUT, Command, KVStateMachine
+from keyval.raft.records import Entry
+
+keys = st.sampled_from([b"a", b"b", b"c", b"key-" + b"k" * 40])
+values = st.binary(max_size=60)
+
+
+class Model:
+    """What the state must be after applying commands in order, with de-duplication."""
+
+    def __init__(self):
+        self.data: dict[bytes, bytes] = {}
+        self.sessions: dict[int, tuple[int, bytes]] = {}
+
+    def apply(self, cmd: Command) -> bytes:
+        last = self.sessions.get(cmd.client)
+        if cmd.seq and last is not None and cmd.seq <= last[0]:
+            return last[1] if cmd.seq == last[0] else bytes([OK])
+        if cmd.op == PUT:
+            self.data[cmd.key], reply = cmd.value, bytes([OK])
+        elif cmd.op == APPEND:
+            self.data[cmd.key], reply = self.data.get(cmd.key, b"") + cmd.value, bytes([OK])
+        else:
+            reply = bytes([OK if self.data.pop(cmd.key, None) is not None else NOT_FOUND])
+        if cmd.seq:
+            self.sessions[cmd.client] = (cmd.seq, reply)
+        return reply
+
+
+class StateMachineModel(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="kv-state-")
+        self.path = os.path.join(self.dir, "kv.db")
+        self.sm = KVStateMachine(self.path, batch_entries=5, batch_seconds=3600)
+        self.log: list[Entry] = []  # the Raft log: every applied entry
+        self.model = Model()
+        self.next_seq = {1: 1, 2: 1, 3: 1}
+
+    def teardown(self):
+        self.sm.close()
+        shutil.rmtree(self.dir)
+
+    def _apply(self, data: bytes) -> bytes:
+        entry = Entry(len(self.log) + 1, 1, data)
+        self.log.append(entry)
+        return self.sm.apply(entry)
+
+    @rule(
+        op=st.sampled_from([PUT, APPEND, DELETE]),
+        client=st.sampled_from([1, 2, 3]),
+        key=keys,
+        value=values,
+    )
+    def command(self, op, client, key, value):
+        cmd = Command(op, client, self.next_seq[client], key, value)
+        self.next_seq[client] += 1
+        assert self._apply(cmd.encode()) == self.model.apply(cmd)
+
+    @rule(client=st.sampled_from([1, 2, 3]), key=keys, value=values)
+    def retried_request_is_applied_once(self, client, key, value):
+        cmd = Command(APPEND, client, self.next_seq[client], key, value)
+        self.next_seq[client] += 1
+        first = self._apply(cmd.encode())
+        assert self._apply(cmd.encode()) == first  # the retry: same reply, no second append
+        self.model.apply(cmd)
+
+    @rule()
+    def leader_noop(self):
+        assert self._apply(b"") == b""
+
+    @rule()
+    def flush(self):
+        self.sm.flush()
+        assert self.sm.durable_index == len(self.log)
+
+    @rule()
+    def reopen_without_flush_then_replay_the_log(self):
+        # as after a crash: the DB holds the last batch; the log after it is applied again
+        self.sm._db.close()
+        self.sm = KVStateMachine(self.path, batch_entries=5, batch_seconds=3600)
+        for entry in self.log[self.sm.durable_index :]:
+            self.sm.apply(entry)
+
+    @rule()
+    def snapshot_restored_into_a_fresh_node(self):
+        data = self.sm.snapshot()
+        other_path = os.path.join(self.dir, "other.db")
+        other = KVStateMachine(other_path)
+        other.restore(data)
+        assert other.applied_index == len(self.log)
+        for key in self.model.data:
+            assert other.get(key) == self.model.data[key]
+        for client, session in self.model.sessions.items():
+            assert other.session(client) == session
+        other.close()
+        os.unlink(other_path)
+
+    @invariant()
+    def same_state(self):
+        assert self.sm.applied_index == len(self.log)
+        for key in (b"a", b"b", b"c", b"key-" + b"k" * 40):
+            assert self.sm.get(key) == self.model.data.get(key)
+
+
+StateMachineModel.TestCase.settings = settings(
+    max_examples=int(os.environ.get("KEYVAL_MODEL_EXAMPLES", "20")),
+    stateful_step_count=40,
+    deadline=None,
+)
+test_state_machine_matches_model = StateMachineModel.TestCase
+
+
+def test_malformed_commands_are_refused():
+    for bad in (b"\x01", b"\x09" + b"\0" * 20, Command(PUT, 1, 1, b"k").encode()[:-1]):
+        with pytest.raises(ValueError):
+            Command.decode(bad)
+
+
+CHILD = """
+import os, sys
+from keyval.kv.state import KVStateMachine, Command, APPEND
+from keyval.raft.records import Entry
+sm = KVStateMachine(sys.argv[1], batch_entries=7, batch_seconds=3600)
+i = sm.applied_index
+while True:
+    i += 1
+    sm.apply(Entry(i, 1, Command(APPEND, 1, i, b"k%d" % (i % 5), b"<%d>" % i).encode()))
+    if sm.durable_index == i:
+        os.write(1, b"%d\\n" % i)
+"""
+
+
+def test_a_crash_leaves_the_state_of_exactly_one_applied_index(tmp_path):
+    path = str(tmp_path / "kv.db")
+    rng = random.Random(3)
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, path], stdout=subprocess.PIPE)
+        flushed = 0
+        for _ in range(rng.randrange(1, 40)):
+            flushed = int(proc.stdout.readline())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        sm = KVStateMachine(path)
+        a = sm.durable_index
+        assert a >= flushed and a % 7 == 0  # a whole batch or none of it
+        expected = {}
+        for i in range(1, a + 1):
+            k = b"k%d" % (i % 5)
+            expected[k] = expected.get(k, b"") + b"<%d>" % i
+        assert {k: sm.get(k) for k in expected} == expected
+        sm.close()
