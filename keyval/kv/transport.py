@@ -1,0 +1,487 @@
+"""The TCP transport between keyval nodes, and the request/response path for clients.
+
+Threads, not asyncio: the Raft node driver is synchronous, and a thread per connection is easy to
+reason about at a cluster's scale (a handful of peers, tens of clients).
+
+Connections and their modes (frames as in :mod:`keyval.kv.frames`):
+
+- **Peer links are one-way.** Node A sends to node B on a connection A opened; B answers on its
+  own connection to A. A's first frame is ``KIND_HELLO`` carrying A's node id; every later frame
+  is handed to ``on_frame(A, kind, payload)`` on B. Nothing is ever written back on it.
+- **Client connections** are the ones whose first frame is anything but HELLO: each frame is a
+  request, answered by exactly one ``KIND_RESPONSE`` frame carrying ``on_request(kind, payload)``,
+  in order, on the same connection. The callback runs on that connection's thread and may block
+  (e.g. until a proposal commits) without delaying anyone else.
+
+Sending never blocks the caller: :meth:`Transport.send` encodes the frame and appends it to that
+peer's bounded queue. When the queue is full the **oldest** frame is dropped: Raft tolerates loss
+(the leader resends from what followers acknowledge), and after an outage the newest messages
+(current term, latest commit index) are the useful ones, while a backlog of stale heartbeats and
+appends would only delay them. A sender thread per peer connects lazily when there is something
+to send, and after a failure reconnects with exponential back-off (capped, with jitter so that
+nodes restarted together do not retry in lockstep). Frames handed to a connection that then fails
+may be lost; frames on one live connection arrive in the order sent.
+
+A malformed or oversized frame (:class:`~keyval.kv.frames.FrameError`), a bad HELLO, or an
+exception from a callback closes that one connection with one log line; other connections, the
+listener and the senders carry on. The listener binds to 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import select
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from keyval.errors import ClosedError, Timeout
+from keyval.kv.frames import (
+    DEFAULT_MAX_PAYLOAD,
+    HELLO,
+    KIND_HELLO,
+    KIND_RESPONSE,
+    FrameDecoder,
+    FrameError,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+RECV_SIZE = 256 * 1024
+# Polling intervals bound how long close() waits for a thread blocked in accept() or on an idle
+# queue; shutdown() wakes blocked sockets sooner on Linux, these are the portable fallback.
+POLL_INTERVAL = 0.1
+
+
+def _peer_name(addr) -> str:
+    return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+
+
+class _PeerLink:
+    """The outbound side towards one peer: its queue and the socket its sender thread owns."""
+
+    def __init__(self, peer_id: int, address: tuple[str, int], capacity: int):
+        self.peer_id = peer_id
+        self.address = address
+        self.queue: deque[bytes] = deque()
+        self.capacity = capacity
+        self.cond = threading.Condition()
+        self.sock: socket.socket | None = None
+
+
+class Transport:
+    """Moves frames between this node and its peers over TCP; serves client requests.
+
+    ``on_frame(peer_id, kind, payload)`` is called for every frame received from a peer, on that
+    connection's reader thread (one thread per inbound peer connection: calls for one peer are
+    sequential and in order, calls for different peers may be concurrent). ``on_request(kind,
+    payload) -> bytes`` answers a client request; without it client connections are refused.
+
+    Thread-safe: :meth:`send`, :meth:`stats` and :meth:`close` may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        listen: tuple[str, int] = (DEFAULT_HOST, 0),
+        peers: dict[int, tuple[str, int]] | None = None,
+        on_frame: Callable[[int, int, bytes], None] | None = None,
+        on_request: Callable[[int, bytes], bytes] | None = None,
+        *,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        queue_size: int = 4096,
+        backoff_min: float = 0.02,
+        backoff_max: float = 1.0,
+        connect_timeout: float = 1.0,
+        write_timeout: float = 5.0,
+        max_connections: int = 256,
+    ):
+        self.node_id = node_id
+        self.listen = listen
+        self.on_frame = on_frame
+        self.on_request = on_request
+        self.max_payload = max_payload
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.connect_timeout = connect_timeout
+        self.write_timeout = write_timeout
+        self.max_connections = max_connections
+        self._links = {
+            pid: _PeerLink(pid, addr, queue_size)
+            for pid, addr in (peers or {}).items()
+            if pid != node_id
+        }
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._inbound: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self._started = False
+        self._counters = dict.fromkeys(
+            (
+                "frames_sent",
+                "bytes_sent",
+                "frames_received",
+                "bytes_received",
+                "requests",
+                "connections_accepted",
+                "connections_refused",
+                "connections_made",
+                "connect_failures",
+                "drops",
+                "errors",
+            ),
+            0,
+        )
+        self.address: tuple[str, int] | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind and listen (``address`` is then the bound host and port) and start the threads.
+
+        Raises ``OSError`` if the address cannot be bound."""
+        if self._started:
+            raise RuntimeError("transport already started")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # A node restarted on its old port must not wait for TIME_WAIT connections to expire.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(self.listen)
+            sock.listen(64)
+        except OSError:
+            sock.close()
+            raise
+        sock.settimeout(POLL_INTERVAL)
+        self._listener = sock
+        self.address = sock.getsockname()[:2]
+        self._started = True
+        self._spawn(self._accept_loop, f"listen-{self.address[1]}")
+        for link in self._links.values():
+            self._spawn(self._send_loop, f"send-{link.peer_id}", link)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop every thread and close every socket; returns within about ``timeout`` seconds.
+        Frames still queued are dropped. Idempotent."""
+        self._stop.set()
+        for link in self._links.values():
+            with link.cond:
+                link.cond.notify_all()
+                sock = link.sock
+            if sock is not None:
+                self._shutdown(sock)
+        with self._lock:
+            inbound = list(self._inbound)
+        for sock in inbound:
+            self._shutdown(sock)
+        if self._listener is not None:
+            self._shutdown(self._listener)
+        deadline = time.monotonic() + timeout
+        for t in self.threads():
+            if t is not threading.current_thread():
+                t.join(max(0.0, deadline - time.monotonic()))
+        if self._listener is not None:
+            self._listener.close()
+        stuck = [t.name for t in self.threads()]
+        if stuck:
+            log.warning("transport %d: threads still running after close: %s", self.node_id, stuck)
+
+    def __enter__(self) -> Transport:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def threads(self) -> list[threading.Thread]:
+        """The transport's threads that are still alive."""
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            return list(self._threads)
+
+    def stats(self) -> dict[str, int]:
+        """A snapshot of the counters: frames (HELLO excluded) and bytes (everything on the wire)
+        sent and received, connections, drops, errors; plus ``queued``, the frames waiting in
+        all peer queues."""
+        with self._lock:
+            out = dict(self._counters)
+        out["queued"] = sum(len(link.queue) for link in self._links.values())
+        return out
+
+    # --- sending -----------------------------------------------------------------------------
+
+    def send(self, peer_id: int, kind: int, payload: bytes) -> bool:
+        """Queue one frame for ``peer_id``; never blocks on the network.
+
+        Returns False if the queue was full and its oldest frame was dropped to make room.
+        Delivery is best effort (see the module docstring). Raises ``KeyError`` for an unknown
+        peer, :class:`~keyval.kv.frames.FrameError` for a payload over ``max_payload``, and
+        :class:`~keyval.errors.ClosedError` after :meth:`close`.
+        """
+        if self._stop.is_set():
+            raise ClosedError("transport is closed")
+        link = self._links[peer_id]
+        frame = encode(kind, payload, self.max_payload)
+        dropped = False
+        with link.cond:
+            if len(link.queue) >= link.capacity:
+                link.queue.popleft()
+                dropped = True
+            link.queue.append(frame)
+            link.cond.notify()
+        if dropped:
+            self._count("drops")
+        return not dropped
+
+    def _send_loop(self, link: _PeerLink) -> None:
+        backoff = self.backoff_min
+        while not self._stop.is_set():
+            with link.cond:
+                if not link.queue:
+                    link.cond.wait(POLL_INTERVAL)
+                    continue
+            if link.sock is None or self._peer_closed(link.sock):
+                self._drop_socket(link)
+                if not self._connect(link):
+                    # Equal jitter: wait between half and all of the current back-off.
+                    self._stop.wait(random.uniform(backoff / 2, backoff))
+                    backoff = min(backoff * 2, self.backoff_max)
+                    continue
+                backoff = self.backoff_min
+            with link.cond:
+                batch = list(link.queue)
+                link.queue.clear()
+            data = b"".join(batch)
+            try:
+                link.sock.sendall(data)  # only this thread replaces link.sock
+            except OSError as e:
+                if not self._stop.is_set():
+                    log.info(
+                        "transport %d: send to peer %d failed: %s", self.node_id, link.peer_id, e
+                    )
+                    self._count("errors")
+                self._count("drops", len(batch))
+                self._drop_socket(link)
+                continue
+            self._count("frames_sent", len(batch), "bytes_sent", len(data))
+        self._drop_socket(link)
+
+    def _connect(self, link: _PeerLink) -> bool:
+        try:
+            sock = socket.create_connection(link.address, timeout=self.connect_timeout)
+        except OSError:
+            self._count("connect_failures")
+            return False
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self.write_timeout)
+        try:
+            sock.sendall(encode(KIND_HELLO, HELLO.pack(self.node_id)))
+        except OSError:
+            sock.close()
+            self._count("connect_failures")
+            return False
+        with link.cond:
+            if self._stop.is_set():
+                sock.close()
+                return False
+            link.sock = sock
+        self._count("connections_made")
+        return True
+
+    @staticmethod
+    def _peer_closed(sock: socket.socket) -> bool:
+        """Whether the peer closed our write-only link (it never sends, so readable = EOF/reset).
+        Checking before a write saves the frames a write into a dead socket would lose."""
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and not sock.recv(1, socket.MSG_PEEK)
+        except (OSError, ValueError):
+            return True
+
+    def _drop_socket(self, link: _PeerLink) -> None:
+        with link.cond:
+            sock, link.sock = link.sock, None
+        if sock is not None:
+            sock.close()
+
+    # --- receiving ---------------------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        listener = self._listener
+        while not self._stop.is_set():
+            try:
+                sock, addr = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    break
+                self._count("errors")
+                self._stop.wait(POLL_INTERVAL)  # e.g. out of file descriptors: do not spin
+                continue
+            with self._lock:
+                full = len(self._inbound) >= self.max_connections
+                if not full:
+                    self._inbound.add(sock)
+            if full:
+                log.warning(
+                    "transport %d: refusing %s: %d connections open",
+                    self.node_id,
+                    _peer_name(addr),
+                    self.max_connections,
+                )
+                self._count("connections_refused")
+                sock.close()
+                continue
+            self._count("connections_accepted")
+            self._spawn(self._serve_connection, f"conn-{addr[1]}", sock, addr)
+
+    def _serve_connection(self, sock: socket.socket, addr) -> None:
+        name = _peer_name(addr)
+        decoder = FrameDecoder(self.max_payload)
+        peer_id: int | None = None
+        client = False
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(None)  # close() wakes the read with shutdown()
+            while not self._stop.is_set():
+                data = sock.recv(RECV_SIZE)
+                if not data:
+                    return
+                self._count("bytes_received", len(data))
+                for kind, payload in decoder.feed(data):
+                    if peer_id is None and not client:
+                        if kind == KIND_HELLO:
+                            if len(payload) != HELLO.size:
+                                raise FrameError(f"HELLO of {len(payload)} bytes")
+                            (peer_id,) = HELLO.unpack(payload)
+                            continue
+                        if self.on_request is None:
+                            raise FrameError(f"kind {kind} before HELLO and no client service")
+                        client = True
+                    if client:
+                        if kind in (KIND_HELLO, KIND_RESPONSE):
+                            raise FrameError(f"kind {kind} is not a request")
+                        self._count("frames_received", 1, "requests", 1)
+                        reply = self.on_request(kind, payload)
+                        out = encode(KIND_RESPONSE, reply, self.max_payload)
+                        sock.sendall(out)
+                        self._count("frames_sent", 1, "bytes_sent", len(out))
+                    else:
+                        if kind == KIND_HELLO:
+                            raise FrameError("second HELLO on a peer connection")
+                        self._count("frames_received")
+                        if self.on_frame is not None:
+                            self.on_frame(peer_id, kind, payload)
+        except FrameError as e:
+            log.warning("transport %d: closing connection from %s: %s", self.node_id, name, e)
+            self._count("errors")
+        except OSError as e:
+            if not self._stop.is_set():
+                log.info("transport %d: connection from %s failed: %s", self.node_id, name, e)
+                self._count("errors")
+        except Exception as e:
+            log.warning(
+                "transport %d: closing connection from %s: callback raised %r",
+                self.node_id,
+                name,
+                e,
+            )
+            self._count("errors")
+        finally:
+            with self._lock:
+                self._inbound.discard(sock)
+            sock.close()
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def _spawn(self, target, name: str, *args) -> None:
+        t = threading.Thread(
+            target=target, args=args, name=f"kv-transport-{self.node_id}-{name}", daemon=True
+        )
+        with self._lock:
+            self._threads.append(t)
+        t.start()
+
+    def _count(self, *pairs) -> None:
+        """``_count("a")`` adds 1 to a; ``_count("a", 3, "b", 10)`` adds 3 to a and 10 to b."""
+        if len(pairs) == 1:
+            pairs = (pairs[0], 1)
+        with self._lock:
+            for i in range(0, len(pairs), 2):
+                self._counters[pairs[i]] += pairs[i + 1]
+
+    @staticmethod
+    def _shutdown(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class ClientConnection:
+    """One client connection to a node's transport: blocking request/response.
+
+    ``request`` sends one request frame and returns the payload of the response frame. Not
+    thread-safe (one outstanding request at a time; use one connection per thread). Raises
+    :class:`~keyval.errors.Timeout` when no answer came in time (the request may or may not have
+    been applied; the connection is then closed, since a late answer would be mistaken for the
+    next one's), ``ConnectionError`` when the server closed the connection, and ``OSError`` when
+    it cannot connect.
+    """
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        timeout: float = 5.0,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+    ):
+        self.address = address
+        self.max_payload = max_payload
+        self._sock: socket.socket | None = socket.create_connection(address, timeout=timeout)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._decoder = FrameDecoder(max_payload)
+        self._pending: deque = deque()
+
+    def request(self, kind: int, payload: bytes, timeout: float = 5.0) -> bytes:
+        if self._sock is None:
+            raise ClosedError("connection is closed")
+        deadline = time.monotonic() + timeout
+        try:
+            self._sock.settimeout(timeout)
+            self._sock.sendall(encode(kind, payload, self.max_payload))
+            while not self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self._sock.settimeout(left)
+                data = self._sock.recv(RECV_SIZE)
+                if not data:
+                    raise ConnectionError(f"{_peer_name(self.address)} closed the connection")
+                self._pending.extend(self._decoder.feed(data))
+        except TimeoutError:
+            self.close()
+            raise Timeout(f"no answer from {_peer_name(self.address)} in {timeout} s") from None
+        except (OSError, FrameError):
+            self.close()
+            raise
+        frame = self._pending.popleft()
+        if frame.kind != KIND_RESPONSE:
+            self.close()
+            raise ConnectionError(f"expected a response frame, got kind {frame.kind}")
+        return frame.payload
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> ClientConnection:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
