@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from keyval.db import DB
 from keyval.errors import ClosedError, LogCompacted, LogUnavailable
 from keyval.raft.records import Entry, HardState, Snapshot
+from keyval.raft.validation import check_entries, check_hard_state, check_snapshot
 
 DB_FILE = "raft-log.db"
 LOG, META, SNAPSHOT = b"log", b"meta", b"snapshot"
@@ -162,9 +163,9 @@ class DBLogStorage:
             self._check_open()
             entries = list(entries)
             if hard_state is not None:
-                self._validate_hard_state(hard_state)
+                check_hard_state(hard_state, self._hard_state)
             if entries:
-                self._validate_entries(entries)
+                check_entries(entries, self.first_index, self._last, self.term)
             if hard_state is None and not entries:
                 return
             with self._db.update() as tx:
@@ -193,20 +194,7 @@ class DBLogStorage:
         """
         with self._lock:
             self._check_open()
-            if not isinstance(snap, Snapshot):
-                raise TypeError(f"expected a Snapshot, not {type(snap).__name__}")
-            if type(snap.data) is not bytes:
-                raise TypeError("snapshot data must be bytes")
-            if type(snap.index) is not int or type(snap.term) is not int:
-                raise TypeError("snapshot index and term must be ints")
-            if not (snap.index >= 1 and snap.term >= 1):
-                raise ValueError(
-                    f"snapshot index and term must be >= 1, not {snap.index}, {snap.term}"
-                )
-            if snap.index < self._snap_index:
-                raise ValueError(
-                    f"snapshot at {snap.index} is older than the stored one at {self._snap_index}"
-                )
+            check_snapshot(snap, self._snap_index)
             keep = (
                 self._snap_index <= snap.index <= self._last and self.term(snap.index) == snap.term
             )
@@ -238,44 +226,6 @@ class DBLogStorage:
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError(f"DBLogStorage {self._dir} is closed")
-
-    def _validate_hard_state(self, hs: HardState) -> None:
-        if not isinstance(hs, HardState):
-            raise TypeError(f"expected a HardState, not {type(hs).__name__}")
-        for name in ("term", "vote", "commit"):
-            value = getattr(hs, name)
-            if type(value) is not int or value < 0:
-                raise ValueError(f"hard state {name} must be an int >= 0, not {value!r}")
-        cur = self._hard_state
-        if hs.term < cur.term:
-            raise ValueError(f"term cannot go back from {cur.term} to {hs.term}")
-        if hs.term == cur.term and cur.vote and hs.vote != cur.vote:
-            raise ValueError(f"already voted for {cur.vote} in term {cur.term}, not {hs.vote}")
-
-    def _validate_entries(self, entries: list[Entry]) -> None:
-        prev_index, prev_term = entries[0].index - 1, None
-        for e in entries:
-            if not isinstance(e, Entry):
-                raise TypeError(f"expected an Entry, not {type(e).__name__}")
-            if type(e.data) is not bytes:
-                raise TypeError(f"entry {e.index}: data must be bytes")
-            if type(e.index) is not int or type(e.term) is not int or e.index < 1 or e.term < 1:
-                raise ValueError(f"entry index and term must be ints >= 1, not {e.index}, {e.term}")
-            if e.index != prev_index + 1:
-                raise ValueError(f"entries not consecutive: {prev_index} then {e.index}")
-            if prev_term is not None and e.term < prev_term:
-                raise ValueError(f"term goes back from {prev_term} to {e.term} at entry {e.index}")
-            prev_index, prev_term = e.index, e.term
-        first = entries[0]
-        if first.index < self.first_index:
-            raise LogCompacted(f"append at {first.index} below the first index {self.first_index}")
-        if first.index > self._last + 1:
-            raise ValueError(f"append at {first.index} leaves a gap after {self._last}")
-        before = self.term(first.index - 1)
-        if first.term < before:
-            raise ValueError(
-                f"entry {first.index} has term {first.term}, below the term {before} before it"
-            )
 
 
 def _fields(hs: HardState) -> tuple[int, int, int]:

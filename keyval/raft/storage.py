@@ -55,6 +55,7 @@ from keyval.errors import (
 )
 from keyval.raft import snapfile
 from keyval.raft.records import Entry, HardState, Snapshot
+from keyval.raft.validation import check_entries, check_hard_state, check_snapshot
 from keyval.wal import WAL
 
 log = logging.getLogger("keyval.raft.storage")
@@ -306,9 +307,9 @@ class RaftStorage:
             self._check_open()
             entries = list(entries)
             if hard_state is not None:
-                self._validate_hard_state(hard_state)
+                check_hard_state(hard_state, self._s.hard_state)
             if entries:
-                self._validate_entries(entries)
+                check_entries(entries, self._s.base, self.last_index, self.term)
             payloads = [_ENTRY_HEAD.pack(e.index, e.term) + e.data for e in entries]
             if hard_state is not None:
                 payloads.append(_HARD_STATE.pack(*_fields(hard_state)))
@@ -329,18 +330,7 @@ class RaftStorage:
         """Stores ``snap`` durably and compacts the log up to its index (see the module doc)."""
         with self._lock:
             self._check_open()
-            if not isinstance(snap, Snapshot):
-                raise TypeError(f"expected a Snapshot, not {type(snap).__name__}")
-            if type(snap.data) is not bytes:
-                raise TypeError("snapshot data must be bytes")
-            if not (snap.index >= 1 and snap.term >= 1):
-                raise ValueError(
-                    f"snapshot index and term must be >= 1, not {snap.index}, {snap.term}"
-                )
-            if snap.index < self._s.snap_index:
-                raise ValueError(
-                    f"snapshot at {snap.index} is older than the stored one at {self._s.snap_index}"
-                )
+            check_snapshot(snap, self._s.snap_index)
             keep = (
                 self._s.base - 1 <= snap.index <= self.last_index
                 and self.term(snap.index) == snap.term
@@ -393,41 +383,3 @@ class RaftStorage:
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError(f"RaftStorage {self._dir} is closed")
-
-    def _validate_hard_state(self, hs: HardState) -> None:
-        if not isinstance(hs, HardState):
-            raise TypeError(f"expected a HardState, not {type(hs).__name__}")
-        for name in ("term", "vote", "commit"):
-            value = getattr(hs, name)
-            if type(value) is not int or value < 0:
-                raise ValueError(f"hard state {name} must be an int >= 0, not {value!r}")
-        cur = self._s.hard_state
-        if hs.term < cur.term:
-            raise ValueError(f"term cannot go back from {cur.term} to {hs.term}")
-        if hs.term == cur.term and cur.vote and hs.vote != cur.vote:
-            raise ValueError(f"already voted for {cur.vote} in term {cur.term}, not {hs.vote}")
-
-    def _validate_entries(self, entries: list[Entry]) -> None:
-        prev_index, prev_term = entries[0].index - 1, None
-        for e in entries:
-            if not isinstance(e, Entry):
-                raise TypeError(f"expected an Entry, not {type(e).__name__}")
-            if type(e.data) is not bytes:
-                raise TypeError(f"entry {e.index}: data must be bytes")
-            if type(e.index) is not int or type(e.term) is not int or e.index < 1 or e.term < 1:
-                raise ValueError(f"entry index and term must be ints >= 1, not {e.index}, {e.term}")
-            if e.index != prev_index + 1:
-                raise ValueError(f"entries not consecutive: {prev_index} then {e.index}")
-            if prev_term is not None and e.term < prev_term:
-                raise ValueError(f"term goes back from {prev_term} to {e.term} at entry {e.index}")
-            prev_index, prev_term = e.index, e.term
-        first = entries[0]
-        if first.index < self._s.base:
-            raise LogCompacted(f"append at {first.index} below the first index {self._s.base}")
-        if first.index > self.last_index + 1:
-            raise ValueError(f"append at {first.index} leaves a gap after {self.last_index}")
-        before = self.term(first.index - 1) if first.index - 1 >= self._s.base - 1 else 0
-        if first.term < before:
-            raise ValueError(
-                f"entry {first.index} has term {first.term}, below the term {before} before it"
-            )
