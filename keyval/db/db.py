@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from keyval.errors import ClosedError, CorruptionError, KeyvalError, ReadOnlyError
+from keyval.errors import ClosedError, CorruptionError, KeyvalError, LockedError, ReadOnlyError
 
 from .freelist import Freelist
 from .meta import Meta, choose_meta, read_metas
@@ -75,12 +75,12 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _create(path: str, page_size: int, replace: bool) -> None:
+def _create(path: str, page_size: int) -> None:
     """Write a fresh empty database under a temporary name, then move it into place.
 
     The file appears at ``path`` complete and synced or not at all. A hard link (which fails
     if ``path`` exists) stands in for rename so two processes creating the same file cannot
-    replace each other's; an empty file found at ``path`` is replaced outright.
+    replace each other's.
     """
     base = os.path.basename(path)
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{base}.{os.getpid()}.creating")
@@ -93,17 +93,14 @@ def _create(path: str, page_size: int, replace: bool) -> None:
     finally:
         os.close(fd)
     try:
-        if replace:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass  # another process created it first; open theirs
-            except OSError as e:
-                if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
-                    raise
-                os.rename(tmp, path)  # a file system without hard links
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process created it first; open theirs
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+            os.rename(tmp, path)  # a file system without hard links
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -113,8 +110,9 @@ def _create(path: str, page_size: int, replace: bool) -> None:
 class DB:
     """A single-file, copy-on-write B+tree database (BoltDB's design).
 
-    ``DB(path, page_size=4096, sync=True)`` opens ``path``, creating it if it is missing or
-    empty. ``page_size`` applies to a new file only; an existing file keeps the page size it was
+    ``DB(path, page_size=4096, sync=True)`` opens ``path``, creating it if it is missing (an
+    existing empty file is refused with CorruptionError: a database is never empty).
+    ``page_size`` applies to a new file only; an existing file keeps the page size it was
     created with. With ``sync=True`` a committed ``update()`` is on stable storage when its
     ``with`` block exits; with ``sync=False`` nothing is fsynced: a crash of the process loses
     nothing committed, a crash of the machine may lose or corrupt recent commits.
@@ -157,14 +155,21 @@ class DB:
             size = os.stat(self.path).st_size
         except FileNotFoundError:
             size = None
-        if not size:
-            _create(self.path, page_size, replace=size == 0)
+        if size == 0:
+            # A database is created under a temporary name and renamed whole, so it is never
+            # empty: an empty file here was truncated (or is not ours), and initialising it
+            # would silently replace whatever it held with an empty database.
+            raise CorruptionError(
+                "the file is empty: a keyval database never is (truncated?)", self.path, 0
+            )
+        if size is None:
+            _create(self.path, page_size)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         try:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise KeyvalError(
+                raise LockedError(
                     f"{self.path} is open in another process (or another DB object): "
                     "a database file has one owner at a time"
                 ) from None

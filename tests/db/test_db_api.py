@@ -13,6 +13,7 @@ from keyval.errors import (
     BucketExists,
     BucketNotFound,
     ClosedError,
+    CorruptionError,
     KeyTooLarge,
     KeyvalError,
     ReadOnlyError,
@@ -442,11 +443,20 @@ def test_invalid_page_size_argument_raises_value_error(path):
     assert not os.path.exists(path)
 
 
-def test_empty_existing_file_is_initialised(path):
+def test_an_empty_existing_file_is_refused_not_initialised(path):
+    # A database is created whole under another name, so an empty one was truncated:
+    # initialising it would silently swap lost data for an empty database.
     open(path, "wb").close()
-    with DB(path) as db:
-        fill(db, 3)
-    assert check_file(path) == []
+    with pytest.raises(CorruptionError, match="empty"):
+        DB(path)
+    assert os.path.getsize(path) == 0
+
+
+def test_a_second_open_raises_locked_error(path):
+    from keyval.errors import LockedError
+
+    with DB(path), pytest.raises(LockedError):
+        DB(path)
 
 
 def test_sync_false_commits_are_visible_after_reopen(path):
