@@ -61,11 +61,17 @@ static int failed_locked(kv_wal *w)
 int kv_flush_locked(kv_wal *w, int sync, uint64_t target, int group)
 {
     for (;;) {
-        while (w->io_busy)
-            pthread_cond_wait(&w->cv, &w->mu);
         if (w->failed)
             return failed_locked(w);
-        if (sync ? w->durable_seq >= target : w->buf_len == 0)
+        /* Checked before waiting for the leader: an appender whose record a finished fsync
+         * covered returns at once, even while the next leader is busy (or gathering). */
+        if (sync && w->durable_seq >= target)
+            return 0;
+        if (w->io_busy) {
+            pthread_cond_wait(&w->cv, &w->mu);
+            continue;
+        }
+        if (!sync && w->buf_len == 0)
             return 0;
         if (w->closing)
             return -KV_ECLOSED;
