@@ -19,7 +19,7 @@ from keyval.raft.storage import RaftStorage
 from .crash_child import entries
 
 CHILD = os.path.join(os.path.dirname(__file__), "crash_child.py")
-ROUNDS = int(os.environ.get("KEYVAL_CRASH_ROUNDS", "15"))
+ROUNDS = int(os.environ.get("KEYVAL_CRASH_ROUNDS", "30"))
 
 
 def apply(model: MemoryStorage, op: list[str]) -> None:

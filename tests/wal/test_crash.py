@@ -17,7 +17,7 @@ from keyval.wal import WAL
 
 CHILD = os.path.join(os.path.dirname(__file__), "crash_child.py")
 SEGMENT = 32 * 1024  # small: crashes land inside rotations too
-ROUNDS = int(os.environ.get("KEYVAL_CRASH_ROUNDS", "12"))
+ROUNDS = int(os.environ.get("KEYVAL_CRASH_ROUNDS", "30"))
 
 
 def run_until_killed(path, rnd, mode, threads, seed, acks_before_kill):
