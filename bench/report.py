@@ -40,7 +40,7 @@ DEFAULT_OUT = REPO / "BENCHMARKS.md"
 DEFAULT_RESULTS = BENCH / "results"
 DEFAULT_PLOTS = BENCH / "plots"
 # Layers in the order the report shows them; suites not listed follow alphabetically.
-LAYER_ORDER = ("wal", "db", "raft_storage", "cluster")
+LAYER_ORDER = ("wal", "db", "raft_storage", "raft", "cluster")
 KEYVAL = "keyval"
 # Load average per core at the start above which the run is flagged as noisy.
 BUSY_LOAD_PER_CORE = 0.3
@@ -325,7 +325,8 @@ def describe_params(extra: dict) -> str:
     parts = []
     for key, label in PARAM_COLUMNS:
         value = extra.get(key, "-")
-        parts.append(f"{label.split()[0]}={value}{' B' if key == 'record_size' else ''}")
+        unit = " B" if key == "record_size" and isinstance(value, int | float) else ""
+        parts.append(f"{label.split()[0]}={value}{unit}")
     return ", ".join(parts)
 
 
