@@ -16,7 +16,8 @@ exceeds ``max_raft_state`` bytes, the state machine is snapshotted at the applie
 the log compacted.
 
 On construction the node restores the stored snapshot into the state machine and replays the
-committed log entries after it.
+committed log entries after it; a state machine that persists itself (it has an
+``applied_index``) is restored only from a snapshot newer than what it holds.
 
 Thread safety: every public method takes the node's lock, so a threaded transport may call
 them concurrently; ``send`` and the callbacks run under that lock and must not block on this
@@ -52,6 +53,16 @@ class StateMachine(Protocol):
         """Replace the whole state with one made by :meth:`snapshot`."""
 
 
+class DurableStateMachine(StateMachine, Protocol):
+    """A state machine that keeps its own state on disk, as of :attr:`applied_index`.
+
+    On start the driver resumes after that index instead of restoring an older Raft snapshot
+    over it, and replays only the log entries after it."""
+
+    @property
+    def applied_index(self) -> int: ...
+
+
 class Node:
     def __init__(
         self,
@@ -73,11 +84,15 @@ class Node:
         self.max_raft_state = max_raft_state
         self.on_apply = on_apply
         self.on_read = on_read
+        # Called (under the lock) after a call in which this node's role or known leader
+        # changed: a service waiting on requests learns that they will not complete here.
+        self.on_change: Callable[[], None] | None = None
+        self._seen: tuple[Role, int] | None = None
         self._lock = threading.RLock()
         self._waiting_reads: list[ReadState] = []
         snap = storage.snapshot()
-        self.applied = 0
-        if snap is not None:
+        self.applied = getattr(state_machine, "applied_index", 0)
+        if snap is not None and snap.index > self.applied:
             state_machine.restore(snap.data)
             self.applied = snap.index
         self.core = RaftCore(config, storage, rng or random.Random(), applied=self.applied)
@@ -148,6 +163,16 @@ class Node:
         return self.core.lead
 
     @property
+    def lock(self):
+        """The node's (reentrant) lock: hold it to make several calls one atomic step."""
+        return self._lock
+
+    @property
+    def next_index(self) -> int:
+        """The index the next proposal gets (if this node leads)."""
+        return self.core.log.last_index() + 1
+
+    @property
     def commit_index(self) -> int:
         return self.core.log.committed
 
@@ -168,6 +193,11 @@ class Node:
             self._apply(rd)
             core.advance(rd)
             self._maybe_compact()
+        seen = (core.role, core.lead)
+        if seen != self._seen:
+            self._seen = seen
+            if self.on_change is not None:
+                self.on_change()
 
     def _persist(self, rd: Ready) -> None:
         st = self.storage

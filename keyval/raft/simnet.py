@@ -84,13 +84,15 @@ class SimNet:
         state_machine_factory: Callable[[int], StateMachine] | None = None,
         max_raft_state: int | None = None,
         observer: Callable[[SimNet], None] | None = None,
+        on_start: Callable[[int, Node], None] | None = None,
     ) -> None:
         """``n`` nodes with ids 1..n. ``config`` holds :class:`~keyval.raft.core.Config` fields
         (besides id and peers); ``storage_factory(id)`` makes a node's storage (default
         :class:`MemoryStorage`); ``storage_reopen(id, old)`` gives the storage a restarted node
         uses (default: the same object, which is what an in-memory store models; a durable
         store closes ``old`` and opens its directory again, so recovery really runs);
-        ``observer(net)`` runs after every event (safety checkers)."""
+        ``observer(net)`` runs after every event (safety checkers); ``on_start(id, node)``
+        after each (re)start of a node (to attach a service to it)."""
         self.seed = seed
         self.rng = random.Random(seed)
         self.ids = tuple(range(1, n + 1))
@@ -103,6 +105,7 @@ class SimNet:
         self.state_machine_factory = state_machine_factory or (lambda i: NullStateMachine())
         self.max_raft_state = max_raft_state
         self.observer = observer
+        self.on_start = on_start
         self.now = 0  # simulated milliseconds
         self._queue: list[tuple[int, int, Callable[[], None]]] = []
         self._seq = 0
@@ -142,6 +145,8 @@ class SimNet:
             rng=node_rng,
             max_raft_state=self.max_raft_state,
         )
+        if self.on_start is not None:
+            self.on_start(i, self.nodes[i])
         # A random phase, so that nodes' ticks do not all line up.
         self._schedule(self.rng.randrange(self.tick_ms), lambda: self._tick(i, inc))
 
