@@ -6,3 +6,14 @@ Layers, bottom up: :mod:`keyval.wal` (segmented write-ahead log, C core), :mod:`
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["Client"]
+
+
+def __getattr__(name: str):
+    # The client is imported on first use: `import keyval` stays light for storage-only users.
+    if name == "Client":
+        from keyval.kv.client import Client
+
+        return Client
+    raise AttributeError(f"module 'keyval' has no attribute {name!r}")

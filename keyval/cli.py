@@ -1,12 +1,12 @@
 """The ``keyval`` command. Each subcommand lives in its own module; this file only dispatches.
 
-    keyval demo          what `make run` runs: the WAL under load and through a SIGKILL
-    keyval bench DIR     is this disk fit for keyval (fsync percentiles, durable appends/s)
-    keyval fsck PATH     the integrity checker (same as python -m keyval.fsck)
-    keyval inspect DIR   a Raft node's data directory: hard state, log, snapshots, segments
-
-The cluster commands (serve, put, get, append, delete, status) arrive with the replicated
-service.
+keyval demo          what `make run` runs: the WAL under load and through a SIGKILL
+keyval bench DIR     is this disk fit for keyval (fsync percentiles, durable appends/s)
+keyval fsck PATH     the integrity checker (same as python -m keyval.fsck)
+keyval inspect DIR   a Raft node's data directory: hard state, log, snapshots, segments
+keyval serve --id N --peers 1=HOST:PORT,... --data DIR     run one node of a cluster
+keyval put|get|append|delete KEY [VALUE] --peers ...      one request to a cluster
+keyval status --peers ...                                  each node's role, term, indexes
 """
 
 from __future__ import annotations
@@ -18,6 +18,12 @@ COMMANDS = {
     "bench": ("keyval.diskcheck", "is this disk fit for keyval: fsync latency, appends/s"),
     "fsck": ("keyval.fsck", "check a WAL directory, database file or node directory"),
     "inspect": ("keyval.raft.inspect", "a node's hard state, log range, snapshots, segments"),
+    "serve": ("keyval.kv.serve", "run one node of a cluster"),
+    "put": ("keyval.kv.ctl", "set KEY to VALUE"),
+    "get": ("keyval.kv.ctl", "print KEY's value (exit 1 when missing)"),
+    "append": ("keyval.kv.ctl", "append VALUE to KEY's value"),
+    "delete": ("keyval.kv.ctl", "delete KEY (exit 1 when missing)"),
+    "status": ("keyval.kv.ctl", "each node's role, term, leader, commit and applied index"),
 }
 
 
@@ -38,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import importlib
 
-    module = importlib.import_module(COMMANDS[name][0])
+    module_name = COMMANDS[name][0]
+    module = importlib.import_module(module_name)
+    if module_name == "keyval.kv.ctl":
+        return module.main(name, rest)
     return module.main(rest) if name != "demo" else module.main()
 
 

@@ -65,10 +65,13 @@ def _db_checker():
 
 
 def kind_of(path: str) -> str | None:
-    """What keyval thing lives at ``path``: "node", "wal", "db", or None."""
+    """What keyval thing lives at ``path``: "server" (a ``keyval serve`` data directory),
+    "node" (a Raft node's directory), "wal", "db", or None."""
     from keyval.raft.check import is_node_dir
     from keyval.wal.check import is_wal_dir
 
+    if is_node_dir(os.path.join(path, "raft")) and os.path.isfile(os.path.join(path, "kv.db")):
+        return "server"
     if is_node_dir(path):
         return "node"
     if is_wal_dir(path):
@@ -92,6 +95,15 @@ def check_path(path: str, repair: bool = False) -> Report:
                 report.repairs = repair_dir(path)
         elif kind == "db":
             report.problems = _db_checker().check_file(path)
+        elif kind == "server":
+            for part in (
+                check_path(os.path.join(path, "raft"), repair),
+                check_path(os.path.join(path, "kv.db"), repair),
+            ):
+                if part.error:
+                    raise KeyvalError(part.error)
+                report.problems += part.problems
+                report.repairs += part.repairs
         elif kind == "node":
             from keyval.raft.check import check_node_dir
 

@@ -183,6 +183,13 @@ class KVStateMachine:
         with self._lock:
             self._flush_locked()
 
+    def flush_if_due(self) -> None:
+        """Commits the pending batch if it is older than ``batch_seconds`` (a server calls this
+        on its tick, so a quiet node does not hold applied entries back for long)."""
+        with self._lock:
+            if self._pending_count and time.monotonic() - self._batch_started >= self.batch_seconds:
+                self._flush_locked()
+
     def _flush_locked(self) -> None:
         if self._applied != self._durable_index:
             with self._db.update() as tx:

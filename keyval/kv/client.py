@@ -1,0 +1,152 @@
+"""Client: the replicated key/value service, from an application.
+
+>>> from keyval import Client
+>>> c = Client(["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"])
+>>> c.put(b"k", b"v"); c.get(b"k")
+b'v'
+
+Every operation is linearizable. A write carries this client's id and a sequence number that
+stays the same across retries, so however often it is retried (a timeout, a leader change, a
+lost reply) the cluster applies it exactly once. The client finds the leader by itself (a
+follower's NOT_LEADER answer names it) and retries until ``timeout`` seconds have passed, then
+raises :class:`~keyval.errors.Timeout`: the operation may or may not have taken effect.
+
+Thread-safe: each thread gets its own connections; sequence numbers come from one counter.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import threading
+import time
+
+from keyval.errors import KeyTooLarge, Timeout, ValueTooLarge
+from keyval.kv import protocol
+from keyval.kv.frames import KIND_REQUEST, FrameError
+from keyval.kv.state import APPEND, DELETE, NOT_FOUND, PUT, Command
+from keyval.kv.transport import ClientConnection
+
+MAX_KEY = 32 * 1024
+MAX_VALUE = 4 * 2**20  # one frame carries a request; keep a margin below its 8 MiB limit
+TRY_TIMEOUT = 2.5  # one attempt at one server; the server itself answers RETRY after 2 s
+
+
+class Client:
+    def __init__(self, servers: list[str] | str, timeout: float = 10.0) -> None:
+        if isinstance(servers, str):
+            servers = [s for s in servers.split(",") if s]
+        if not servers:
+            raise ValueError("at least one server address is needed")
+        self.servers = [protocol.parse_address(s.split("=", 1)[-1]) for s in servers]
+        self.timeout = timeout
+        self.client_id = random.getrandbits(63) or 1
+        self._seqs = itertools.count(1)
+        self._seq_lock = threading.Lock()
+        self._leader = 0  # index into servers of the one believed to lead
+        self._local = threading.local()
+
+    # -- operations -------------------------------------------------------------------------
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._write(PUT, key, value)
+
+    def append(self, key: bytes, value: bytes) -> None:
+        self._write(APPEND, key, value)
+
+    def delete(self, key: bytes) -> bool:
+        """Deletes ``key``; whether it existed."""
+        return self._write(DELETE, key, b"")[:1] != bytes([NOT_FOUND])
+
+    def get(self, key: bytes) -> bytes | None:
+        _check(key, b"")
+        body = self._call(bytes([protocol.READ]) + key)
+        return body[1:] if body[:1] == b"\x01" else None
+
+    def status(self) -> list[dict]:
+        """Every server's own view (role, term, leader, commit and applied index), or an
+        ``error`` entry for those that do not answer."""
+        out = []
+        for addr in self.servers:
+            try:
+                conn = ClientConnection(addr, timeout=1.0)
+                try:
+                    reply = conn.request(KIND_REQUEST, bytes([protocol.STATUS]), timeout=2.0)
+                finally:
+                    conn.close()
+                out.append(json.loads(reply[1:]))
+            except (OSError, Timeout) as exc:
+                out.append({"address": protocol.format_address(addr), "error": str(exc)})
+        return out
+
+    def close(self) -> None:
+        for conn in getattr(self._local, "conns", {}).values():
+            conn.close()
+        self._local.conns = {}
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the retry loop ---------------------------------------------------------------------
+
+    def _write(self, op: int, key: bytes, value: bytes) -> bytes:
+        _check(key, value)
+        with self._seq_lock:
+            seq = next(self._seqs)
+        command = Command(op, self.client_id, seq, key, value)
+        return self._call(bytes([protocol.WRITE]) + command.encode())
+
+    def _call(self, request: bytes) -> bytes:
+        deadline = time.monotonic() + self.timeout
+        tries = 0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout(f"no server answered within {self.timeout} s")
+            target = self._leader
+            try:
+                reply = self._conn(target).request(KIND_REQUEST, request, min(TRY_TIMEOUT, left))
+            except (OSError, Timeout, FrameError):
+                self._drop(target)
+                reply = bytes([protocol.RETRY])
+            code, body = reply[0], reply[1:]
+            if code == protocol.OK:
+                return body
+            if code == protocol.BAD_REQUEST:
+                raise ValueError(body.decode(errors="replace"))
+            tries += 1
+            if code == protocol.NOT_LEADER and body:
+                hinted = protocol.parse_address(body.decode())
+                if hinted in self.servers and self.servers.index(hinted) != target:
+                    self._leader = self.servers.index(hinted)
+                    continue
+            self._leader = (target + 1) % len(self.servers)
+            if tries % len(self.servers) == 0:  # a full round without a leader: an election
+                time.sleep(min(0.05 * tries / len(self.servers), 0.5, max(left, 0)))
+
+    def _conn(self, index: int) -> ClientConnection:
+        conns = getattr(self._local, "conns", None)
+        if conns is None:
+            conns = self._local.conns = {}
+        conn = conns.get(index)
+        if conn is None:
+            conn = conns[index] = ClientConnection(self.servers[index], timeout=1.0)
+        return conn
+
+    def _drop(self, index: int) -> None:
+        conn = getattr(self._local, "conns", {}).pop(index, None)
+        if conn is not None:
+            conn.close()
+
+
+def _check(key: bytes, value: bytes) -> None:
+    if type(key) is not bytes or type(value) is not bytes:
+        raise TypeError("keys and values must be bytes")
+    if not key or len(key) > MAX_KEY:
+        raise KeyTooLarge(f"keys must be 1 to {MAX_KEY} bytes, not {len(key)}")
+    if len(value) > MAX_VALUE:
+        raise ValueTooLarge(f"values must be at most {MAX_VALUE} bytes, not {len(value)}")

@@ -1,0 +1,48 @@
+"""``keyval serve --id N --peers 1=HOST:PORT,... --data DIR``: run one node until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from keyval.kv.protocol import parse_peers
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="keyval serve", description=__doc__.split(":")[0])
+    parser.add_argument("--id", type=int, required=True, help="this node's id")
+    parser.add_argument("--peers", required=True, help="1=127.0.0.1:7001,2=127.0.0.1:7002,...")
+    parser.add_argument("--data", required=True, help="this node's data directory")
+    parser.add_argument(
+        "--max-raft-state",
+        type=int,
+        default=64 * 2**20,
+        help="snapshot and compact once the Raft log passes this many bytes",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        peers = parse_peers(args.peers)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format=f"%(asctime)s node{args.id} %(name)s %(levelname)s %(message)s",
+    )
+    from keyval.kv.server import Server
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        server = Server(args.id, peers, args.data, max_raft_state=args.max_raft_state)
+    except (ValueError, OSError) as exc:
+        print(f"keyval serve: {exc}", file=sys.stderr)
+        return 1
+    with server:
+        print(f"node {args.id} serving on {peers[args.id][0]}:{peers[args.id][1]}", flush=True)
+        stop.wait()
+    return 0
