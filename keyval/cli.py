@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 COMMANDS = {
-    "demo": ("keyval.demo", "the WAL under load and through a crash (what `make run` runs)"),
+    "demo": ("keyval.demo", "a cluster survives SIGKILL of every node (`demo wal`: the log)"),
     "bench": ("keyval.diskcheck", "is this disk fit for keyval: fsync latency, appends/s"),
     "fsck": ("keyval.fsck", "check a WAL directory, database file or node directory"),
     "inspect": ("keyval.raft.inspect", "a node's hard state, log range, snapshots, segments"),
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     if module_name == "keyval.kv.ctl":
         return module.main(name, rest)
-    return module.main(rest) if name != "demo" else module.main()
+    return module.main(rest)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import random
 import threading
 
@@ -38,6 +39,7 @@ TICK_SECONDS = 0.01
 ELECTION_TICKS = 15  # a follower waits 150-300 ms without a leader before it campaigns
 HEARTBEAT_TICKS = 3
 REQUEST_TIMEOUT = 2.0  # a request not committed by then is answered RETRY (the client retries)
+MAX_BATCH = 256  # writes proposed together: one Raft ready, one fsync on each node
 
 
 class Server:
@@ -90,20 +92,28 @@ class Server:
         self.service = KVService(self.node, self.state_machine)
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_loop, name=f"keyval-tick-{node_id}")
+        # Writes from all client connections meet here, so that those arriving while the node
+        # is busy (an fsync) are proposed together: group commit at the Raft level.
+        self._writes: queue.Queue = queue.Queue()
+        self._proposer = threading.Thread(
+            target=self._propose_loop, name=f"keyval-propose-{node_id}"
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
         self.transport.start()
         self._ticker.start()
+        self._proposer.start()
         log.info(
             "node %d serving on %s", self.node_id, protocol.format_address(self.peers[self.node_id])
         )
 
     def close(self) -> None:
         self._stop.set()
-        if self._ticker.is_alive():
-            self._ticker.join(timeout=5)
+        for thread in (self._ticker, self._proposer):
+            if thread.is_alive():
+                thread.join(timeout=5)
         self.transport.close()
         with self.node.lock:
             self.state_machine.close()
@@ -123,6 +133,25 @@ class Server:
                 self.state_machine.flush_if_due()
             except Exception:  # a failed fsync is fatal for this node: stop serving
                 log.exception("node %d: tick failed; stopping", self.node_id)
+                self._stop.set()
+
+    def _propose_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                batch = [self._writes.get(timeout=0.1)]
+            except queue.Empty:
+                continue
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._writes.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self.service.write_many(batch)
+            except Exception as exc:  # storage failed: answer everyone, then stop serving
+                for _, done in batch:
+                    done(exc)
+                log.exception("node %d: proposing failed; stopping", self.node_id)
                 self._stop.set()
 
     # -- Raft messages ----------------------------------------------------------------------
@@ -156,7 +185,7 @@ class Server:
         try:
             if op == protocol.WRITE:
                 command = Command.decode(body)
-                return self._wait(lambda done: self.service.write(command, done), write=True)
+                return self._wait(lambda done: self._writes.put((command, done)), write=True)
             if op == protocol.READ:
                 return self._wait(lambda done: self.service.read(body, done), write=False)
         except ValueError as exc:

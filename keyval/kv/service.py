@@ -66,6 +66,28 @@ class KVService:
                 raise
             assert proposed == index, (proposed, index)
 
+    def write_many(self, requests: list[tuple[Command, Done]]) -> None:
+        """Proposes several commands as one Raft batch (one ready, one fsync per node); each
+        ``done`` as for :meth:`write`. On a non-leader every ``done`` gets NotLeader."""
+        with self.node.lock:
+            if not self.node.is_leader:
+                hint = str(self.node.leader) if self.node.leader else None
+                for _, done in requests:
+                    done(NotLeader(leader_hint=hint))
+                return
+            first, term = self.node.next_index, self.node.term
+            for k, (_, done) in enumerate(requests):
+                self._writes[first + k] = (term, done)
+            try:
+                indexes = self.node.propose_many([cmd.encode() for cmd, _ in requests])
+            except NotLeader as exc:
+                for k in range(len(requests)):
+                    self._writes.pop(first + k, None)
+                for _, done in requests:
+                    done(exc)
+                return
+            assert indexes == list(range(first, first + len(requests))), (indexes, first)
+
     def read(self, key: bytes, done: Done) -> None:
         """``done(value or None)`` once a linearizable read of ``key`` may be served here, or
         ``done(NotLeader)``. Raises NotLeader at once when this node does not lead."""

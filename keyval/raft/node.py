@@ -88,6 +88,8 @@ class Node:
         # changed: a service waiting on requests learns that they will not complete here.
         self.on_change: Callable[[], None] | None = None
         self._seen: tuple[Role, int] | None = None
+        self._durable_hs = storage.hard_state()  # what storage holds
+        self._newest_hs = self._durable_hs  # what the core last asked to persist
         self._lock = threading.RLock()
         self._waiting_reads: list[ReadState] = []
         snap = storage.snapshot()
@@ -205,15 +207,30 @@ class Node:
             st.save_snapshot(rd.snapshot)
             self._log_bytes = self._measure_log()
         truncates = bool(rd.entries) and rd.entries[0].index <= st.last_index
-        save = getattr(st, "save", None)
-        if save is not None and (rd.entries or rd.hard_state is not None):
-            # One durable write for the whole batch: entries and hard state land together.
-            save(hard_state=rd.hard_state, entries=list(rd.entries))
-        else:
-            if rd.entries:
-                st.append(list(rd.entries))
-            if rd.hard_state is not None:
-                st.set_hard_state(rd.hard_state)
+        if rd.hard_state is not None:
+            self._newest_hs = rd.hard_state
+        hs = self._newest_hs if self._newest_hs != self._durable_hs else None
+        # A change of the commit index alone is not made durable by itself: Raft's commit
+        # index is volatile (a restarted node learns it again, and never below what its state
+        # machine applied), so it rides along with the next entries or term/vote change
+        # instead of costing every node an fsync per commit. Term and vote always go to disk
+        # before any message is sent: those are what messages promise.
+        commit_only = hs is not None and (hs.term, hs.vote) == (
+            self._durable_hs.term,
+            self._durable_hs.vote,
+        )
+        if rd.entries or (hs is not None and not commit_only):
+            save = getattr(st, "save", None)
+            if save is not None:
+                # One durable write for the batch: entries and hard state land together.
+                save(hard_state=hs, entries=list(rd.entries))
+            else:
+                if rd.entries:
+                    st.append(list(rd.entries))
+                if hs is not None:
+                    st.set_hard_state(hs)
+            if hs is not None:
+                self._durable_hs = hs
         if truncates:
             self._log_bytes = self._measure_log()
         elif rd.entries:

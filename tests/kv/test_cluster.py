@@ -8,8 +8,6 @@ there, and fsck must find every data directory clean.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,88 +15,19 @@ import time
 
 import pytest
 
-from keyval import Client
 from keyval.errors import KeyvalError
 from keyval.fsck import main as fsck
+from keyval.kv.local import LocalCluster
 
 NODES = (1, 2, 3)
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-class Cluster:
-    def __init__(self, root):
-        ports = free_ports(len(NODES))
-        self.addresses = {i: f"127.0.0.1:{p}" for i, p in zip(NODES, ports, strict=True)}
-        self.peers = ",".join(f"{i}={a}" for i, a in self.addresses.items())
-        self.dirs = {i: str(root / f"node{i}") for i in NODES}
-        self.procs: dict[int, subprocess.Popen] = {}
-
-    def start(self, i: int) -> None:
-        self.procs[i] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "keyval.cli",
-                "serve",
-                "--id",
-                str(i),
-                "--peers",
-                self.peers,
-                "--data",
-                self.dirs[i],
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-
-    def start_all(self) -> None:
-        for i in NODES:
-            self.start(i)
-
-    def kill_all(self) -> None:
-        for p in self.procs.values():
-            p.send_signal(signal.SIGKILL)
-        for p in self.procs.values():
-            p.wait()
-
-    def stop_all(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-    def client(self, timeout: float = 15.0) -> Client:
-        return Client(list(self.addresses.values()), timeout=timeout)
-
-    def wait_for_leader(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        with self.client(timeout=2.0) as c:
-            while time.monotonic() < deadline:
-                if any(n.get("role") == "leader" for n in c.status()):
-                    return
-                time.sleep(0.05)
-        raise AssertionError("no leader was elected")
-
-
 @pytest.fixture
 def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    c.start_all()
+    c = LocalCluster(str(tmp_path), size=len(NODES))
+    c.start()
     yield c
-    c.stop_all()
+    c.stop()
 
 
 def test_cli_round_trip(cluster):
@@ -149,7 +78,7 @@ def test_every_acknowledged_write_survives_sigkill_of_every_server(cluster):
     deadline = time.monotonic() + 30
     while len(acknowledged) < 60 and time.monotonic() < deadline:
         time.sleep(0.02)
-    cluster.kill_all()  # every server at once, while the writers are mid-request
+    cluster.kill()  # every server at once, while the writers are mid-request
     stop.set()
     for t in threads:
         t.join(timeout=30)
@@ -160,7 +89,7 @@ def test_every_acknowledged_write_survives_sigkill_of_every_server(cluster):
 
     for i in NODES:  # the data directories, as the crash left them
         assert fsck([cluster.dirs[i]]) in (0, 4), f"node {i} is corrupt after SIGKILL"
-    cluster.start_all()
+    cluster.start()
     cluster.wait_for_leader()
     with cluster.client() as c:
         for key, value in acknowledged.items():
@@ -169,7 +98,7 @@ def test_every_acknowledged_write_survives_sigkill_of_every_server(cluster):
             log = c.get(key) or b""
             # every acknowledged append is there once, in order; one in flight may follow
             assert log.startswith(b"".join(parts)), f"{key!r}: {log[:80]!r}"
-    cluster.stop_all()
+    cluster.stop()
     for i in NODES:
         assert fsck([cluster.dirs[i]]) == 0, f"node {i} not clean after restart"
     assert os.path.exists(os.path.join(cluster.dirs[1], "kv.db"))
