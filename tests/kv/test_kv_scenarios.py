@@ -123,7 +123,7 @@ def test_concurrent_clients(make):
     c.wait_leader()
     clients = [c.client() for _ in range(5)]
     start_appenders(c, clients)
-    c.run_for(3_000)
+    c.run_for(5_000)
     finish_and_check_appends(c, clients)
 
 
@@ -132,7 +132,7 @@ def test_concurrent_clients_on_an_unreliable_network(make):
     c.wait_leader()
     clients = [c.client() for _ in range(5)]
     start_appenders(c, clients)
-    c.run_for(4_000)
+    c.run_for(20_000)
     finish_and_check_appends(c, clients)
 
 
@@ -173,12 +173,17 @@ def test_a_leader_in_a_minority_does_not_answer(make):
     get_done: list[object] = []
     put = ck2a.start(PUT, b"1", b"15", put_done.append)
     got = ck2b.start(GET, b"1", None, get_done.append)
+
+    def check_silent() -> None:
+        if put_done or get_done or put.served_by or got.served_by:
+            c.fail(f"the minority answered: put {put_done}, get {get_done}")
+
     c.run_for(5)
+    check_silent()
     if c.services[lead].pending < 2 or not c.net.nodes[lead].is_leader:
         c.fail("the minority leader did not take the requests (the scenario did not happen)")
     c.run_for(3 * ELECTION_TIMEOUT_MS)
-    if put_done or get_done or put.served_by or got.served_by:
-        c.fail(f"the minority answered: put {put_done}, get {get_done}")
+    check_silent()
 
     c.net.heal()
     ck2a.reach = ck2b.reach = None
@@ -196,7 +201,7 @@ def test_many_partitions(make):
     c.wait_leader()
     clients = [c.client() for _ in range(5)]
     start_appenders(c, clients)
-    for _ in range(5):
+    for _ in range(10):
         c.partition_randomly()
         c.run_for(ELECTION_TIMEOUT_MS + c.rng.randrange(200))
         c.net.heal()
@@ -218,7 +223,7 @@ def test_crash_of_every_server_during_load(make):
     c.wait_leader()
     clients = [c.client() for _ in range(5)]
     start_appenders(c, clients)
-    crash_rounds(c, rounds=3, load_ms=500)
+    crash_rounds(c, rounds=5, load_ms=1_000)
     c.run_for(500)
     finish_and_check_appends(c, clients)
 
@@ -230,7 +235,7 @@ def test_crash_of_every_server_on_durable_raft_storage(make):
     c.wait_leader()
     clients = [c.client() for _ in range(3)]
     start_appenders(c, clients, think_ms=20)
-    crash_rounds(c, rounds=2, load_ms=400)
+    crash_rounds(c, rounds=3, load_ms=500)
     finish_and_check_appends(c, clients)
 
 
@@ -275,7 +280,7 @@ def test_all_faults_combined_15_clients_7_servers_random_keys(make):
     keys, seen = 5, {}
     clients = [c.client() for _ in range(15)]
     c.start_workers({ck: random_keys_worker(ck, keys, seen) for ck in clients}, think_ms=40)
-    for _ in range(2):
+    for _ in range(4):
         c.partition_randomly()
         c.run_for(ELECTION_TIMEOUT_MS + c.rng.randrange(200))
         c.net.heal()
@@ -319,10 +324,34 @@ def test_deduplication_survives_snapshots_and_restarts_with_20_clients(make):
     c.wait_leader()
     clients = [c.client() for _ in range(20)]
     start_appenders(c, clients, think_ms=50)
-    crash_rounds(c, rounds=3, load_ms=600)
+    crash_rounds(c, rounds=5, load_ms=1_000)
     finish_and_check_appends(c, clients)
     sizes = c.snapshot_sizes()
     if min(sizes.values()) == 0:
         c.fail(f"a node never took a snapshot: {sizes}")
     if c.max_raft_state_seen == 0:
         c.fail("the Raft state was never measured")
+
+
+# -- the harness itself ---------------------------------------------------------------------------
+
+
+def test_a_seed_replays_the_same_history(seed, tmp_path):
+    """Same seed, same calls: the same operations with the same results at the same simulated
+    times, so a failure's seed replays it exactly."""
+
+    def run(where) -> list:
+        c = Cluster(5, seed, tmp_path / where, unreliable=True)
+        try:
+            c.wait_leader()
+            clients = [c.client() for _ in range(3)]
+            start_appenders(c, clients)
+            crash_rounds(c, rounds=1, load_ms=1_500)
+            c.stop_workers()
+            return c.history.operations()
+        finally:
+            c.close()
+
+    first, second = run("a"), run("b")
+    assert len(first) > 20
+    assert first == second, f"seed={seed}: two runs differ"
