@@ -435,6 +435,24 @@ def latency_lines(layer: LayerResults) -> list[str]:
             cells = [fmt(diskcheck.percentile(m.latencies_s, p) * 1e6) for p in LATENCY_PERCENTILES]
             cells.append(fmt(m.latencies_s[-1] * 1e6))
             lines.append(f"| {m.system} | {len(m.latencies_s)} | " + " | ".join(cells) + " |")
+    # Cases of many concurrent operations per round measure each operation's time themselves.
+    for group, systems in layer.groups.items():
+        measured = sorted(
+            (m for m in systems.values() if "p50_ms" in m.extra),
+            key=lambda m: (m.system != KEYVAL, m.system),
+        )
+        if not measured:
+            continue
+        lines += [
+            "",
+            f"Per-operation latency measured by the suite, {group} "
+            f"({describe_params(measured[0].extra)}), milliseconds:",
+            "",
+            "| system | p50 | p99 |",
+            "|---|---|---|",
+        ]
+        for m in measured:
+            lines.append(f"| {m.system} | {fmt(m.extra['p50_ms'])} | {fmt(m.extra['p99_ms'])} |")
     return lines
 
 
