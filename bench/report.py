@@ -50,6 +50,9 @@ BUSY_OTHERS_SHARE = 0.1
 # fsync latency at the end of the run this many times higher or lower than at the start means
 # the disk was shared (CPU accounting cannot see another process's fsyncs). p99 varies more.
 FSYNC_DRIFT_FACTORS = {"p50_ms": 2.0, "p99_ms": 3.0}
+# The time a whole run may take (the Makefile's promise), per scale; a run over it says which
+# suites took the time.
+RUN_BUDGET_SECONDS = {"tiny": 60, "quick": 120, "full": 900}
 # Seconds spent on each live fsync probe of the machine section, per scale.
 MACHINE_PROBE_SECONDS = {"tiny": 0.2, "quick": 1.0, "full": 3.0}
 PARAM_COLUMNS = (
@@ -646,6 +649,7 @@ def render(
         f"scale `{scale}`, revision {machine['git']}. Raw pytest-benchmark JSON and logs: "
         f"`{_display_path(run_dir)}`.",
         "",
+        *budget_lines(scale, seconds, layers),
         "Rates are medians over rounds (the table also gives keyval's slowest and fastest round),"
         " in the unit of the row. *keyval / best* is keyval's rate divided by the best peer's"
         " in the same group: above 1 keyval is faster. Systems in one group ran the same records"
@@ -729,6 +733,19 @@ def render(
         md += ["- Cluster throughput vs client count: not measured yet (no cluster suite)."]
     md.append("")
     return "\n".join(md)
+
+
+def budget_lines(scale: str, seconds: float, layers: list[LayerResults]) -> list[str]:
+    """A warning paragraph when the run took longer than its scale's budget, else nothing."""
+    budget = RUN_BUDGET_SECONDS[scale]
+    if seconds <= budget:
+        return []
+    per_suite = ", ".join(f"{layer.layer} {layer.seconds:.0f} s" for layer in layers)
+    return [
+        f"**Over budget:** a {scale} run should take at most {budget} s; this one took "
+        f"{seconds:.0f} s ({per_suite}).",
+        "",
+    ]
 
 
 def _display_path(path: Path) -> str:
@@ -841,7 +858,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    print(f"bench: wrote {out} in {time.monotonic() - t0:.0f} s", flush=True)
+    elapsed = time.monotonic() - t0
+    print(f"bench: wrote {out} in {elapsed:.0f} s", flush=True)
+    if elapsed > RUN_BUDGET_SECONDS[scale]:
+        print(
+            f"bench: over the {scale} budget of {RUN_BUDGET_SECONDS[scale]} s: "
+            + ", ".join(f"{layer.layer} {layer.seconds:.0f} s" for layer in layers),
+            flush=True,
+        )
     if reasons:
         print("bench: report is marked PROVISIONAL: " + "; ".join(reasons), flush=True)
     failed = [layer for layer in layers if layer.problem and layer.returncode not in (0, 5)]
