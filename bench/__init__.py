@@ -25,6 +25,9 @@ Conventions a suite follows so the driver can report it
                    parsing: a ceiling); shown, but never the "best peer" keyval is compared to
   ``latency``      True when each round is exactly one operation: the driver then reports
                    per-operation latency percentiles and plots them
+  ``p50_ms``, ``p99_ms``
+                   per-operation latency the case measured itself (when a round holds many
+                   concurrent operations, e.g. cluster puts); shown in the layer's latency table
   ``plot``, ``plot_x``
                    put this case on the line plot named ``plot`` with x = ``extra_info[plot_x]``
                    (one line per system), e.g. ``plot="wal_throughput_vs_batch", plot_x="batch"``
