@@ -6,6 +6,8 @@ bounded Raft state, ...) and hands the history of simulated call/return times to
 linearizability checker. Every scenario is deterministic for its seed, derived from the test's
 name and ``KEYVAL_KV_SEED`` (default 0); a failure names ``seed=`` and the simulated time.
 
+Heavier variants (more rounds, more seeds, durable Raft storage) are marked ``torture``.
+
 Timing is SimNet's default: a 50 ms tick, heartbeats every 2 ticks (100 ms, the lab's limit of
 ten a second) and election timeouts of 10-20 ticks (0.5-1 s); messages take 0-2 ms, or 0-26 ms
 with 10% loss each way on an unreliable network, and clients' requests and replies likewise.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import pytest
 
 from keyval.kv.linearizability import APPEND, GET, PUT
+from keyval.raft.messages import MsgType
 
 from .kvsim import (
     ELECTION_TIMEOUT_MS,
@@ -196,17 +199,28 @@ def test_a_leader_in_a_minority_does_not_answer(make):
     c.check_linearizable()
 
 
-def test_many_partitions(make):
-    c = make(5)
+def many_partitions(c: Cluster, clients: int, rounds: int) -> None:
+    """The lab's partitioner under load: a random split of the servers every election
+    timeout or so, healed for a moment in between."""
     c.wait_leader()
-    clients = [c.client() for _ in range(5)]
-    start_appenders(c, clients)
-    for _ in range(10):
+    cks = [c.client() for _ in range(clients)]
+    start_appenders(c, cks)
+    for _ in range(rounds):
         c.partition_randomly()
         c.run_for(ELECTION_TIMEOUT_MS + c.rng.randrange(200))
         c.net.heal()
         c.run_for(c.rng.randrange(400))
-    finish_and_check_appends(c, clients)
+    finish_and_check_appends(c, cks)
+
+
+def test_many_partitions(make):
+    many_partitions(make(5), clients=5, rounds=10)
+
+
+@pytest.mark.torture
+@pytest.mark.parametrize("run", range(8))
+def test_many_partitions_unreliable_torture(make, run):
+    many_partitions(make(5, unreliable=True), clients=7, rounds=30)
 
 
 def crash_rounds(c: Cluster, rounds: int, load_ms: int) -> None:
@@ -218,14 +232,23 @@ def crash_rounds(c: Cluster, rounds: int, load_ms: int) -> None:
         c.restart_all()
 
 
-def test_crash_of_every_server_during_load(make):
-    c = make(5)
+def crash_under_load(c: Cluster, clients: int, rounds: int) -> None:
     c.wait_leader()
-    clients = [c.client() for _ in range(5)]
-    start_appenders(c, clients)
-    crash_rounds(c, rounds=5, load_ms=1_000)
+    cks = [c.client() for _ in range(clients)]
+    start_appenders(c, cks)
+    crash_rounds(c, rounds=rounds, load_ms=1_000)
     c.run_for(500)
-    finish_and_check_appends(c, clients)
+    finish_and_check_appends(c, cks)
+
+
+def test_crash_of_every_server_during_load(make):
+    crash_under_load(make(5), clients=5, rounds=5)
+
+
+@pytest.mark.torture
+@pytest.mark.parametrize("run", range(8))
+def test_crash_of_every_server_during_load_torture(make, run):
+    crash_under_load(make(5, unreliable=run % 2 == 1), clients=5, rounds=20)
 
 
 def test_crash_of_every_server_on_durable_raft_storage(make):
@@ -273,14 +296,14 @@ def check_random_keys(c: Cluster, seen: dict, keys: int) -> None:
                 c.fail(f"{key!r}: client {tag!r}'s appends out of order: {js}")
 
 
-def test_all_faults_combined_15_clients_7_servers_random_keys(make):
-    """Unreliable network, partitions and crashes of every server, 15 clients on random keys."""
-    c = make(7, unreliable=True)
+def all_faults_combined(c: Cluster, rounds: int) -> None:
+    """Unreliable network, partitions and crashes of every server, 15 clients on 5 random
+    keys: each acknowledged append exactly once, in its client's order; linearizable."""
     c.wait_leader()
     keys, seen = 5, {}
     clients = [c.client() for _ in range(15)]
     c.start_workers({ck: random_keys_worker(ck, keys, seen) for ck in clients}, think_ms=40)
-    for _ in range(4):
+    for _ in range(rounds):
         c.partition_randomly()
         c.run_for(ELECTION_TIMEOUT_MS + c.rng.randrange(200))
         c.net.heal()
@@ -289,8 +312,21 @@ def test_all_faults_combined_15_clients_7_servers_random_keys(make):
         c.run_for(c.rng.randrange(ELECTION_TIMEOUT_MS))
         c.restart_all()
     c.stop_workers()
+    appends = sum(len(v) for v in seen.values())
+    if appends < 5 * rounds:
+        c.fail(f"too little progress: {appends} appends in {rounds} rounds")
     check_random_keys(c, seen, keys)
     c.check_linearizable()
+
+
+def test_all_faults_combined_15_clients_7_servers_random_keys(make):
+    all_faults_combined(make(7, unreliable=True), rounds=4)
+
+
+@pytest.mark.torture
+@pytest.mark.parametrize("run", range(8))
+def test_all_faults_combined_torture(make, run):
+    all_faults_combined(make(7, unreliable=True, durable_raft=run % 2 == 1), rounds=10)
 
 
 # -- snapshots ----------------------------------------------------------------------------------
@@ -316,21 +352,34 @@ def test_small_max_raft_state_keeps_the_log_and_the_snapshot_small(make):
     c.check_linearizable()
 
 
-def test_deduplication_survives_snapshots_and_restarts_with_20_clients(make):
+def dedup_through_snapshots(c: Cluster, rounds: int) -> None:
     """20 clients appending under crashes of every server, unreliable, with a small
-    max_raft_state: retried requests hit snapshotted, restarted nodes, and every append
-    still lands exactly once; the Raft state stays within 8x of the bound."""
-    c = make(5, unreliable=True, max_raft_state=MAX_RAFT_STATE)
+    max_raft_state: retried requests hit snapshotted, restarted nodes and followers brought
+    up to date by InstallSnapshot, and every append still lands exactly once; the Raft state
+    stays within 8x of the bound."""
     c.wait_leader()
     clients = [c.client() for _ in range(20)]
     start_appenders(c, clients, think_ms=50)
-    crash_rounds(c, rounds=5, load_ms=1_000)
+    crash_rounds(c, rounds=rounds, load_ms=1_000)
     finish_and_check_appends(c, clients)
     sizes = c.snapshot_sizes()
     if min(sizes.values()) == 0:
         c.fail(f"a node never took a snapshot: {sizes}")
+    if not c.net.sent_by_type[MsgType.SNAP]:
+        c.fail("no snapshot was ever sent: the de-duplication table never travelled in one")
     if c.max_raft_state_seen == 0:
         c.fail("the Raft state was never measured")
+
+
+def test_deduplication_survives_snapshots_and_restarts_with_20_clients(make):
+    dedup_through_snapshots(make(5, unreliable=True, max_raft_state=MAX_RAFT_STATE), rounds=5)
+
+
+@pytest.mark.torture
+@pytest.mark.parametrize("run", range(8))
+def test_deduplication_survives_snapshots_and_restarts_torture(make, run):
+    c = make(5, unreliable=True, max_raft_state=MAX_RAFT_STATE, durable_raft=run % 2 == 1)
+    dedup_through_snapshots(c, rounds=15)
 
 
 # -- the harness itself ---------------------------------------------------------------------------
