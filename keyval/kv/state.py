@@ -240,9 +240,12 @@ class KVStateMachine:
             self._pending_count = 0
             self._applied = self._durable_index = applied
 
-    def close(self) -> None:
+    def close(self, flush: bool = True) -> None:
+        """Closes the database; with ``flush=False`` the pending batch is dropped, as a crash
+        would drop it (the Raft log replays those entries on the next start)."""
         with self._lock:
-            self._flush_locked()
+            if flush:
+                self._flush_locked()
             self._db.close()
 
 

@@ -248,9 +248,13 @@ class SimNet:
         self.now = deadline
         return False
 
-    def _schedule(self, delay_ms: int, action: Callable[[], None]) -> None:
+    def schedule(self, delay_ms: int, action: Callable[[], None]) -> None:
+        """Runs ``action`` after ``delay_ms`` simulated milliseconds (for simulated clients;
+        actions at the same time run in the order they were scheduled)."""
         self._seq += 1
         heapq.heappush(self._queue, (self.now + delay_ms, self._seq, action))
+
+    _schedule = schedule
 
     def _observe(self) -> None:
         if self.observer is not None:

@@ -167,8 +167,8 @@ class Client:
         self.attempts += 1
         attempt, server = req.attempt, self.target
         if c.reachable(self, server) and not c.lost():
-            c.net._schedule(c.delay(), lambda: self._arrive(req, attempt, server))
-        c.net._schedule(c.request_timeout_ms, lambda: self._timed_out(req, attempt))
+            c.net.schedule(c.delay(), lambda: self._arrive(req, attempt, server))
+        c.net.schedule(c.request_timeout_ms, lambda: self._timed_out(req, attempt))
 
     def _arrive(self, req: _Request, attempt: int, server: int) -> None:
         """The request reaches ``server`` (even if the client has moved on: a late duplicate
@@ -200,7 +200,7 @@ class Client:
             if c.reachable(self, server):
                 self._receive(req, attempt, server, result)
 
-        c.net._schedule(c.delay(), receive)
+        c.net.schedule(c.delay(), receive)
 
     def _receive(self, req: _Request, attempt: int, server: int, result: object) -> None:
         c = self.cluster
@@ -213,7 +213,7 @@ class Client:
                 self._send(req)
             else:
                 self._next_server()
-                c.net._schedule(NOT_LEADER_BACKOFF_MS, lambda: self._resend(req, attempt))
+                c.net.schedule(NOT_LEADER_BACKOFF_MS, lambda: self._resend(req, attempt))
             return
         if isinstance(result, BaseException):
             c.fail(f"client {self.id}: {req.kind} {req.key!r} failed at {server}: {result!r}")
@@ -272,7 +272,7 @@ class Client:
             worker.close()
             return
         if self._think_ms and not first:
-            self.cluster.net._schedule(self._think_ms, lambda: self._begin(op))
+            self.cluster.net.schedule(self._think_ms, lambda: self._begin(op))
         else:
             self._begin(op)
 
@@ -349,7 +349,7 @@ class Cluster:
         old = self.machines.get(i)
         if old is not None:
             # A crash: whatever the batch had not committed to the DB is lost.
-            old._db.close()
+            old.close(flush=False)
         self.machines[i] = KVStateMachine(
             str(self.dir / f"kv{i}.db"), batch_entries=self.batch_entries, batch_seconds=1e9
         )
@@ -391,7 +391,7 @@ class Cluster:
 
     def close(self) -> None:
         for m in self.machines.values():
-            m._db.close()
+            m.close(flush=False)
         for st in self._storages:
             st.close()
 

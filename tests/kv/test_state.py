@@ -93,7 +93,7 @@ class StateMachineModel(RuleBasedStateMachine):
     @rule()
     def reopen_without_flush_then_replay_the_log(self):
         # as after a crash: the DB holds the last batch; the log after it is applied again
-        self.sm._db.close()
+        self.sm.close(flush=False)
         self.sm = KVStateMachine(self.path, batch_entries=5, batch_seconds=3600)
         for entry in self.log[self.sm.durable_index :]:
             self.sm.apply(entry)
