@@ -9,7 +9,8 @@ handed to the ``send`` callback given at construction.
 Every call processes all ready work before it returns, in this order (the crash-safety
 argument): the snapshot, then the new entries and the hard state are made durable (one
 ``save(hard_state, entries)`` when the storage has it, so they land together with one fsync;
-else ``append`` then ``set_hard_state``), *then* messages are sent (they may promise a vote
+else ``append`` then ``set_hard_state``), *then* messages are sent (a leader's AppendEntries
+excepted: they go out first, see ``_process``) (they may promise a vote
 or acknowledge entries, which must survive a crash), then the snapshot is restored and the
 committed entries are applied in order. After applying, if the Raft state (log plus hard state)
 exceeds ``max_raft_state`` bytes, the state machine is snapshotted at the applied index and
@@ -32,7 +33,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from keyval.raft.core import Config, RaftCore, Ready, Role
-from keyval.raft.messages import Message
+from keyval.raft.messages import Message, MsgType
 from keyval.raft.readindex import ReadState
 from keyval.raft.records import Entry, Snapshot
 
@@ -189,9 +190,17 @@ class Node:
         core = self.core
         while core.has_ready():
             rd = core.ready()
+            # A leader's appends go out before its own fsync, so that its disk write and its
+            # followers' overlap (Raft thesis 10.2.1): they promise nothing about the leader's
+            # disk (it counts its own entries only once persisted, and the term they carry was
+            # made durable before it could lead). Everything else waits for the disk.
+            early = [m for m in rd.messages if m.type is MsgType.APP] if self.is_leader else []
+            for m in early:
+                self._send(m)
             self._persist(rd)
             for m in rd.messages:
-                self._send(m)
+                if not early or m.type is not MsgType.APP:
+                    self._send(m)
             self._apply(rd)
             core.advance(rd)
             self._maybe_compact()
