@@ -82,17 +82,17 @@ VALUE_SIZE = 100
 CLIENTS = (1, 64)
 # Puts per timed round, per client count (split evenly among the client threads).
 OPS = {
-    1: by_scale(tiny=30, quick=400, full=1_500),
-    64: by_scale(tiny=128, quick=3_200, full=12_800),
+    1: by_scale(tiny=30, quick=150, full=1_500),
+    64: by_scale(tiny=128, quick=1_280, full=12_800),
 }
-ROUNDS = by_scale(tiny=1, quick=3, full=5)
+ROUNDS = by_scale(tiny=1, quick=2, full=5)
 WARMUP_OPS_PER_CLIENT = 2
 START_TIMEOUT = 60.0  # seconds for a cluster to elect a leader and answer
 OP_TIMEOUT = 30.0  # seconds one client op may take before the case fails
 
-RESTART_LOG_BYTES = by_scale(tiny=4 << 20, quick=64 << 20, full=1 << 30)
+RESTART_LOG_BYTES = by_scale(tiny=4 << 20, quick=16 << 20, full=1 << 30)
 RESTART_VALUE_SIZE = 1000
-RESTART_ROUNDS = by_scale(tiny=1, quick=3, full=3)
+RESTART_ROUNDS = by_scale(tiny=1, quick=1, full=3)
 RESTART_TIMEOUT = by_scale(tiny=60.0, quick=120.0, full=600.0)
 BUILD_BATCH = 5_000  # entries per RaftStorage.append while building the log
 NO_COMPACTION = str(1 << 40)  # --max-raft-state: keep the whole log (the thing measured)

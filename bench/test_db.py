@@ -33,7 +33,7 @@ from bench import SCRATCH_ENV, Goal, by_scale
 from keyval.db import DB
 
 KEYS = int(
-    os.environ.get("KEYVAL_BENCH_DB_KEYS") or by_scale(tiny=2_000, quick=100_000, full=1_000_000)
+    os.environ.get("KEYVAL_BENCH_DB_KEYS") or by_scale(tiny=2_000, quick=50_000, full=1_000_000)
 )
 VALUE_SIZE = 100
 GETS_PER_ROUND = min(KEYS, 20_000)

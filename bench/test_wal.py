@@ -48,7 +48,7 @@ THREADED_ROUNDS = by_scale(tiny=2, quick=10, full=30)
 BATCH_ROUNDS = by_scale(tiny=2, quick=50, full=200)
 REPLAY_BYTES = int(
     os.environ.get("KEYVAL_BENCH_REPLAY_BYTES")
-    or by_scale(tiny=256 << 10, quick=64 << 20, full=1 << 30)
+    or by_scale(tiny=256 << 10, quick=32 << 20, full=1 << 30)
 )
 REPLAY_ROUNDS = by_scale(tiny=1, quick=3, full=3)
 
