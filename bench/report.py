@@ -534,7 +534,13 @@ def draw_plots(layers: list[LayerResults], plots_dir: Path) -> tuple[list[tuple[
         ax.set_yscale("log")
         ax.set_xlabel(x_key)
         ax.set_ylabel(f"{sample.unit} (median)")
-        other = {k: v for k, v in sample.extra.items() if k in dict(PARAM_COLUMNS) and k != x_key}
+        # Only what every series shares belongs in the subtitle (e.g. not one peer's sync mode).
+        every = [m for points in series.values() for _, m in points]
+        other = {
+            k: v
+            for k, v in sample.extra.items()
+            if k in dict(PARAM_COLUMNS) and k != x_key and all(m.extra.get(k) == v for m in every)
+        }
         title = f"{name.replace('_', ' ')}"
         ax.set_title(f"{title}\n" + ", ".join(f"{k}={v}" for k, v in other.items()), fontsize=9)
         ax.grid(True, which="both", alpha=0.3)

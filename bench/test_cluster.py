@@ -375,6 +375,8 @@ def test_put(benchmark, cluster_dir: Path, system: str, clients: int) -> None:
         p99_ms=round(p99, 3),
         detail=f"{VALUE_SIZE} B values, p50/p99 per put under Latency",
         method=METHOD[system],
+        plot="cluster_throughput_vs_clients",
+        plot_x="threads",
     )
     print(f"\n{system} {clients} clients: p50 {p50:.2f} ms p99 {p99:.2f} ms")
 
