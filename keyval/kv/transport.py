@@ -183,8 +183,13 @@ class Transport:
         if self._listener is not None:
             self._shutdown(self._listener)
         deadline = time.monotonic() + timeout
-        for t in self.threads():
-            if t is not threading.current_thread():
+        # Repeat: a connection accepted just before the stop flag was seen spawns its reader
+        # after the first pass (its socket is already shut down, so the reader ends at once).
+        while time.monotonic() < deadline:
+            others = [t for t in self.threads() if t is not threading.current_thread()]
+            if not others:
+                break
+            for t in others:
                 t.join(max(0.0, deadline - time.monotonic()))
         if self._listener is not None:
             self._listener.close()
@@ -326,9 +331,15 @@ class Transport:
                 self._stop.wait(POLL_INTERVAL)  # e.g. out of file descriptors: do not spin
                 continue
             with self._lock:
+                # Checked under the lock close() takes to snapshot the inbound sockets: either
+                # close() sees this socket and shuts it down, or this loop sees the stop flag.
+                stopping = self._stop.is_set()
                 full = len(self._inbound) >= self.max_connections
-                if not full:
+                if not (full or stopping):
                     self._inbound.add(sock)
+            if stopping:
+                sock.close()
+                break
             if full:
                 log.warning(
                     "transport %d: refusing %s: %d connections open",

@@ -311,6 +311,42 @@ def test_close_stops_every_thread_promptly(transports):
     idle_client.close()
 
 
+class _SpawnLateTransport(Transport):
+    """The reader of an accepted connection starts only once close() has begun, and ends only
+    after the accept loop has: close() must wait for a thread it did not see at first."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reader_accepted = threading.Event()
+
+    def _spawn(self, target, name: str, *args) -> None:
+        if name.startswith("conn-"):
+            self.reader_accepted.set()
+            self._stop.wait(WAIT)
+            acceptor = threading.current_thread()
+
+            def late_reader(*a, _serve=target):
+                acceptor.join(WAIT)
+                _serve(*a)
+
+            target = late_reader
+        super()._spawn(target, name, *args)
+
+
+def test_a_reader_started_during_close_is_waited_for():
+    """A connection accepted just as close() begins gets its reader after close() first looked
+    at the threads (a race seen in CI); close() must still wait for it."""
+    t = _SpawnLateTransport(1, on_request=lambda k, p: p)
+    t.start()
+    client = raw_connect(t)
+    try:
+        assert t.reader_accepted.wait(WAIT)
+        t.close()
+        assert t.threads() == []
+    finally:
+        client.close()
+
+
 def test_the_port_is_free_again_after_close(transports):
     t = transports(1)
     port = t.address[1]
