@@ -34,6 +34,7 @@ static void gather_followers_locked(kv_wal *w, int expected)
     struct timespec ts;
     ts.tv_sec = (time_t)(deadline / 1000000000u);
     ts.tv_nsec = (long)(deadline % 1000000000u);
+    w->gather_target = (uint64_t)expected;
     w->leader_waiting = 1;
     while (w->next_seq - 1 - w->durable_seq < (uint64_t)expected && !w->closing &&
            pthread_cond_timedwait(&w->join_cv, &w->mu, &ts) == 0)
@@ -269,10 +270,12 @@ static void enter_append_locked(kv_wal *w)
         w->peak_appenders = w->appenders;
 }
 
-/* A durable append has placed its record: the leader may be waiting for it. */
+/* A durable append has placed its record: the leader may be waiting for it. Only the record
+ * that completes the expected group wakes it: a wake-up per arrival would make the leader
+ * compete for the CPU with the very appenders it is waiting for. */
 static void joined_locked(kv_wal *w)
 {
-    if (w->leader_waiting)
+    if (w->leader_waiting && w->next_seq - 1 - w->durable_seq >= w->gather_target)
         pthread_cond_signal(&w->join_cv);
 }
 

@@ -96,6 +96,7 @@ struct kv_wal {
     int appenders;        /* threads inside kv_wal_append / append_batch */
     int peak_appenders;   /* most seen at once since the current leader started */
     int leader_waiting;
+    uint64_t gather_target; /* records pending that end the leader's wait */
     uint64_t last_sync_ns; /* how long the last write + fdatasync took */
     pthread_cond_t join_cv;
 
