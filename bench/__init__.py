@@ -74,7 +74,8 @@ def by_scale(*, tiny: T, quick: T, full: T) -> T:
 @dataclass(frozen=True)
 class Goal:
     """A performance target: ``system``'s median rate in ``group`` must be at least ``factor``
-    times ``baseline_system``'s median rate in ``baseline_group`` (rates: higher is better).
+    times ``baseline_system``'s median rate in ``baseline_group`` (rates: higher is better), or,
+    for an absolute target, at least ``at_least`` in the group's own unit.
 
     ``text`` is the goal as the issue states it. The driver reports met / not met / not
     measured; no test ever asserts a goal, because a noisy machine must not fail a build.
@@ -82,10 +83,15 @@ class Goal:
 
     text: str
     group: str
-    baseline_system: str
-    factor: float
+    baseline_system: str | None = None
+    factor: float = 1.0
     system: str = "keyval"
     baseline_group: str | None = None  # None: the same group
+    at_least: float | None = None  # an absolute target instead of a baseline
+
+    def __post_init__(self) -> None:
+        if (self.baseline_system is None) == (self.at_least is None):
+            raise ValueError(f"goal {self.text!r}: give a baseline_system or at_least, not both")
 
     def to_dict(self) -> dict:
         return {
@@ -95,4 +101,5 @@ class Goal:
             "baseline_group": self.baseline_group or self.group,
             "baseline_system": self.baseline_system,
             "factor": self.factor,
+            "at_least": self.at_least,
         }

@@ -390,10 +390,26 @@ def layer_table(layer: LayerResults) -> list[str]:
     return lines
 
 
+def absolute_goal_line(goal: dict, value) -> str:
+    if value is None:
+        return (
+            f"- **not measured**: {goal['text']} (no result for {goal['system']} in "
+            f"'{goal['group']}')"
+        )
+    verdict = "met" if value.median >= goal["at_least"] else "NOT MET"
+    return (
+        f"- **{verdict}**: {goal['text']}: {goal['system']} **{fmt(value.median)} {value.unit}**"
+        f" ({describe_params(value.extra)}; goal {goal['at_least']:g} {value.unit})"
+    )
+
+
 def goal_lines(layer: LayerResults) -> list[str]:
     lines = []
     for goal in layer.goals:
         value = layer.groups.get(goal["group"], {}).get(goal["system"])
+        if goal.get("at_least") is not None:
+            lines.append(absolute_goal_line(goal, value))
+            continue
         base = layer.groups.get(goal["baseline_group"], {}).get(goal["baseline_system"])
         if value is None or base is None:
             missing = [

@@ -202,6 +202,25 @@ def test_goal_verdicts_follow_the_measured_ratio(tmp_path):
     assert unmeasured.startswith("- **not measured**") and "absent" in unmeasured
 
 
+def test_an_absolute_goal_compares_the_median_with_its_target(tmp_path):
+    # keyval: 1 GB in 0.5 s = 2 GB/s.
+    layer = fake_layer(
+        tmp_path,
+        [fake_benchmark("g", "keyval", 0.5, bytes=10**9)],
+        [
+            {**goal(1.0), "baseline_system": None, "at_least": target, "text": f"t{target}"}
+            for target in (1.5, 2.5)
+        ]
+        + [{**goal(1.0), "group": "absent", "baseline_system": None, "at_least": 1.0}],
+    )
+
+    met, not_met, unmeasured = goal_lines(layer)
+
+    assert met.startswith("- **met**: t1.5") and "**2.00 GB/s**" in met
+    assert not_met.startswith("- **NOT MET**: t2.5") and "goal 2.5 GB/s" in not_met
+    assert unmeasured.startswith("- **not measured**")
+
+
 def test_a_reference_is_never_the_best_peer(tmp_path):
     layer = fake_layer(
         tmp_path,
