@@ -33,6 +33,10 @@ from .node import (
     split_in_memory,
 )
 from .page import MAX_KEY_SIZE, MAX_VALUE_SIZE, BucketHeader, OverflowRef
+from .pagemap import lib as _c
+
+_kvdb_get = _c.kvdb_get if _c is not None else None
+_MISSING = _c.KVDB_GET_MISSING if _c is not None else None
 
 if TYPE_CHECKING:
     from .tx import Tx
@@ -82,7 +86,9 @@ class Bucket:
 
     __slots__ = (
         "_children",
+        "_cmap",
         "_count",
+        "_ctree",
         "_deleted",
         "_dirty",
         "_header",
@@ -108,6 +114,11 @@ class Bucket:
         self._deleted = False
         self._mods = 0
         self.fill_factor = DEFAULT_FILL_FACTOR
+        # The page map while lookups may run in C: the tree is all committed pages (no dirty
+        # node, not inline), the bucket is not deleted and the transaction is open. Whatever
+        # ends one of those sets it to None.
+        self._cmap = tx._map if header.root else None
+        self._ctree = self._cmap.tree(header.root) if self._cmap is not None else None
 
     @property
     def name(self) -> bytes:
@@ -145,6 +156,9 @@ class Bucket:
 
     def _lookup(self, key: bytes):
         """The raw value under ``key`` (bytes, OverflowRef, BucketHeader) or None."""
+        cmap = self._cmap
+        if cmap is not None:
+            return cmap.lookup(self._ctree, key)
         node = self._node
         if node is None:
             node = self._root_node()
@@ -190,6 +204,7 @@ class Bucket:
         return path, node
 
     def _dirty_root(self, node: Node) -> Node:
+        self._cmap = None
         if node.pgid:
             self._tx._free(node.pgid, node.span)
         node = node.dirty_copy()
@@ -255,6 +270,21 @@ class Bucket:
         """The value of ``key``, or ``default`` if it is absent (or names a nested bucket)."""
         if type(key) is not bytes and not isinstance(key, bytes):
             raise TypeError(f"keys are bytes, not {type(key).__name__}")
+        cmap = self._cmap
+        if cmap is not None and type(key) is bytes:
+            # The whole descent in one C call; a plain value comes back packed (see kvdb_get).
+            rc = _kvdb_get(self._ctree, key, len(key))
+            if rc >= 0:
+                offset = rc >> 16
+                return cmap.buf[offset : offset + (rc & 0xFFFF)]
+            if rc == _MISSING:
+                return default
+            v = cmap.outcome(rc, self._ctree)
+            if type(v) is bytes:
+                return v
+            if type(v) is OverflowRef:
+                return self._tx._read_overflow(v)
+            return default
         tx = self._tx
         if tx._closed or self._deleted:
             self._check_read()
@@ -423,10 +453,17 @@ class Bucket:
         self._check_read()
         return Cursor(self)._iter_buckets()
 
+    def _end(self) -> None:
+        """The transaction ended: no more C lookups (the map may go away)."""
+        self._cmap = None
+        for child in self._children.values():
+            child._end()
+
     # -- freeing ---------------------------------------------------------------------------
 
     def _forget(self) -> None:
         self._deleted = True
+        self._cmap = None
         for child in self._children.values():
             child._forget()
 
