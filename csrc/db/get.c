@@ -6,11 +6,20 @@
 enum { STACK_ENDS = 2049 }; /* covers every leaf of a 4 KiB page; bigger ones use the heap */
 enum { PREFETCH_BYTES = 4096 };
 
-static int compare(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
+/* memcmp order, then length; inline and a word at a time, since keys are short and a call to
+ * the library's memcmp per probe showed in profiles. */
+static inline int compare(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
 {
-    int c = memcmp(a, b, alen < blen ? alen : blen);
-    if (c != 0)
-        return c;
+    size_t n = alen < blen ? alen : blen;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x = __builtin_bswap64(db_get64(a + i)), y = __builtin_bswap64(db_get64(b + i));
+        if (x != y)
+            return x < y ? -1 : 1;
+    }
+    for (; i < n; i++)
+        if (a[i] != b[i])
+            return a[i] < b[i] ? -1 : 1;
     return alen < blen ? -1 : alen > blen;
 }
 
@@ -44,9 +53,11 @@ static size_t leaf_search(const db_node *n, const uint64_t *ends, const uint8_t 
     return lo;
 }
 
-static int64_t leaf_get(kvdb_map *m, uint64_t pgid, const db_node *n, const uint8_t *key,
-                        size_t klen, kvdb_result *r)
+static int64_t leaf_get(kvdb_tree *t, uint64_t pgid, const db_node *n, const uint8_t *key,
+                        size_t klen)
 {
+    kvdb_map *m = t->map;
+    kvdb_result *r = &t->result;
     uint64_t stack_ends[STACK_ENDS];
     uint64_t *ends = stack_ends;
     /* A leaf is usually cold: ask for its first lines at once instead of missing on each
@@ -78,10 +89,12 @@ static int64_t leaf_get(kvdb_map *m, uint64_t pgid, const db_node *n, const uint
         rc = KVDB_GET_OVERFLOW;
     else if (flag == DB_FLAG_BUCKET)
         rc = KVDB_GET_BUCKET;
-    else if (length > 0xFFFF || offset >= (UINT64_C(1) << 47))
+    else if (length > KVDB_VALUE_MAX)
         rc = KVDB_GET_VALUE;
-    else
-        rc = (int64_t)(offset << 16 | length);
+    else {
+        memcpy(t->value, n->data + ends[2 * i + 1], length);
+        rc = (int64_t)length;
+    }
 out:
     if (ends != stack_ends)
         free(ends);
@@ -98,7 +111,7 @@ int64_t kvdb_get(kvdb_tree *t, const uint8_t *key, size_t klen)
         if (db_page(m, pgid, &n, r) != KVDB_OK)
             return KVDB_GET_CORRUPT;
         if (n.type == DB_TYPE_LEAF)
-            return leaf_get(m, pgid, &n, key, klen, r);
+            return leaf_get(t, pgid, &n, key, klen);
         if (n.type != DB_TYPE_BRANCH) {
             db_corrupt(r, pgid, "is not a branch or leaf page where one was expected");
             return KVDB_GET_CORRUPT;

@@ -75,19 +75,22 @@ void kvdb_map_forget(kvdb_map *m, uint64_t pgid, uint64_t span);
 int kvdb_page(kvdb_map *m, uint64_t pgid, kvdb_result *r);
 
 /* A tree to look keys up in: one per bucket and transaction (so per thread), holding the map
- * (which must outlive it), the root page and the details of the last outcome. */
+ * (which must outlive it), the root page, the details of the last outcome and a copy of the
+ * last plain value found. */
+enum { KVDB_VALUE_MAX = 16384 }; /* the longest value a leaf holds: a quarter of 64 KiB */
 typedef struct {
     kvdb_map *map;
     uint64_t root;
     kvdb_result result;
+    uint8_t value[KVDB_VALUE_MAX];
 } kvdb_tree;
 
-/* Look key up in t's tree. The common outcome, a plain value stored in its leaf, comes back
- * packed in the return value as (file offset << 16 | length), >= 0, so the caller reads nothing
- * else; every other outcome is a negative KVDB_GET_* code with t->result filled in. */
+/* Look key up in t's tree. The common outcome, a plain value stored in its leaf, is copied to
+ * t->value and its length returned (>= 0), so the caller slices a buffer it holds and reads
+ * nothing else; every other outcome is a negative KVDB_GET_* code with t->result filled in. */
 enum {
     KVDB_GET_MISSING = -1,  /* no such key */
-    KVDB_GET_VALUE = -2,    /* a plain value too long or too far into the file to pack */
+    KVDB_GET_VALUE = -2,    /* a plain value longer than KVDB_VALUE_MAX (result.offset, length) */
     KVDB_GET_OVERFLOW = -3, /* an overflow reference (12 bytes at result.offset) */
     KVDB_GET_BUCKET = -4,   /* the key names a nested bucket */
     KVDB_GET_CORRUPT = -5,  /* as KVDB_ECORRUPT */

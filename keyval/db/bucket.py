@@ -33,6 +33,7 @@ from .node import (
     split_in_memory,
 )
 from .page import MAX_KEY_SIZE, MAX_VALUE_SIZE, BucketHeader, OverflowRef
+from .pagemap import ffi as _ffi
 from .pagemap import lib as _c
 
 _kvdb_get = _c.kvdb_get if _c is not None else None
@@ -89,6 +90,7 @@ class Bucket:
         "_cmap",
         "_count",
         "_ctree",
+        "_cvalue",
         "_deleted",
         "_dirty",
         "_header",
@@ -117,8 +119,12 @@ class Bucket:
         # The page map while lookups may run in C: the tree is all committed pages (no dirty
         # node, not inline), the bucket is not deleted and the transaction is open. Whatever
         # ends one of those sets it to None.
+        # _ctree and _cvalue are the C lookup's state and value buffer, None together with it.
         self._cmap = tx._map if header.root else None
-        self._ctree = self._cmap.tree(header.root) if self._cmap is not None else None
+        self._ctree = self._cvalue = None
+        if self._cmap is not None:
+            self._ctree = self._cmap.tree(header.root)
+            self._cvalue = _ffi.buffer(self._ctree.value)
 
     @property
     def name(self) -> bytes:
@@ -204,7 +210,7 @@ class Bucket:
         return path, node
 
     def _dirty_root(self, node: Node) -> Node:
-        self._cmap = None
+        self._cmap = self._ctree = self._cvalue = None
         if node.pgid:
             self._tx._free(node.pgid, node.span)
         node = node.dirty_copy()
@@ -270,16 +276,15 @@ class Bucket:
         """The value of ``key``, or ``default`` if it is absent (or names a nested bucket)."""
         if type(key) is not bytes and not isinstance(key, bytes):
             raise TypeError(f"keys are bytes, not {type(key).__name__}")
-        cmap = self._cmap
-        if cmap is not None and type(key) is bytes:
-            # The whole descent in one C call; a plain value comes back packed (see kvdb_get).
-            rc = _kvdb_get(self._ctree, key, len(key))
+        tree = self._ctree
+        if tree is not None and type(key) is bytes:
+            # The whole descent in one C call; a plain value comes back in the tree's buffer.
+            rc = _kvdb_get(tree, key, len(key))
             if rc >= 0:
-                offset = rc >> 16
-                return cmap.buf[offset : offset + (rc & 0xFFFF)]
+                return self._cvalue[:rc]
             if rc == _MISSING:
                 return default
-            v = cmap.outcome(rc, self._ctree)
+            v = self._cmap.outcome(rc, tree)
             if type(v) is bytes:
                 return v
             if type(v) is OverflowRef:
@@ -455,7 +460,7 @@ class Bucket:
 
     def _end(self) -> None:
         """The transaction ended: no more C lookups (the map may go away)."""
-        self._cmap = None
+        self._cmap = self._ctree = self._cvalue = None
         for child in self._children.values():
             child._end()
 
@@ -463,7 +468,7 @@ class Bucket:
 
     def _forget(self) -> None:
         self._deleted = True
-        self._cmap = None
+        self._cmap = self._ctree = self._cvalue = None
         for child in self._children.values():
             child._forget()
 

@@ -63,7 +63,8 @@ class PageMap:
     ``pages`` is how many pages it can address; the file must stay below that (the DB opens a
     new map when it would not). The writer calls :meth:`forget` for every page it rewrites,
     :meth:`set_file_pages` when the file grows (after) or shrinks (before). ``handle`` and
-    ``buf`` are for the lookup fast path in :mod:`.bucket`, which calls ``kvdb_get`` inline.
+    ``buf`` are for the lookup fast path in :mod:`.bucket`, which calls ``kvdb_get`` inline
+    (with ``kvdb_tree`` structs from :meth:`tree`).
     """
 
     __slots__ = ("buf", "handle", "page_size", "pages", "path")
@@ -92,7 +93,8 @@ class PageMap:
 
     def tree(self, root: int):
         """A ``kvdb_tree`` for lookups in the tree at ``root``; one per bucket and transaction
-        (it holds the details of its last outcome, so it belongs to one thread)."""
+        (it holds its last outcome, so it belongs to one thread). ``ffi.buffer(t.value)`` is
+        where a plain value found is copied."""
         t = ffi.new("kvdb_tree *")
         t.map = self.handle
         t.root = root
@@ -111,8 +113,7 @@ class PageMap:
     def outcome(self, rc: int, tree):
         """:meth:`lookup`'s answer from kvdb_get's return value ``rc``."""
         if rc >= 0:
-            offset = rc >> 16
-            return self.buf[offset : offset + (rc & 0xFFFF)]
+            return ffi.buffer(tree.value, rc)[:]
         if rc == lib.KVDB_GET_MISSING:
             return None
         res = tree.result
