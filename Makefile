@@ -4,7 +4,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.keyval-installed
-SOURCES := pyproject.toml setup.py keyval/_wal_build.py $(wildcard csrc/*.c csrc/*.h)
+SOURCES := pyproject.toml setup.py keyval/_wal_build.py keyval/_db_build.py \
+           $(wildcard csrc/*.c csrc/*.h csrc/db/*.c csrc/db/*.h)
 
 .PHONY: run test torture peers bench bench-quick lint clean
 
@@ -43,5 +44,5 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check keyval tests bench
 
 clean:
-	rm -rf build dist *.egg-info keyval/*.so keyval/_wal_cffi.c .pytest_cache .hypothesis .benchmarks bench/results
+	rm -rf build dist *.egg-info keyval/*.so keyval/_wal_cffi.c keyval/_db_cffi.c .pytest_cache .hypothesis .benchmarks bench/results
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

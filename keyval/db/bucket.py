@@ -33,6 +33,11 @@ from .node import (
     split_in_memory,
 )
 from .page import MAX_KEY_SIZE, MAX_VALUE_SIZE, BucketHeader, OverflowRef
+from .pagemap import ffi as _ffi
+from .pagemap import lib as _c
+
+_kvdb_get = _c.kvdb_get if _c is not None else None
+_MISSING = _c.KVDB_GET_MISSING if _c is not None else None
 
 if TYPE_CHECKING:
     from .tx import Tx
@@ -82,7 +87,10 @@ class Bucket:
 
     __slots__ = (
         "_children",
+        "_cmap",
         "_count",
+        "_ctree",
+        "_cvalue",
         "_deleted",
         "_dirty",
         "_header",
@@ -108,6 +116,15 @@ class Bucket:
         self._deleted = False
         self._mods = 0
         self.fill_factor = DEFAULT_FILL_FACTOR
+        # The page map while lookups may run in C: the tree is all committed pages (no dirty
+        # node, not inline), the bucket is not deleted and the transaction is open. Whatever
+        # ends one of those sets it to None.
+        # _ctree and _cvalue are the C lookup's state and value buffer, None together with it.
+        self._cmap = tx._map if header.root else None
+        self._ctree = self._cvalue = None
+        if self._cmap is not None:
+            self._ctree = self._cmap.tree(header.root)
+            self._cvalue = _ffi.buffer(self._ctree.value)
 
     @property
     def name(self) -> bytes:
@@ -145,6 +162,9 @@ class Bucket:
 
     def _lookup(self, key: bytes):
         """The raw value under ``key`` (bytes, OverflowRef, BucketHeader) or None."""
+        cmap = self._cmap
+        if cmap is not None:
+            return cmap.lookup(self._ctree, key)
         node = self._node
         if node is None:
             node = self._root_node()
@@ -190,6 +210,7 @@ class Bucket:
         return path, node
 
     def _dirty_root(self, node: Node) -> Node:
+        self._cmap = self._ctree = self._cvalue = None
         if node.pgid:
             self._tx._free(node.pgid, node.span)
         node = node.dirty_copy()
@@ -255,6 +276,20 @@ class Bucket:
         """The value of ``key``, or ``default`` if it is absent (or names a nested bucket)."""
         if type(key) is not bytes and not isinstance(key, bytes):
             raise TypeError(f"keys are bytes, not {type(key).__name__}")
+        tree = self._ctree
+        if tree is not None and type(key) is bytes:
+            # The whole descent in one C call; a plain value comes back in the tree's buffer.
+            rc = _kvdb_get(tree, key, len(key))
+            if rc >= 0:
+                return self._cvalue[:rc]
+            if rc == _MISSING:
+                return default
+            v = self._cmap.outcome(rc, tree)
+            if type(v) is bytes:
+                return v
+            if type(v) is OverflowRef:
+                return self._tx._read_overflow(v)
+            return default
         tx = self._tx
         if tx._closed or self._deleted:
             self._check_read()
@@ -423,10 +458,17 @@ class Bucket:
         self._check_read()
         return Cursor(self)._iter_buckets()
 
+    def _end(self) -> None:
+        """The transaction ended: no more C lookups (the map may go away)."""
+        self._cmap = self._ctree = self._cvalue = None
+        for child in self._children.values():
+            child._end()
+
     # -- freeing ---------------------------------------------------------------------------
 
     def _forget(self) -> None:
         self._deleted = True
+        self._cmap = self._ctree = self._cvalue = None
         for child in self._children.values():
             child._forget()
 

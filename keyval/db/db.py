@@ -37,6 +37,8 @@ from .page import (
     type_name,
     valid_page_size,
 )
+from .pagemap import AVAILABLE as _MAP_AVAILABLE
+from .pagemap import PageMap
 from .tx import Tx, write_runs
 
 # Decoded nodes kept in memory. Two generations approximate LRU at the cost of one dict lookup:
@@ -150,6 +152,7 @@ class DB:
         self._closed = False
         self._closing = False
         self._failed: BaseException | None = None
+        self._map: PageMap | None = None
 
         try:
             size = os.stat(self.path).st_size
@@ -191,6 +194,8 @@ class DB:
             )
         self._file_pages = size // meta.page_size
         self._meta = meta
+        if _MAP_AVAILABLE:
+            self._map = PageMap(self._fd, meta.page_size, self._file_pages, self.path)
         self._max_inline = max_inline_value(meta.page_size)
         self._freelist = Freelist(meta.page_size)
         self._freelist.load(meta.freelist, meta.hwm, self._read_freelist_run)
@@ -261,6 +266,8 @@ class DB:
         return buf[HEADER_SIZE : HEADER_SIZE + count]
 
     def _evict(self, pgid: int, span: int) -> None:
+        if self._map is not None:
+            self._map.forget(pgid, span)
         hot, cold = self._hot, self._cold
         for p in range(pgid, pgid + span):
             hot.pop(p, None)
@@ -357,10 +364,16 @@ class DB:
             if self.sync:
                 _fdatasync(self._fd)
             self._file_pages = max(self._file_pages, meta.hwm)
+            new_map = self._grow_map()
             os.pwrite(self._fd, meta.encode(), meta.slot * self.page_size)
             if self.sync:
                 _fdatasync(self._fd)
             if tx._force_commit and self._file_pages > meta.hwm:
+                # Only free pages no reader can reach are cut (see shrink()); the map stops
+                # reading them before they go.
+                current = new_map or self._map
+                if current is not None:
+                    current.set_file_pages(meta.hwm)
                 os.ftruncate(self._fd, meta.hwm * self.page_size)
                 if self.sync:
                     os.fsync(self._fd)
@@ -376,7 +389,20 @@ class DB:
             self._cold = hot
             self._hot = {}
         with self._lock:
+            if new_map is not None:
+                self._map = new_map  # older transactions keep the map they started with
             self._meta = meta
+
+    def _grow_map(self) -> PageMap | None:
+        """After the file grew: let the map read the new pages, or make a bigger map for the
+        transactions that start after this commit if the file outgrew it."""
+        cmap = self._map
+        if cmap is None:
+            return None
+        if self._file_pages <= cmap.pages:
+            cmap.set_file_pages(self._file_pages)
+            return None
+        return PageMap(self._fd, self.page_size, self._file_pages, self.path)
 
     # -- maintenance -----------------------------------------------------------------------
 
@@ -493,10 +519,14 @@ class DB:
                 for tx in list(self._open_reads):
                     if tx._thread == me:
                         tx._closed = True
+                        tx._root._end()
                         self._end_read_locked(tx)
                 while self._open_reads:
                     self._cond.wait()
                 self._closed = True
+            if self._map is not None:
+                self._map.close()
+                self._map = None
             os.close(self._fd)
             self._hot = {}
             self._cold = {}

@@ -296,10 +296,12 @@ def decode_leaf_body(
     buf: bytes, start: int, count: int, end: int, path: str | None, offset: int | None
 ) -> tuple[list[bytes], list]:
     """Keys and values (bytes, OverflowRef or BucketHeader) of a leaf body at ``buf[start:]``."""
+    # The count is checked before a struct is built for it: a corrupt count must not cost
+    # gigabytes of format string.
+    if start + LEAF_ELEMENT.size * count > end:
+        raise CorruptionError(f"leaf claims {count} entries, more than fit", path, offset)
     elements = _leaf_elements(count)
     pos = start + elements.size
-    if pos > end:
-        raise CorruptionError(f"leaf claims {count} entries, more than fit", path, offset)
     flat = elements.unpack_from(buf, start)
     if flat[0::3].count(FLAG_VALUE) == count:
         # Every value is stored in the leaf: cut keys and values with one comprehension.
@@ -344,10 +346,10 @@ def encode_branch_body(keys: list[bytes], children: list[int]) -> bytes:
 def decode_branch_body(
     buf: bytes, start: int, count: int, end: int, path: str | None, offset: int | None
 ) -> tuple[list[bytes], list[int]]:
+    if start + BRANCH_ELEMENT.size * count > end:
+        raise CorruptionError(f"branch claims {count} children, more than fit", path, offset)
     elements = _branch_elements(count)
     pos = start + elements.size
-    if pos > end:
-        raise CorruptionError(f"branch claims {count} children, more than fit", path, offset)
     flat = elements.unpack_from(buf, start)
     keys = []
     children = flat[1::2]

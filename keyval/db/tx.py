@@ -51,6 +51,8 @@ class Tx:
         self._closed = False
         self._thread = threading.get_ident()
         self._load = db._load_node
+        # The page map for C lookups (None: Python paths only).
+        self._map = db._map
         self._freed: list[tuple[int, int]] = []
         self._runs: list[tuple[int, int, list, Node | None]] = []
         self._hwm = meta.hwm
@@ -111,6 +113,7 @@ class Tx:
         if self._closed:
             return
         self._closed = True
+        self._root._end()
         self._db._end(self)
 
     def commit(self) -> None:
@@ -127,6 +130,7 @@ class Tx:
                 self._db._commit(self)
         finally:
             self._closed = True
+            self._root._end()
             self._db._end(self)
 
     def _prepare(self) -> tuple[Meta, list]:
