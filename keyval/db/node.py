@@ -20,6 +20,8 @@ from bisect import bisect_right
 from operator import add
 from typing import TYPE_CHECKING
 
+from .encode import AVAILABLE as _C_ENCODE
+from .encode import branch_parts, encode_branch, encode_leaf, leaf_parts
 from .page import (
     BRANCH_ELEMENT,
     HEADER_SIZE,
@@ -291,43 +293,68 @@ def spill(tx: Tx, node: Node, fill: float) -> list[tuple[bytes, int]]:
             keys[i : i + 1] = [k for k, _ in pieces]
             children[i : i + 1] = [p for _, p in pieces]
     n = len(node.keys)
-    size = node_size(node, max_inline)
+    parts = _c_parts(node, node.keys, node.vals)
+    size = node_size(node, max_inline) if parts is None else parts[2]
     if n <= MIN_ENTRIES or size <= page_size:
         # The common case (a changed node that still fits its page): no cutting, and the dirty
         # node itself becomes the clean cached one, since nothing changes it after its spill.
-        return [_seal(tx, node, node.keys, node.vals, size, page_size, node)]
+        return [_seal(tx, node, node.keys, node.vals, page_size, node, parts)]
     out = []
     for a, b in _pieces(node, page_size, fill, max_inline, size):
         keys = node.keys[a:b]
         vals = node.vals[a:b]
-        out.append(_seal(tx, node, keys, vals, 0, page_size, None))
+        out.append(_seal(tx, node, keys, vals, page_size, None, _c_parts(node, keys, vals)))
     return out
 
 
+def _c_parts(node: Node, keys: list, vals: list) -> tuple | None:
+    """What the C encoder needs for these entries of ``node`` (None: use the Python codec,
+    for leaves with overflow references or nested buckets, or without the extension)."""
+    if not _C_ENCODE:
+        return None
+    if node.leaf:
+        return leaf_parts(keys, vals) if node.plain else None
+    return branch_parts(keys)
+
+
 def _seal(
-    tx: Tx, node: Node, keys: list, vals: list, size: int, page_size: int, reuse: Node | None
+    tx: Tx,
+    node: Node,
+    keys: list,
+    vals: list,
+    page_size: int,
+    reuse: Node | None,
+    parts: tuple | None,
 ) -> tuple[bytes, int]:
     """Encode ``keys``/``vals`` of ``node`` as one page run, allocate it and queue its write.
 
     ``reuse``: the node to cache for the new page (it must hold exactly keys and vals), else
-    a new one is made. Returns (first key, page id) for the parent.
+    a new one is made. ``parts``: :func:`_c_parts` of the entries. Returns (first key, page id)
+    for the parent.
     """
-    if node.leaf:
-        plain = node.plain
-        body = encode_leaf_body(keys, vals, plain)
-        ptype = TYPE_LEAF
-        if not plain:
-            plain = all(type(v) is bytes for v in vals)
+    leaf = node.leaf
+    plain = leaf and node.plain
+    if parts is not None:
+        span = span_for(parts[2], page_size)
+        pgid = tx._allocate(span)
+        if leaf:
+            page = encode_leaf(pgid, parts, page_size)
+        else:
+            page = encode_branch(pgid, parts, vals, page_size)
     else:
-        body = encode_branch_body(keys, vals)
-        ptype = TYPE_BRANCH
-        plain = False
-    used = HEADER_SIZE + len(body)
-    span = 1 if used <= page_size else span_for(used, page_size)
-    pgid = tx._allocate(span)
-    page = build_page(pgid, ptype, len(keys), body, page_size)
+        if leaf:
+            body = encode_leaf_body(keys, vals, plain)
+            ptype = TYPE_LEAF
+            if not plain:
+                plain = all(type(v) is bytes for v in vals)
+        else:
+            body = encode_branch_body(keys, vals)
+            ptype = TYPE_BRANCH
+        span = span_for(HEADER_SIZE + len(body), page_size)
+        pgid = tx._allocate(span)
+        page = build_page(pgid, ptype, len(keys), body, page_size)
     if reuse is None:
-        reuse = Node(node.leaf, keys, vals, pgid, span, plain=plain)
+        reuse = Node(leaf, keys, vals, pgid, span, plain=plain)
     else:
         reuse.pgid = pgid
         reuse.span = span
