@@ -111,4 +111,18 @@ int kvdb_node(kvdb_map *m, uint64_t pgid, uint64_t *ends, uint8_t *flags, uint64
 int kvdb_decode(const uint8_t *buf, size_t n, uint64_t *ends, uint8_t *flags, uint64_t *children,
                 size_t cap, kvdb_result *r);
 
+/* Encode a sealed leaf page run at pgid into out (cap bytes) whose values are all stored in
+ * the leaf: data is key 0, value 0, key 1, ... packed (ndata bytes), lens their nlens lengths
+ * (two per entry). Header, elements, data, zero padding to whole pages and checksum are
+ * written; returns the run's size in bytes, KVDB_ESPACE if it does not fit in cap, or
+ * KVDB_EINVAL (odd nlens, a key longer than 65535, lengths that do not add up to ndata), in
+ * which case out is untouched. Only after kvdb_hash_init succeeded. */
+int64_t kvdb_encode_leaf(uint8_t *out, size_t cap, uint32_t page_size, uint64_t pgid,
+                         const uint8_t *data, size_t ndata, const uint32_t *lens, size_t nlens);
+/* The same for a branch page: count keys packed in keys (nkeys bytes) with lengths lens, and
+ * the count child page ids. */
+int64_t kvdb_encode_branch(uint8_t *out, size_t cap, uint32_t page_size, uint64_t pgid,
+                           const uint8_t *keys, size_t nkeys, const uint32_t *lens,
+                           const uint64_t *children, size_t count);
+
 #endif

@@ -20,6 +20,8 @@ from bisect import bisect_right
 from operator import add
 from typing import TYPE_CHECKING
 
+from .encode import AVAILABLE as _C_ENCODE
+from .encode import branch_parts, encode_branch, encode_leaf, leaf_parts
 from .page import (
     BRANCH_ELEMENT,
     HEADER_SIZE,
@@ -189,47 +191,66 @@ def rebalance(tx: Tx, root: Node) -> Node:
 
 def _rebalance_children(tx: Tx, node: Node, threshold: int, max_inline: int) -> None:
     vals = node.vals
-    for child in vals:
-        if type(child) is Node and not child.leaf:
-            _rebalance_children(tx, child, threshold, max_inline)
+    # A branch has hundreds of children and usually few are dirty: find those with C-speed
+    # scans of a parallel list of types instead of a Python loop over every child.
+    types = list(map(type, vals))
+    at = -1
+    for _ in range(types.count(Node)):
+        at = types.index(Node, at + 1)
+        if not vals[at].leaf:
+            _rebalance_children(tx, vals[at], threshold, max_inline)
     keys = node.keys
     i = 0
-    while i < len(vals):
+    while True:
+        try:
+            i = types.index(Node, i)
+        except ValueError:
+            break
         child = vals[i]
-        if type(child) is int or not _underfull(child, threshold, max_inline):
+        if not _underfull(child, threshold, max_inline):
             i += 1
             continue
         if not child.vals:
-            del keys[i], vals[i]
+            del keys[i], vals[i], types[i]
             continue
         if len(vals) == 1:
             break  # nothing to merge with here; the parent merges this node as a whole
         if i + 1 < len(vals):
             right = child_for_write(tx, node, i + 1)
             _merge(child, right, keys[i + 1])
-            del keys[i + 1], vals[i + 1]
+            del keys[i + 1], vals[i + 1], types[i + 1]
         else:
             left = child_for_write(tx, node, i - 1)
+            types[i - 1] = Node
             _merge(left, child, keys[i])
-            del keys[i], vals[i]
+            del keys[i], vals[i], types[i]
             i -= 1
         # the merged node is re-examined: it may still be underfull, or too big (spill splits)
 
 
-def _pieces(node: Node, page_size: int, fill: float, max_inline: int) -> list[tuple[int, int]]:
-    """Index ranges of the pages ``node`` is cut into."""
+def _pieces(
+    node: Node, page_size: int, fill: float, max_inline: int, size: int
+) -> list[tuple[int, int]]:
+    """Index ranges of the pages ``node`` (``size`` bytes encoded) is cut into."""
     n = len(node.keys)
-    if n <= MIN_ENTRIES or node_size(node, max_inline) <= page_size:
+    if n <= MIN_ENTRIES or size <= page_size:
         return [(0, n)]
     sizes = entry_sizes(node, max_inline)
     threshold = int(page_size * fill)
+    # Greedy: a piece starting at entry a ends before the first entry i >= a + MIN_ENTRIES that
+    # would take it past the threshold. With cumulative sizes that is one bisect per piece
+    # instead of a Python step per entry (a bulk load spills nodes of hundreds of entries).
+    cum = list(itertools.accumulate(sizes, initial=0))
     cuts = [0]
-    size = HEADER_SIZE
-    for i, s in enumerate(sizes):
-        if i - cuts[-1] >= MIN_ENTRIES and size + s > threshold:
-            cuts.append(i)
-            size = HEADER_SIZE
-        size += s
+    a = 0
+    while True:
+        i = bisect_right(cum, threshold - HEADER_SIZE + cum[a]) - 1
+        if i < a + MIN_ENTRIES:
+            i = a + MIN_ENTRIES
+        if i >= n:
+            break
+        cuts.append(i)
+        a = i
     cuts.append(n)
     ranges = list(itertools.pairwise(cuts))
     if len(ranges) > 1:
@@ -278,23 +299,82 @@ def spill(tx: Tx, node: Node, fill: float) -> list[tuple[bytes, int]]:
             pieces = spill(tx, children[i], fill)
             keys[i : i + 1] = [k for k, _ in pieces]
             children[i : i + 1] = [p for _, p in pieces]
+    n = len(node.keys)
+    # Entries take at least 8 (leaf) or 11 (branch) bytes: a node sure not to fit one page is
+    # cut into pieces without packing it whole first.
+    if n > MIN_ENTRIES and HEADER_SIZE + 8 * n > page_size:
+        parts = None
+        size = node_size(node, max_inline)
+    else:
+        parts = _c_parts(node, node.keys, node.vals)
+        size = node_size(node, max_inline) if parts is None else parts[2]
+    if n <= MIN_ENTRIES or size <= page_size:
+        # The common case (a changed node that still fits its page): no cutting, and the dirty
+        # node itself becomes the clean cached one, since nothing changes it after its spill.
+        return [_seal(tx, node, node.keys, node.vals, page_size, node, parts)]
     out = []
-    for a, b in _pieces(node, page_size, fill, max_inline):
+    for a, b in _pieces(node, page_size, fill, max_inline, size):
         keys = node.keys[a:b]
         vals = node.vals[a:b]
-        if node.leaf:
-            body = encode_leaf_body(keys, vals, node.plain)
+        out.append(_seal(tx, node, keys, vals, page_size, None, _c_parts(node, keys, vals)))
+    return out
+
+
+def _c_parts(node: Node, keys: list, vals: list) -> tuple | None:
+    """What the C encoder needs for these entries of ``node`` (None: use the Python codec,
+    for leaves with overflow references or nested buckets, or without the extension)."""
+    if not _C_ENCODE:
+        return None
+    if node.leaf:
+        return leaf_parts(keys, vals) if node.plain else None
+    return branch_parts(keys)
+
+
+def _seal(
+    tx: Tx,
+    node: Node,
+    keys: list,
+    vals: list,
+    page_size: int,
+    reuse: Node | None,
+    parts: tuple | None,
+) -> tuple[bytes, int]:
+    """Encode ``keys``/``vals`` of ``node`` as one page run, allocate it and queue its write.
+
+    ``reuse``: the node to cache for the new page (it must hold exactly keys and vals), else
+    a new one is made. ``parts``: :func:`_c_parts` of the entries. Returns (first key, page id)
+    for the parent.
+    """
+    leaf = node.leaf
+    plain = leaf and node.plain
+    if parts is not None:
+        span = span_for(parts[2], page_size)
+        pgid = tx._allocate(span)
+        if leaf:
+            page = encode_leaf(pgid, parts, page_size)
+        else:
+            page = encode_branch(pgid, parts, vals, page_size)
+    else:
+        if leaf:
+            body = encode_leaf_body(keys, vals, plain)
             ptype = TYPE_LEAF
+            if not plain:
+                plain = all(type(v) is bytes for v in vals)
         else:
             body = encode_branch_body(keys, vals)
             ptype = TYPE_BRANCH
         span = span_for(HEADER_SIZE + len(body), page_size)
         pgid = tx._allocate(span)
         page = build_page(pgid, ptype, len(keys), body, page_size)
-        plain = node.plain or (node.leaf and all(type(v) is bytes for v in vals))
-        tx._write(pgid, span, [page], Node(node.leaf, keys, vals, pgid, span, plain=plain))
-        out.append((keys[0] if keys else b"", pgid))
-    return out
+    if reuse is None:
+        reuse = Node(leaf, keys, vals, pgid, span, plain=plain)
+    else:
+        reuse.pgid = pgid
+        reuse.span = span
+        reuse.dirty = False
+        reuse.plain = plain
+    tx._write(pgid, span, [page], reuse)
+    return (keys[0] if keys else b"", pgid)
 
 
 def inline_header(node: Node, count: int, page_size: int) -> BucketHeader | None:

@@ -1,0 +1,76 @@
+"""Leaf and branch pages encoded in C: one call per page for the commit path.
+
+A commit writes every page it touched; building each in Python (element table, packed data,
+padding, checksum) costs more than the rest of its handling. These wrappers hand the C encoder
+(csrc/db/encode.c) what C-speed builtins can gather without a Python loop per entry: the packed
+bytes and their lengths. The pages are byte for byte those of :func:`.page.build_page` with
+:func:`.page.encode_leaf_body` (plain values) or :func:`.page.encode_branch_body`, which the
+tests check. ``AVAILABLE`` is False without the extension; callers use the Python codec then.
+"""
+
+from __future__ import annotations
+
+from .page import BRANCH_ELEMENT, HEADER_SIZE, LEAF_ELEMENT, span_for
+from .pagemap import AVAILABLE, ffi, lib
+
+__all__ = ["AVAILABLE", "branch_parts", "encode_branch", "encode_leaf", "leaf_parts"]
+
+
+def leaf_parts(keys: list[bytes], vals: list[bytes]) -> tuple[bytes, list[int], int]:
+    """(packed keys and values, their lengths, encoded size) of a plain leaf's entries."""
+    n = len(keys)
+    data: list = [None] * (2 * n)
+    data[0::2] = keys
+    data[1::2] = vals
+    packed = b"".join(data)
+    return packed, list(map(len, data)), HEADER_SIZE + LEAF_ELEMENT.size * n + len(packed)
+
+
+def branch_parts(keys: list[bytes]) -> tuple[bytes, list[int], int]:
+    """(packed keys, their lengths, encoded size) of a branch's keys."""
+    packed = b"".join(keys)
+    return packed, list(map(len, keys)), HEADER_SIZE + BRANCH_ELEMENT.size * len(keys) + len(packed)
+
+
+def _run(size: int, page_size: int) -> bytearray:
+    return bytearray(span_for(size, page_size) * page_size)
+
+
+def encode_leaf(pgid: int, parts: tuple[bytes, list[int], int], page_size: int) -> bytearray:
+    """The sealed leaf run at ``pgid`` for :func:`leaf_parts`' ``parts``.
+
+    Raises ValueError for entries the format cannot hold (a key longer than 65535 bytes)."""
+    packed, lens, size = parts
+    out = _run(size, page_size)
+    rc = lib.kvdb_encode_leaf(
+        ffi.from_buffer(out), len(out), page_size, pgid, packed, len(packed), lens, len(lens)
+    )
+    if rc != len(out):
+        raise ValueError(f"leaf page {pgid} cannot be encoded (code {rc})")
+    return out
+
+
+def encode_branch(
+    pgid: int, parts: tuple[bytes, list[int], int], children: list[int], page_size: int
+) -> bytearray:
+    """The sealed branch run at ``pgid`` for :func:`branch_parts`' ``parts`` and the children.
+
+    Raises ValueError for keys the format cannot hold, or a child count that does not match."""
+    packed, lens, size = parts
+    if len(children) != len(lens):
+        raise ValueError(f"branch page {pgid} has {len(lens)} keys, {len(children)} children")
+    out = _run(size, page_size)
+    rc = lib.kvdb_encode_branch(
+        ffi.from_buffer(out),
+        len(out),
+        page_size,
+        pgid,
+        packed,
+        len(packed),
+        lens,
+        children,
+        len(lens),
+    )
+    if rc != len(out):
+        raise ValueError(f"branch page {pgid} cannot be encoded (code {rc})")
+    return out

@@ -1,0 +1,97 @@
+"""The C page encoder (keyval.db.encode) against the Python codec, the reference.
+
+For any entries the format can hold, both build the same bytes (header, elements, data, zero
+padding, checksum), whatever the page size and however many pages the run spans; entries the
+format cannot hold are refused by both, and a refused call leaves its output untouched.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keyval.db import encode
+from keyval.db.page import (
+    TYPE_BRANCH,
+    TYPE_LEAF,
+    build_page,
+    decode_leaf_body,
+    encode_branch_body,
+    encode_leaf_body,
+)
+from keyval.db.pagemap import ffi, lib
+
+pytestmark = pytest.mark.skipif(not encode.AVAILABLE, reason="keyval._db_cffi is not usable")
+
+keys_st = st.lists(st.binary(min_size=1, max_size=300), max_size=60, unique=True).map(sorted)
+page_sizes = st.sampled_from([512, 1024, 4096])
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys=keys_st, data=st.data(), page_size=page_sizes, pgid=st.integers(2, 2**64 - 1))
+def test_leaf_pages_are_those_of_the_python_codec(keys, data, page_size, pgid):
+    vals = [data.draw(st.binary(max_size=page_size // 4)) for _ in keys]
+    expected = build_page(pgid, TYPE_LEAF, len(keys), encode_leaf_body(keys, vals), page_size)
+    assert encode.encode_leaf(pgid, encode.leaf_parts(keys, vals), page_size) == expected
+    assert encode.leaf_parts(keys, vals)[2] == 32 + len(encode_leaf_body(keys, vals))
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys=keys_st, data=st.data(), page_size=page_sizes, pgid=st.integers(2, 2**64 - 1))
+def test_branch_pages_are_those_of_the_python_codec(keys, data, page_size, pgid):
+    children = [data.draw(st.integers(0, 2**64 - 1)) for _ in keys]
+    expected = build_page(
+        pgid, TYPE_BRANCH, len(keys), encode_branch_body(keys, children), page_size
+    )
+    got = encode.encode_branch(pgid, encode.branch_parts(keys), children, page_size)
+    assert got == expected
+
+
+def test_a_key_too_long_for_the_format_is_refused_by_both_codecs():
+    keys, vals = [b"k" * 65536], [b"v"]
+    with pytest.raises(struct.error):
+        encode_leaf_body(keys, vals, plain=True)
+    with pytest.raises(ValueError, match="cannot be encoded"):
+        encode.encode_leaf(5, encode.leaf_parts(keys, vals), 4096 * 32)
+    with pytest.raises(struct.error):
+        encode_branch_body(keys, [3])
+    with pytest.raises(ValueError, match="cannot be encoded"):
+        encode.encode_branch(5, encode.branch_parts(keys), [3], 4096 * 32)
+
+
+def test_children_must_match_keys():
+    with pytest.raises(ValueError, match="2 keys, 1 children"):
+        encode.encode_branch(5, encode.branch_parts([b"a", b"b"]), [3], 512)
+
+
+def raw_leaf(out: bytearray, packed: bytes, lens: list[int], page_size: int = 512) -> int:
+    return lib.kvdb_encode_leaf(
+        ffi.from_buffer(out), len(out), page_size, 9, packed, len(packed), lens, len(lens)
+    )
+
+
+@pytest.mark.parametrize(
+    ("packed", "lens", "code"),
+    [
+        (b"abc", [1, 1], lib.KVDB_EINVAL),  # lengths add up to less than the data
+        (b"ab", [1, 2], lib.KVDB_EINVAL),  # ... or to more
+        (b"abc", [1, 1, 1], lib.KVDB_EINVAL),  # a key without a value
+        (b"a" * 600, [1, 599], lib.KVDB_ESPACE),  # a run longer than the buffer
+    ],
+)
+def test_bad_encoder_input_is_refused_and_writes_nothing(packed, lens, code):
+    out = bytearray(b"\xaa" * 512)
+    assert raw_leaf(out, packed, lens) == code
+    assert out == b"\xaa" * 512
+
+
+def test_a_leaf_longer_than_a_page_spans_a_run():
+    keys = [bytes([i]) * 10 for i in range(1, 9)]
+    vals = [b"v" * 120] * 8  # 8 * (7 + 130) + 32 bytes: three 512-byte pages
+    page = encode.encode_leaf(7, encode.leaf_parts(keys, vals), 512)
+    assert len(page) == 3 * 512
+    assert page == build_page(7, TYPE_LEAF, 8, encode_leaf_body(keys, vals), 512)
+    assert decode_leaf_body(bytes(page), 32, 8, len(page), None, None) == (keys, vals)
