@@ -8,13 +8,15 @@ turns requests into proposals and ReadIndex reads over the
 state machine's pending batch when it is due.
 
 The path of a write, and which thread does what (each hand-off between threads costs tens of
-microseconds, as much as the rest of the work): the client connection's thread proposes it
-(the leader sends the append to its followers at once, from that thread) and then waits; a
-persist thread writes the leader's new entries to its own log meanwhile (``Node.persist``);
-the thread that learns the entry is committed (usually the reader of a follower's
-acknowledgement) applies it and writes the answer to the client's socket itself. Writes that
-arrive while one connection's thread is proposing are proposed together by that thread, so a
-busy leader sends few, large appends (one fsync on each follower for many writes).
+microseconds, as much as the rest of the work): when no other write is being proposed, the
+client connection's thread proposes it (the leader sends the append to its followers at once,
+from that thread), writes the leader's own log (``Node.persist``, the node's lock released
+meanwhile) and goes back to reading its socket; the thread that learns the entry is
+committed (usually the reader of a follower's acknowledgement) applies it and writes the
+answer to the client's socket itself. Writes that arrive while a batch is being proposed wait
+for the write thread, which proposes them together, so a busy leader sends few, large appends.
+A node steps all the Raft messages one read brings before it writes, so appends that queued
+up during a follower's fsync share its next one.
 
 Data directory layout: ``raft/`` (the node's Raft state, see keyval.raft.storage) and
 ``kv.db`` (the key/value state with its applied index). A write is acknowledged once its entry
@@ -82,7 +84,7 @@ class Server:
             node_id,
             listen=peers[node_id],
             peers=peers,
-            on_frame=self._on_frame,
+            on_frames=self._on_frames,
             on_request=self._on_request,
         )
         config = Config(
@@ -91,7 +93,7 @@ class Server:
             election_ticks=ELECTION_TICKS,
             heartbeat_ticks=HEARTBEAT_TICKS,
         )
-        self._persist_wanted = threading.Event()
+        self._write_wanted = threading.Event()
         self.node = Node(
             config,
             self.storage,
@@ -104,11 +106,9 @@ class Server:
         self.service = KVService(self.node, self.state_machine)
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_loop, name=f"keyval-tick-{node_id}")
-        self._persister = threading.Thread(
-            target=self._persist_loop, name=f"keyval-persist-{node_id}"
-        )
-        # Writes from all client connections meet here: the one connection thread proposing
-        # takes every write that arrives meanwhile into its next batch (see _write).
+        self._writer = threading.Thread(target=self._write_loop, name=f"keyval-write-{node_id}")
+        # Writes from all client connections meet here: those that arrive while a batch is
+        # being proposed are proposed together next (see _write).
         self._writes_lock = threading.Lock()
         # (deadline, answer) of every request started, oldest first: see _expire_requests.
         self._deadlines: collections.deque = collections.deque()
@@ -120,14 +120,14 @@ class Server:
     def start(self) -> None:
         self.transport.start()
         self._ticker.start()
-        self._persister.start()
+        self._writer.start()
         log.info(
             "node %d serving on %s", self.node_id, protocol.format_address(self.peers[self.node_id])
         )
 
     def close(self) -> None:
         self._stop.set()
-        for thread in (self._ticker, self._persister):
+        for thread in (self._ticker, self._writer):
             if thread.is_alive():
                 thread.join(timeout=5)
         self.transport.close()
@@ -152,75 +152,87 @@ class Server:
                 log.exception("node %d: tick failed; stopping", self.node_id)
                 self._stop.set()
 
-    def _persist_loop(self) -> None:
+    def _write_loop(self) -> None:
+        """The write thread: proposes the writes that arrived while another batch was being
+        proposed, and writes the leader's entries that were left for it."""
         while not self._stop.is_set():
-            if not self._persist_wanted.wait(POLL_SECONDS):
+            if not self._write_wanted.wait(POLL_SECONDS):
                 continue
-            self._persist_wanted.clear()
+            self._write_wanted.clear()
             try:
-                while self.node.persist():
+                while self._propose_waiting() | self.node.persist():
                     pass
             except Exception:  # a failed fsync is fatal for this node: stop serving
-                log.exception("node %d: persisting failed; stopping", self.node_id)
+                log.exception("node %d: writing failed; stopping", self.node_id)
                 self._stop.set()
 
     def _persist_needed(self) -> None:
-        """The leader left new entries unwritten (under the node's lock): the persist thread
-        writes them, unless a connection's thread is proposing (it persists right after)."""
+        """The leader left new entries unwritten (under the node's lock): the write thread
+        writes them, unless some thread is proposing (it persists right after)."""
         if not self._proposing:
-            self._persist_wanted.set()
+            self._write_wanted.set()
 
     def _write(self, command: Command, done) -> None:
-        """Proposes ``command`` with every write that arrives while it is being proposed.
-
-        The first caller to find nobody proposing proposes until no write is waiting, then
-        writes the entries to the leader's own log itself (unless a write is already under
-        way: the persist thread then follows it up), which saves waking the persist thread
-        for every write; the others only add theirs. Each ``done`` is called by whoever
-        applies the entry."""
+        """Proposes ``command``: at once on this thread if nobody is proposing (no hand-off:
+        the common case with few clients), and then writes the leader's entries itself unless
+        a write is already under way. Otherwise it joins the waiting writes, which the write
+        thread proposes as one batch once the current one is out. ``done`` is called by
+        whoever applies the entry."""
         with self._writes_lock:
             self._writes.append((command, done))
             if self._proposing:
                 return
-            self._proposing = True
-        while True:
-            with self._writes_lock:
-                batch, self._writes = self._writes, []
-                if not batch:
-                    self._proposing = False
-                    break
-            try:
-                self.service.write_many(batch)
-            except Exception as exc:  # storage failed: answer everyone, then stop serving
-                for _, waiting in batch:
-                    waiting(exc)
-                log.exception("node %d: proposing failed; stopping", self.node_id)
-                self._stop.set()
-        try:
+        if self._propose_waiting():
             self.node.persist()
-        except Exception:  # a failed fsync is fatal for this node: stop serving
-            log.exception("node %d: persisting failed; stopping", self.node_id)
+
+    def _propose_waiting(self) -> bool:
+        """Proposes every waiting write as one batch, unless another thread is proposing;
+        whether it did. Writes that arrive meanwhile are left to the write thread, so that no
+        connection's thread keeps proposing for others while its own client waits."""
+        with self._writes_lock:
+            if self._proposing or not self._writes:
+                return False
+            self._proposing = True
+            batch, self._writes = self._writes, []
+        try:
+            self.service.write_many(batch)
+        except Exception as exc:  # storage failed: answer everyone, then stop serving
+            for _, waiting in batch:
+                waiting(exc)
+            log.exception("node %d: proposing failed; stopping", self.node_id)
             self._stop.set()
+        finally:
+            with self._writes_lock:
+                self._proposing = False
+                if self._writes:
+                    self._write_wanted.set()
+        return True
 
     # -- Raft messages ----------------------------------------------------------------------
 
     def _send(self, msg: messages.Message) -> None:
         self.transport.send(msg.to, KIND_RAFT, messages.encode(msg))
 
-    def _on_frame(self, peer_id: int, kind: int, payload: bytes) -> None:
-        if kind != KIND_RAFT:
-            return
-        try:
-            msg = messages.decode(payload)
-        except MessageDecodeError as exc:
-            log.warning(
-                "node %d: dropped a malformed message from %d: %s", self.node_id, peer_id, exc
-            )
-            return
-        if msg.frm != peer_id or msg.to != self.node_id:
-            log.warning("node %d: dropped a message misaddressed by %d", self.node_id, peer_id)
-            return
-        self.node.step(msg)
+    def _on_frames(self, peer_id: int, frames: list[tuple[int, bytes]]) -> None:
+        """Steps every Raft message of one read from ``peer_id`` before processing them: the
+        appends that queued up while this node was busy (an fsync) are written with one."""
+        msgs = []
+        for kind, payload in frames:
+            if kind != KIND_RAFT:
+                continue
+            try:
+                msg = messages.decode(payload)
+            except MessageDecodeError as exc:
+                log.warning(
+                    "node %d: dropped a malformed message from %d: %s", self.node_id, peer_id, exc
+                )
+                continue
+            if msg.frm != peer_id or msg.to != self.node_id:
+                log.warning("node %d: dropped a message misaddressed by %d", self.node_id, peer_id)
+                continue
+            msgs.append(msg)
+        if msgs:
+            self.node.step_many(msgs)
 
     # -- client requests --------------------------------------------------------------------
 

@@ -166,9 +166,11 @@ class Transport:
 
     ``on_frame(peer_id, kind, payload)`` is called for every frame received from a peer, on that
     connection's reader thread (one thread per inbound peer connection: calls for one peer are
-    sequential and in order, calls for different peers may be concurrent). ``on_request(kind,
-    payload, respond) -> bytes | None`` answers a client request (see the module docstring);
-    without it client connections are refused.
+    sequential and in order, calls for different peers may be concurrent). Given
+    ``on_frames(peer_id, [(kind, payload), ...])`` instead, it gets every frame one read from
+    that peer completed in one call (a Raft node steps them all, then writes once).
+    ``on_request(kind, payload, respond) -> bytes | None`` answers a client request (see the
+    module docstring); without it client connections are refused.
 
     Thread-safe: :meth:`send`, :meth:`stats` and :meth:`close` may be called from any thread.
     """
@@ -179,6 +181,7 @@ class Transport:
         listen: tuple[str, int] = (DEFAULT_HOST, 0),
         peers: dict[int, tuple[str, int]] | None = None,
         on_frame: Callable[[int, int, bytes], None] | None = None,
+        on_frames: Callable[[int, list[tuple[int, bytes]]], None] | None = None,
         on_request: Callable[[int, bytes, Callable[[bytes], None]], bytes | None] | None = None,
         *,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
@@ -192,6 +195,7 @@ class Transport:
         self.node_id = node_id
         self.listen = listen
         self.on_frame = on_frame
+        self.on_frames = on_frames
         self.on_request = on_request
         self.max_payload = max_payload
         self.backoff_min = backoff_min
@@ -496,6 +500,7 @@ class Transport:
                 if not data:
                     return
                 self._count("bytes_received", len(data))
+                batch: list[tuple[int, bytes]] = []
                 for kind, payload in decoder.feed(data):
                     if peer_id is None and not client:
                         if kind == KIND_HELLO:
@@ -525,8 +530,12 @@ class Transport:
                         if kind == KIND_HELLO:
                             raise FrameError("second HELLO on a peer connection")
                         self._count("frames_received")
-                        if self.on_frame is not None:
+                        if self.on_frames is not None:
+                            batch.append((kind, payload))
+                        elif self.on_frame is not None:
                             self.on_frame(peer_id, kind, payload)
+                if batch:
+                    self.on_frames(peer_id, batch)
         except FrameError as e:
             log.warning("transport %d: closing connection from %s: %s", self.node_id, name, e)
             self._count("errors")

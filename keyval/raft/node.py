@@ -137,6 +137,14 @@ class Node:
             self.core.step(msg)
             self._process()
 
+    def step_many(self, msgs: list[Message]) -> None:
+        """Steps every message, then processes the ready work once: appends that arrived
+        together are written with one fsync and acknowledged together."""
+        with self._lock:
+            for msg in msgs:
+                self.core.step(msg)
+            self._process()
+
     def propose(self, data: bytes) -> int:
         """Append ``data`` to the log if this node leads; its log index. Raises
         :class:`~keyval.errors.NotLeader` otherwise. Committed once ``on_apply`` sees it."""

@@ -430,3 +430,27 @@ def test_frames_larger_than_the_socket_buffer_arrive_whole_and_in_order(transpor
     for k, payload in enumerate(big):
         expected += [payload, b"small %d" % k]
     assert [p for _, _, p in inbox.frames] == expected
+
+
+def test_on_frames_gets_every_frame_of_a_read_in_one_call(transports):
+    calls: list[list[tuple[int, bytes]]] = []
+    got = threading.Condition()
+
+    def on_frames(peer_id, frames):
+        with got:
+            calls.append((peer_id, frames))
+            got.notify_all()
+
+    b = transports(2, on_frames=on_frames)
+    s = raw_connect(b)
+    s.sendall(
+        encode(KIND_HELLO, HELLO.pack(7))
+        + encode(KIND_RAFT, b"one")
+        + encode(KIND_RAFT, b"two")
+        + encode(KIND_RAFT, b"three")
+    )
+    with got:
+        assert got.wait_for(lambda: sum(len(f) for _, f in calls) == 3, WAIT)
+    assert all(peer == 7 for peer, _ in calls)
+    assert [p for _, frames in calls for _, p in frames] == [b"one", b"two", b"three"]
+    s.close()

@@ -278,3 +278,38 @@ def test_a_new_term_is_written_only_after_the_entries_being_written():
     term_write = next(k for k, (_, term) in enumerate(st.writes) if term == newer.term)
     assert entries_write < term_write
     assert not c.leader.is_leader
+
+
+class CountingStorage(MemoryStorage):
+    def __init__(self) -> None:
+        super().__init__()
+        self.saves = 0
+
+    def save(self, hard_state=None, entries=()) -> None:
+        self.saves += 1
+        super().save(hard_state=hard_state, entries=entries)
+
+
+def test_appends_stepped_together_are_written_once_and_all_acknowledged():
+    storages = {1: MemoryStorage(), 2: CountingStorage(), 3: MemoryStorage()}
+    outbox: list[Message] = []
+    nodes = {
+        i: Node(Config(id=i, peers=IDS), storages[i], NullStateMachine(), send=outbox.append)
+        for i in IDS
+    }
+    nodes[1].campaign()
+    while outbox:
+        m = outbox.pop(0)
+        nodes[m.to].step(m)
+    assert nodes[1].is_leader
+    first = nodes[1].propose(b"a")
+    second = nodes[1].propose(b"b")
+    appends = [m for m in outbox if m.to == 2 and m.type is MsgType.APP]
+    assert len(appends) == 2  # one append per proposal, as a busy leader sends them
+    outbox.clear()
+    before = storages[2].saves
+    nodes[2].step_many(appends)
+    assert storages[2].saves == before + 1
+    assert storages[2].last_index == second
+    acked = [m.index for m in outbox if m.type is MsgType.APP_RESP and not m.reject]
+    assert max(acked) == second and first <= min(acked)
