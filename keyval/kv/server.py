@@ -113,7 +113,7 @@ class Server:
         # (deadline, answer) of every request started, oldest first: see _expire_requests.
         self._deadlines: collections.deque = collections.deque()
         self._writes: list[tuple[Command, object]] = []
-        self._proposing = False
+        self._writing = False  # a thread is proposing and persisting (see _write)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -153,14 +153,14 @@ class Server:
                 self._stop.set()
 
     def _write_loop(self) -> None:
-        """The write thread: proposes the writes that arrived while another batch was being
-        proposed, and writes the leader's entries that were left for it."""
+        """The write thread: proposes the writes that arrived while another thread was
+        writing, and writes the leader's entries that were left for it."""
         while not self._stop.is_set():
             if not self._write_wanted.wait(POLL_SECONDS):
                 continue
             self._write_wanted.clear()
             try:
-                while self._propose_waiting() | self.node.persist():
+                while self._write_waiting():
                     pass
             except Exception:  # a failed fsync is fatal for this node: stop serving
                 log.exception("node %d: writing failed; stopping", self.node_id)
@@ -168,45 +168,54 @@ class Server:
 
     def _persist_needed(self) -> None:
         """The leader left new entries unwritten (under the node's lock): the write thread
-        writes them, unless some thread is proposing (it persists right after)."""
-        if not self._proposing:
+        writes them, unless a thread is writing already (it persists before it stops)."""
+        if not self._writing:
             self._write_wanted.set()
 
     def _write(self, command: Command, done) -> None:
-        """Proposes ``command``: at once on this thread if nobody is proposing (no hand-off:
-        the common case with few clients), and then writes the leader's entries itself unless
-        a write is already under way. Otherwise it joins the waiting writes, which the write
-        thread proposes as one batch once the current one is out. ``done`` is called by
-        whoever applies the entry."""
+        """Proposes ``command`` and writes it to the leader's log at once on this thread if no
+        other thread is writing (no hand-off: the common case with few clients); otherwise
+        it joins the waiting writes, which the write thread proposes as one batch once the
+        current write is done. ``done`` is called by whoever applies the entry."""
         with self._writes_lock:
             self._writes.append((command, done))
-            if self._proposing:
+            if self._writing:
                 return
-        if self._propose_waiting():
-            self.node.persist()
+            self._writing = True
+        self._write_batch()
 
-    def _propose_waiting(self) -> bool:
-        """Proposes every waiting write as one batch, unless another thread is proposing;
-        whether it did. Writes that arrive meanwhile are left to the write thread, so that no
-        connection's thread keeps proposing for others while its own client waits."""
+    def _write_waiting(self) -> bool:
+        """On the write thread: proposes and persists what is waiting, unless another thread
+        is writing; whether there was anything to do."""
         with self._writes_lock:
-            if self._proposing or not self._writes:
+            if self._writing:
                 return False
-            self._proposing = True
-            batch, self._writes = self._writes, []
+            self._writing = True
+        return self._write_batch()
+
+    def _write_batch(self) -> bool:
+        """Proposes every waiting write as one batch and persists the leader's new entries
+        (the caller set ``_writing``, which this clears); whether it did either. What arrives
+        meanwhile is left to the write thread, so that no connection's thread keeps writing
+        for others while its own client waits."""
         try:
-            self.service.write_many(batch)
-        except Exception as exc:  # storage failed: answer everyone, then stop serving
-            for _, waiting in batch:
-                waiting(exc)
-            log.exception("node %d: proposing failed; stopping", self.node_id)
-            self._stop.set()
+            with self._writes_lock:
+                batch, self._writes = self._writes, []
+            if batch:
+                try:
+                    self.service.write_many(batch)
+                except Exception as exc:  # storage failed: answer everyone, stop serving
+                    for _, waiting in batch:
+                        waiting(exc)
+                    log.exception("node %d: proposing failed; stopping", self.node_id)
+                    self._stop.set()
+                    return True
+            return self.node.persist() or bool(batch)
         finally:
             with self._writes_lock:
-                self._proposing = False
+                self._writing = False
                 if self._writes:
                     self._write_wanted.set()
-        return True
 
     # -- Raft messages ----------------------------------------------------------------------
 
