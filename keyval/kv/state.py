@@ -137,37 +137,50 @@ class KVStateMachine:
         retried client request). Writes the batch to the DB here only once it holds
         ``batch_entries`` entries; a batch due by age is left to :meth:`flush_if_due`, so that
         applying (on the Raft node's critical path) does not wait for the DB's fsync."""
+        return self.apply_many([entry])[0]
+
+    def apply_many(self, entries: list[Entry]) -> list[bytes]:
+        """Applies consecutive committed entries, as :meth:`apply` each; their replies. One
+        call for a node's whole ready batch, or a chunk of the log replayed on restart (then
+        one DB transaction for the chunk)."""
+        replies = []
         with self._lock:
-            if entry.index <= self._applied:
-                raise ValueError(f"entry {entry.index} was applied already ({self._applied})")
-            reply = b""
-            if entry.data:
-                reply = self._apply_command(Command.decode(entry.data))
-            self._applied = entry.index
-            self._pending_count += 1
+            for entry in entries:
+                if entry.index <= self._applied:
+                    raise ValueError(f"entry {entry.index} was applied already ({self._applied})")
+                replies.append(self._apply_command(entry.data) if entry.data else b"")
+                self._applied = entry.index
+            self._pending_count += len(entries)
             full = self._pending_count >= self.batch_entries
         if full:
             self.flush()
-        return reply
+        return replies
 
-    def _apply_command(self, cmd: Command) -> bytes:
-        session_key = _SESSION.pack(cmd.client)
-        if cmd.seq:
+    def _apply_command(self, data: bytes) -> bytes:
+        # Command.decode's checks, without building a Command: this runs for every entry.
+        if len(data) < _COMMAND.size:
+            raise ValueError(f"a command of {len(data)} bytes is too short")
+        op, client, seq, klen = _COMMAND.unpack_from(data)
+        if op not in (PUT, APPEND, DELETE) or _COMMAND.size + klen > len(data):
+            raise ValueError(f"malformed command (op {op}, key length {klen})")
+        key = data[_COMMAND.size : _COMMAND.size + klen]
+        session_key = _SESSION.pack(client)
+        if seq:
             last = self._session_locked(session_key)
-            if last is not None and cmd.seq <= last[0]:
-                return last[1] if cmd.seq == last[0] else bytes([OK])  # a stale retry
-        if cmd.op == PUT:  # the one op that needs no read of the current value
-            self._pending[cmd.key] = cmd.value
+            if last is not None and seq <= last[0]:
+                return last[1] if seq == last[0] else bytes([OK])  # a stale retry
+        if op == PUT:  # the one op that needs no read of the current value
+            self._pending[key] = data[_COMMAND.size + klen :]
             reply = _OK
-        elif cmd.op == APPEND:
-            self._pending[cmd.key] = (self._get_locked(cmd.key) or b"") + cmd.value
+        elif op == APPEND:
+            self._pending[key] = (self._get_locked(key) or b"") + data[_COMMAND.size + klen :]
             reply = _OK
         else:
-            current = self._get_locked(cmd.key)
-            self._pending[cmd.key] = _DELETED
+            current = self._get_locked(key)
+            self._pending[key] = _DELETED
             reply = _OK if current is not None else _NOT_FOUND
-        if cmd.seq:
-            self._pending_sessions[session_key] = _SESSION.pack(cmd.seq) + reply
+        if seq:
+            self._pending_sessions[session_key] = _SESSION.pack(seq) + reply
         return reply
 
     def _get_locked(self, key: bytes) -> bytes | None:

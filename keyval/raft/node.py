@@ -30,8 +30,9 @@ After applying, if the Raft state (log plus hard state) exceeds ``max_raft_state
 state machine is snapshotted at the applied index and the log compacted.
 
 On construction the node restores the stored snapshot into the state machine and replays the
-committed log entries after it; a state machine that persists itself (it has an
-``applied_index``) is restored only from a snapshot newer than what it holds.
+committed log entries after it, in chunks (``apply_many`` when the state machine has it); a
+state machine that persists itself (it has an ``applied_index``) is restored only from a
+snapshot newer than what it holds.
 
 Thread safety: every public method takes the node's lock, so a threaded transport may call
 them concurrently; ``send`` and the callbacks run under that lock and must not block on this
@@ -55,6 +56,7 @@ from keyval.raft.records import Entry, HardState, Snapshot
 # estimate that triggers compaction.
 ENTRY_OVERHEAD_BYTES = 24
 HARD_STATE_BYTES = 24
+REPLAY_CHUNK_BYTES = 16 * 2**20  # entry data read and applied at a time on start
 
 
 class StateMachine(Protocol):
@@ -120,6 +122,7 @@ class Node:
         if snap is not None and snap.index > self.applied:
             state_machine.restore(snap.data)
             self.applied = snap.index
+        self._replay()
         self.core = RaftCore(config, storage, rng or random.Random(), applied=self.applied)
         self._log_bytes = self._measure_log()
         with self._lock:
@@ -366,15 +369,8 @@ class Node:
         if rd.snapshot is not None and rd.snapshot.index > self.applied:
             sm.restore(rd.snapshot.data)
             self.applied = rd.snapshot.index
-        for e in rd.committed_entries:
-            if e.index <= self.applied:
-                continue
-            if e.index != self.applied + 1:
-                raise AssertionError(f"apply {e.index} after {self.applied}: a gap")
-            result = sm.apply(e)
-            self.applied = e.index
-            if self.on_apply is not None:
-                self.on_apply(e, result)
+        if rd.committed_entries:
+            self._apply_entries(rd.committed_entries)
         self._waiting_reads.extend(rd.read_states)
         if self._waiting_reads:
             ready = [rs for rs in self._waiting_reads if rs.index <= self.applied]
@@ -382,6 +378,39 @@ class Node:
             if self.on_read is not None:
                 for rs in ready:
                     self.on_read(rs)
+
+    def _apply_entries(self, entries) -> None:
+        """Applies the consecutive ``entries`` after ``applied`` (those at or below it were
+        applied already), in one call when the state machine has ``apply_many``."""
+        fresh = [e for e in entries if e.index > self.applied]
+        if not fresh:
+            return
+        if fresh[0].index != self.applied + 1:
+            raise AssertionError(f"apply {fresh[0].index} after {self.applied}: a gap")
+        apply_many = getattr(self.state_machine, "apply_many", None)
+        if apply_many is not None:
+            results = apply_many(fresh)
+            self.applied = fresh[-1].index
+        else:
+            results = []
+            for e in fresh:
+                results.append(self.state_machine.apply(e))
+                self.applied = e.index
+        if self.on_apply is not None:
+            for e, result in zip(fresh, results, strict=True):
+                self.on_apply(e, result)
+
+    def _replay(self) -> None:
+        """Applies the committed log after what the state machine holds, a chunk of at most
+        REPLAY_CHUNK_BYTES at a time: a node restarted behind a long log (say 1 GiB) must not
+        read all of it into memory, and each chunk is one call (one DB transaction for a
+        state machine that batches)."""
+        st = self.storage
+        end = min(st.hard_state().commit, st.last_index)
+        while self.applied < end:
+            lo = max(self.applied + 1, st.first_index)
+            entries = st.entries(lo, end + 1, REPLAY_CHUNK_BYTES)
+            self._apply_entries(entries)
 
     def _maybe_compact(self) -> None:
         if self.max_raft_state is None or self.raft_state_size <= self.max_raft_state:

@@ -16,10 +16,12 @@ import threading
 import pytest
 
 from keyval.errors import NotLeader
+from keyval.raft import node as node_module
 from keyval.raft.core import Config
 from keyval.raft.memory import MemoryStorage
 from keyval.raft.messages import Message, MsgType
 from keyval.raft.node import Node
+from keyval.raft.records import Entry, HardState
 from keyval.raft.simnet import NullStateMachine
 
 IDS = (1, 2, 3)
@@ -313,3 +315,31 @@ def test_appends_stepped_together_are_written_once_and_all_acknowledged():
     assert storages[2].last_index == second
     acked = [m.index for m in outbox if m.type is MsgType.APP_RESP and not m.reject]
     assert max(acked) == second and first <= min(acked)
+
+
+class BatchRecorder(NullStateMachine):
+    """Records the entries it is given, and how many per apply_many call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.indexes: list[int] = []
+        self.calls: list[int] = []
+        self.applied_index = 0
+
+    def apply_many(self, entries):
+        self.calls.append(len(entries))
+        self.indexes += [e.index for e in entries]
+        self.applied_index = entries[-1].index
+        return [b""] * len(entries)
+
+
+def test_a_restart_replays_the_committed_log_in_bounded_chunks(monkeypatch):
+    st = MemoryStorage()
+    st.append([Entry(i, 1, b"x" * 100) for i in range(1, 201)])
+    st.set_hard_state(HardState(term=1, vote=1, commit=150))
+    monkeypatch.setattr(node_module, "REPLAY_CHUNK_BYTES", 1_000)
+    sm = BatchRecorder()
+    node = Node(Config(id=1, peers=IDS), st, sm, send=lambda m: None)
+    assert sm.indexes == list(range(1, 151))  # every committed entry, in order, once
+    assert node.applied == 150
+    assert len(sm.calls) == 15 and max(sm.calls) == 10  # 1,000 bytes of entry data at a time
