@@ -159,12 +159,8 @@ class Server:
             if not self._write_wanted.wait(POLL_SECONDS):
                 continue
             self._write_wanted.clear()
-            try:
-                while self._write_waiting():
-                    pass
-            except Exception:  # a failed fsync is fatal for this node: stop serving
-                log.exception("node %d: writing failed; stopping", self.node_id)
-                self._stop.set()
+            while not self._stop.is_set() and self._write_waiting():
+                pass
 
     def _persist_needed(self) -> None:
         """The leader left new entries unwritten (under the node's lock): the write thread
@@ -210,7 +206,12 @@ class Server:
                     log.exception("node %d: proposing failed; stopping", self.node_id)
                     self._stop.set()
                     return True
-            return self.node.persist() or bool(batch)
+            try:
+                return self.node.persist() or bool(batch)
+            except Exception:  # a failed fsync is fatal for this node: stop serving
+                log.exception("node %d: persisting failed; stopping", self.node_id)
+                self._stop.set()
+                return True
         finally:
             with self._writes_lock:
                 self._writing = False

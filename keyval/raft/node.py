@@ -237,11 +237,16 @@ class Node:
             self._persisting = True
         try:
             self._write(hs, rd.entries)
-        finally:
+        except BaseException:
             with self._lock:
                 self._persisting = False
                 self._persisted.notify_all()
+            raise
         with self._lock:
+            # In one step with the bookkeeping: no other thread may see the flag cleared
+            # while these entries still look unwritten (it would write them again).
+            self._persisting = False
+            self._persisted.notify_all()
             self._wrote(hs, rd.entries, replaces)
             self.core.advance(rd)
             self._maybe_compact()
