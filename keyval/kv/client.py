@@ -25,12 +25,14 @@ import time
 from keyval.errors import KeyTooLarge, Timeout, ValueTooLarge
 from keyval.kv import protocol
 from keyval.kv.frames import KIND_REQUEST, FrameError
-from keyval.kv.state import APPEND, DELETE, NOT_FOUND, PUT, Command
+from keyval.kv.state import APPEND, DELETE, NOT_FOUND, PUT, encode_command
 from keyval.kv.transport import ClientConnection
 
 MAX_KEY = 32 * 1024
 MAX_VALUE = 4 * 2**20  # one frame carries a request; keep a margin below its 8 MiB limit
 TRY_TIMEOUT = 2.5  # one attempt at one server; the server itself answers RETRY after 2 s
+_WRITE = bytes([protocol.WRITE])
+_RETRY = bytes([protocol.RETRY])
 
 
 class Client:
@@ -43,7 +45,6 @@ class Client:
         self.timeout = timeout
         self.client_id = random.getrandbits(63) or 1
         self._seqs = itertools.count(1)
-        self._seq_lock = threading.Lock()
         self._leader = 0  # index into servers of the one believed to lead
         self._local = threading.local()
 
@@ -95,25 +96,45 @@ class Client:
 
     def _write(self, op: int, key: bytes, value: bytes) -> bytes:
         _check(key, value)
-        with self._seq_lock:
-            seq = next(self._seqs)
-        command = Command(op, self.client_id, seq, key, value)
-        return self._call(bytes([protocol.WRITE]) + command.encode())
+        seq = next(self._seqs)  # one C call: atomic under the GIL, no lock needed
+        return self._call(_WRITE + encode_command(op, self.client_id, seq, key, value))
 
     def _call(self, request: bytes) -> bytes:
-        deadline = time.monotonic() + self.timeout
+        # The first attempt at the believed leader is the common case and on every operation's
+        # critical path: no clock reads unless it fails.
+        conns = getattr(self._local, "conns", None)
+        conn = conns.get(self._leader) if conns else None
+        if conn is None or self.timeout < TRY_TIMEOUT:
+            return self._call_with_retries(request, time.monotonic(), None)
+        started = time.monotonic()
+        try:
+            reply = conn.request(KIND_REQUEST, request, TRY_TIMEOUT)
+        except (OSError, Timeout, FrameError):
+            self._drop(self._leader)
+            reply = _RETRY
+        if reply[0] == protocol.OK:
+            return reply[1:]
+        return self._call_with_retries(request, started, reply)
+
+    def _call_with_retries(self, request: bytes, started: float, reply: bytes | None) -> bytes:
+        """The retry loop; ``reply`` is the answer of a first attempt at the believed leader,
+        already made (None if none was)."""
+        deadline = started + self.timeout
         tries = 0
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise Timeout(f"no server answered within {self.timeout} s")
             target = self._leader
-            try:
-                reply = self._conn(target).request(KIND_REQUEST, request, min(TRY_TIMEOUT, left))
-            except (OSError, Timeout, FrameError):
-                self._drop(target)
-                reply = bytes([protocol.RETRY])
+            if reply is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Timeout(f"no server answered within {self.timeout} s")
+                try:
+                    conn = self._conn(target)
+                    reply = conn.request(KIND_REQUEST, request, min(TRY_TIMEOUT, left))
+                except (OSError, Timeout, FrameError):
+                    self._drop(target)
+                    reply = _RETRY
             code, body = reply[0], reply[1:]
+            reply = None
             if code == protocol.OK:
                 return body
             if code == protocol.BAD_REQUEST:
@@ -126,6 +147,7 @@ class Client:
                     continue
             self._leader = (target + 1) % len(self.servers)
             if tries % len(self.servers) == 0:  # a full round without a leader: an election
+                left = deadline - time.monotonic()
                 time.sleep(min(0.05 * tries / len(self.servers), 0.5, max(left, 0)))
 
     def _conn(self, index: int) -> ClientConnection:

@@ -106,8 +106,27 @@ class FrameDecoder:
         """Add ``data``; return an iterator over every frame now complete, in stream order."""
         if self._error is not None:
             raise self._error
+        if not self._buf and type(data) is bytes:
+            # The common case on a request/response connection: one read, one whole frame.
+            # Parsed here, without the generator and the copies into the buffer.
+            frame = self._only_frame(data)
+            if frame is not None:
+                return iter((frame,))
         self._buf += data
         return self._frames()
+
+    def _only_frame(self, data: bytes) -> Frame | None:
+        """The frame ``data`` holds if it is exactly one valid frame; None for anything else
+        (left to the general path, which also reports the errors)."""
+        if len(data) < OVERHEAD:
+            return None
+        length, version, kind = HEADER.unpack_from(data)
+        if version != VERSION or length > self.max_payload or len(data) != OVERHEAD + length:
+            return None
+        body = data[4 : -CHECK.size]
+        if _check(body) != CHECK.unpack_from(data, len(data) - CHECK.size)[0]:
+            return None
+        return Frame(kind, body[2:])
 
     def _frames(self) -> Iterator[Frame]:
         while self._error is None and len(self._buf) - self._pos >= HEADER.size:

@@ -7,6 +7,17 @@ turns requests into proposals and ReadIndex reads over the
 :class:`~keyval.kv.state.KVStateMachine`. A tick thread drives Raft's clock and commits the
 state machine's pending batch when it is due.
 
+The path of a write, and which thread does what (each hand-off between threads costs tens of
+microseconds, as much as the rest of the work): when no other write is being proposed, the
+client connection's thread proposes it (the leader sends the append to its followers at once,
+from that thread), writes the leader's own log (``Node.persist``, the node's lock released
+meanwhile) and goes back to reading its socket; the thread that learns the entry is
+committed (usually the reader of a follower's acknowledgement) applies it and writes the
+answer to the client's socket itself. Writes that arrive while a batch is being proposed wait
+for the write thread, which proposes them together, so a busy leader sends few, large appends.
+A node steps all the Raft messages one read brings before it writes, so appends that queued
+up during a follower's fsync share its next one.
+
 Data directory layout: ``raft/`` (the node's Raft state, see keyval.raft.storage) and
 ``kv.db`` (the key/value state with its applied index). A write is acknowledged once its entry
 is committed (on a majority's WAL, fsynced) and applied here; the KV database catches up in
@@ -15,12 +26,13 @@ batches and a restart replays the log after its applied index.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
-import queue
 import random
 import threading
+import time
 
 from keyval.errors import MessageDecodeError, NotLeader
 from keyval.kv import protocol
@@ -38,8 +50,8 @@ log = logging.getLogger("keyval.kv.server")
 TICK_SECONDS = 0.01
 ELECTION_TICKS = 15  # a follower waits 150-300 ms without a leader before it campaigns
 HEARTBEAT_TICKS = 3
+POLL_SECONDS = 0.1  # how long a thread waiting for work may take to notice close()
 REQUEST_TIMEOUT = 2.0  # a request not committed by then is answered RETRY (the client retries)
-MAX_BATCH = 256  # writes proposed together: one Raft ready, one fsync on each node
 
 
 class Server:
@@ -72,7 +84,7 @@ class Server:
             node_id,
             listen=peers[node_id],
             peers=peers,
-            on_frame=self._on_frame,
+            on_frames=self._on_frames,
             on_request=self._on_request,
         )
         config = Config(
@@ -81,6 +93,7 @@ class Server:
             election_ticks=ELECTION_TICKS,
             heartbeat_ticks=HEARTBEAT_TICKS,
         )
+        self._write_wanted = threading.Event()
         self.node = Node(
             config,
             self.storage,
@@ -88,30 +101,33 @@ class Server:
             send=self._send,
             rng=random.Random(),
             max_raft_state=max_raft_state,
+            on_persist_needed=self._persist_needed,
         )
         self.service = KVService(self.node, self.state_machine)
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_loop, name=f"keyval-tick-{node_id}")
-        # Writes from all client connections meet here, so that those arriving while the node
-        # is busy (an fsync) are proposed together: group commit at the Raft level.
-        self._writes: queue.Queue = queue.Queue()
-        self._proposer = threading.Thread(
-            target=self._propose_loop, name=f"keyval-propose-{node_id}"
-        )
+        self._writer = threading.Thread(target=self._write_loop, name=f"keyval-write-{node_id}")
+        # Writes from all client connections meet here: those that arrive while a batch is
+        # being proposed are proposed together next (see _write).
+        self._writes_lock = threading.Lock()
+        # (deadline, answer) of every request started, oldest first: see _expire_requests.
+        self._deadlines: collections.deque = collections.deque()
+        self._writes: list[tuple[Command, object]] = []
+        self._writing = False  # a thread is proposing and persisting (see _write)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
         self.transport.start()
         self._ticker.start()
-        self._proposer.start()
+        self._writer.start()
         log.info(
             "node %d serving on %s", self.node_id, protocol.format_address(self.peers[self.node_id])
         )
 
     def close(self) -> None:
         self._stop.set()
-        for thread in (self._ticker, self._proposer):
+        for thread in (self._ticker, self._writer):
             if thread.is_alive():
                 thread.join(timeout=5)
         self.transport.close()
@@ -130,53 +146,107 @@ class Server:
         while not self._stop.wait(TICK_SECONDS):
             try:
                 self.node.tick()
+                self._expire_requests()
                 self.state_machine.flush_if_due()
             except Exception:  # a failed fsync is fatal for this node: stop serving
                 log.exception("node %d: tick failed; stopping", self.node_id)
                 self._stop.set()
 
-    def _propose_loop(self) -> None:
+    def _write_loop(self) -> None:
+        """The write thread: proposes the writes that arrived while another thread was
+        writing, and writes the leader's entries that were left for it."""
         while not self._stop.is_set():
-            try:
-                batch = [self._writes.get(timeout=0.1)]
-            except queue.Empty:
+            if not self._write_wanted.wait(POLL_SECONDS):
                 continue
-            while len(batch) < MAX_BATCH:
+            self._write_wanted.clear()
+            while not self._stop.is_set() and self._write_waiting():
+                pass
+
+    def _persist_needed(self) -> None:
+        """The leader left new entries unwritten (under the node's lock): the write thread
+        writes them, unless a thread is writing already (it persists before it stops)."""
+        if not self._writing:
+            self._write_wanted.set()
+
+    def _write(self, command: Command, done) -> None:
+        """Proposes ``command`` and writes it to the leader's log at once on this thread if no
+        other thread is writing (no hand-off: the common case with few clients); otherwise
+        it joins the waiting writes, which the write thread proposes as one batch once the
+        current write is done. ``done`` is called by whoever applies the entry."""
+        with self._writes_lock:
+            self._writes.append((command, done))
+            if self._writing:
+                return
+            self._writing = True
+        self._write_batch()
+
+    def _write_waiting(self) -> bool:
+        """On the write thread: proposes and persists what is waiting, unless another thread
+        is writing; whether there was anything to do."""
+        with self._writes_lock:
+            if self._writing:
+                return False
+            self._writing = True
+        return self._write_batch()
+
+    def _write_batch(self) -> bool:
+        """Proposes every waiting write as one batch and persists the leader's new entries
+        (the caller set ``_writing``, which this clears); whether it did either. What arrives
+        meanwhile is left to the write thread, so that no connection's thread keeps writing
+        for others while its own client waits."""
+        try:
+            with self._writes_lock:
+                batch, self._writes = self._writes, []
+            if batch:
                 try:
-                    batch.append(self._writes.get_nowait())
-                except queue.Empty:
-                    break
+                    self.service.write_many(batch)
+                except Exception as exc:  # storage failed: answer everyone, stop serving
+                    for _, waiting in batch:
+                        waiting(exc)
+                    log.exception("node %d: proposing failed; stopping", self.node_id)
+                    self._stop.set()
+                    return True
             try:
-                self.service.write_many(batch)
-            except Exception as exc:  # storage failed: answer everyone, then stop serving
-                for _, done in batch:
-                    done(exc)
-                log.exception("node %d: proposing failed; stopping", self.node_id)
+                return self.node.persist() or bool(batch)
+            except Exception:  # a failed fsync is fatal for this node: stop serving
+                log.exception("node %d: persisting failed; stopping", self.node_id)
                 self._stop.set()
+                return True
+        finally:
+            with self._writes_lock:
+                self._writing = False
+                if self._writes:
+                    self._write_wanted.set()
 
     # -- Raft messages ----------------------------------------------------------------------
 
     def _send(self, msg: messages.Message) -> None:
         self.transport.send(msg.to, KIND_RAFT, messages.encode(msg))
 
-    def _on_frame(self, peer_id: int, kind: int, payload: bytes) -> None:
-        if kind != KIND_RAFT:
-            return
-        try:
-            msg = messages.decode(payload)
-        except MessageDecodeError as exc:
-            log.warning(
-                "node %d: dropped a malformed message from %d: %s", self.node_id, peer_id, exc
-            )
-            return
-        if msg.frm != peer_id or msg.to != self.node_id:
-            log.warning("node %d: dropped a message misaddressed by %d", self.node_id, peer_id)
-            return
-        self.node.step(msg)
+    def _on_frames(self, peer_id: int, frames: list[tuple[int, bytes]]) -> None:
+        """Steps every Raft message of one read from ``peer_id`` before processing them: the
+        appends that queued up while this node was busy (an fsync) are written with one."""
+        msgs = []
+        for kind, payload in frames:
+            if kind != KIND_RAFT:
+                continue
+            try:
+                msg = messages.decode(payload)
+            except MessageDecodeError as exc:
+                log.warning(
+                    "node %d: dropped a malformed message from %d: %s", self.node_id, peer_id, exc
+                )
+                continue
+            if msg.frm != peer_id or msg.to != self.node_id:
+                log.warning("node %d: dropped a message misaddressed by %d", self.node_id, peer_id)
+                continue
+            msgs.append(msg)
+        if msgs:
+            self.node.step_many(msgs)
 
     # -- client requests --------------------------------------------------------------------
 
-    def _on_request(self, kind: int, payload: bytes) -> bytes:
+    def _on_request(self, kind: int, payload: bytes, respond) -> bytes | None:
         if not payload:
             return bytes([protocol.BAD_REQUEST]) + b"empty request"
         op, body = payload[0], payload[1:]
@@ -185,28 +255,44 @@ class Server:
         try:
             if op == protocol.WRITE:
                 command = Command.decode(body)
-                return self._wait(lambda done: self._writes.put((command, done)), write=True)
+                return self._start(lambda done: self._write(command, done), respond, write=True)
             if op == protocol.READ:
-                return self._wait(lambda done: self.service.read(body, done), write=False)
+                return self._start(lambda done: self.service.read(body, done), respond, write=False)
         except ValueError as exc:
             return bytes([protocol.BAD_REQUEST]) + str(exc).encode()
         return bytes([protocol.BAD_REQUEST]) + b"unknown request kind %d" % op
 
-    def _wait(self, start, write: bool) -> bytes:
-        finished = threading.Event()
-        box: list = []
+    def _start(self, start, respond, write: bool) -> bytes | None:
+        """Starts a request with ``start(done)``. Its answer goes out through ``respond`` from
+        the thread that completes it, or as RETRY from the tick thread once REQUEST_TIMEOUT
+        has passed; this thread does not wait for it. Returns None, or the answer if ``start``
+        refused at once."""
+        answer = _FirstAnswer(respond)
 
         def done(result) -> None:
-            box.append(result)
-            finished.set()
+            answer(self._reply(result, write))
 
         try:
             start(done)
         except NotLeader:
             return self._not_leader()
-        if not finished.wait(REQUEST_TIMEOUT):
-            return bytes([protocol.RETRY]) + b"not committed in time"
-        result = box[0]
+        if not answer.given:
+            self._deadlines.append((time.monotonic() + REQUEST_TIMEOUT, answer))
+        return None
+
+    def _expire_requests(self) -> None:
+        """Answers RETRY to requests older than REQUEST_TIMEOUT (the client retries them with
+        the same sequence number). Deadlines are appended in order; one thread pops them."""
+        now = time.monotonic()
+        deadlines = self._deadlines
+        while deadlines:
+            deadline, answer = deadlines[0]
+            if not answer.given and deadline > now:
+                return
+            deadlines.popleft()
+            answer(bytes([protocol.RETRY]) + b"not committed in time")
+
+    def _reply(self, result, write: bool) -> bytes:
         if isinstance(result, NotLeader):
             return self._not_leader()
         if isinstance(result, Exception):
@@ -235,3 +321,21 @@ class Server:
                 "last_index": self.storage.last_index,
                 "kv_durable_index": self.state_machine.durable_index,
             }
+
+
+class _FirstAnswer:
+    """Passes the first answer given to ``respond`` and ignores later ones: a request timed out
+    here (RETRY) may still complete later, and the client, having retried with the same sequence
+    number, gets the reply of that one application then."""
+
+    def __init__(self, respond) -> None:
+        self._respond = respond
+        self._lock = threading.Lock()
+        self.given = False
+
+    def __call__(self, reply: bytes) -> None:
+        with self._lock:
+            if self.given:
+                return
+            self.given = True
+        self._respond(reply)

@@ -24,8 +24,9 @@ the node replays the log after *a*.
       u8 bucket (1 kv, 2 sessions) | u32 key length | key | u32 value length | value
 
 An empty entry (a new leader's no-op) changes nothing but the applied index. Thread safety:
-apply/flush/snapshot/restore come from the Raft driver (one at a time); :meth:`get` may run
-on other threads and sees every applied entry.
+apply/snapshot/restore come from the Raft driver (one at a time); :meth:`get` may run on
+other threads and sees every applied entry; :meth:`flush_if_due` may run on another thread
+(a server's tick) and writes the batch to the DB while entries go on being applied.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ _LEN = struct.Struct("<I")
 KV, SESSIONS, META = b"kv", b"sessions", b"meta"
 _BUCKET_TAGS = {1: KV, 2: SESSIONS}
 _DELETED = object()  # marks a key deleted in the pending batch
+_OK, _NOT_FOUND = bytes([OK]), bytes([NOT_FOUND])
+
+
+def encode_command(op: int, client: int, seq: int, key: bytes, value: bytes = b"") -> bytes:
+    """The entry data of a command (what :meth:`Command.encode` returns), without making one."""
+    return _COMMAND.pack(op, client, seq, len(key)) + key + value
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +68,7 @@ class Command:
     value: bytes = b""
 
     def encode(self) -> bytes:
-        return _COMMAND.pack(self.op, self.client, self.seq, len(self.key)) + self.key + self.value
+        return encode_command(self.op, self.client, self.seq, self.key, self.value)
 
     @staticmethod
     def decode(data: bytes) -> Command:
@@ -79,7 +86,10 @@ class KVStateMachine:
 
     def __init__(self, path: str, *, batch_entries: int = 1000, batch_seconds: float = 0.1):
         self._db = DB(path)
+        # _lock guards the in-memory state below; _flush_lock is held by the one thread that
+        # writes a batch to the DB (taken before _lock, never while holding it).
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self.batch_entries = batch_entries
         self.batch_seconds = batch_seconds
         with self._db.update() as tx:
@@ -89,8 +99,12 @@ class KVStateMachine:
             raw = tx.bucket(META).get(b"applied")
         self._durable_index = _APPLIED.unpack(raw)[0] if raw else 0
         self._applied = self._durable_index
+        # Applied changes not yet in the DB, newest first: the batch being applied to, then
+        # the batch being written to the DB (if a flush is under way).
         self._pending: dict[bytes, bytes | object] = {}
         self._pending_sessions: dict[bytes, bytes] = {}
+        self._flushing: dict[bytes, bytes | object] = {}
+        self._flushing_sessions: dict[bytes, bytes] = {}
         self._pending_count = 0
         self._batch_started = time.monotonic()
 
@@ -109,70 +123,79 @@ class KVStateMachine:
     def get(self, key: bytes) -> bytes | None:
         """The value of ``key`` after every applied entry."""
         with self._lock:
-            pending = self._pending.get(key)
-            if pending is not None:
-                return None if pending is _DELETED else pending
-            with self._db.view() as tx:
-                return tx.bucket(KV).get(key)
+            return self._get_locked(key)
 
     def session(self, client: int) -> tuple[int, bytes] | None:
         """``(last sequence number, its reply)`` recorded for ``client``."""
         with self._lock:
-            raw = self._pending_sessions.get(_SESSION.pack(client))
-            if raw is None:
-                with self._db.view() as tx:
-                    raw = tx.bucket(SESSIONS).get(_SESSION.pack(client))
-        return None if raw is None else (_SESSION.unpack_from(raw)[0], raw[_SESSION.size :])
+            return self._session_locked(_SESSION.pack(client))
 
     # -- the Raft state machine interface ----------------------------------------------------
 
     def apply(self, entry: Entry) -> bytes:
         """Applies one committed entry and returns its reply (the first reply again for a
-        retried client request)."""
-        with self._lock:
-            if entry.index <= self._applied:
-                raise ValueError(f"entry {entry.index} was applied already ({self._applied})")
-            reply = b""
-            if entry.data:
-                reply = self._apply_command(Command.decode(entry.data))
-            self._applied = entry.index
-            self._pending_count += 1
-            if (
-                self._pending_count >= self.batch_entries
-                or time.monotonic() - self._batch_started >= self.batch_seconds
-            ):
-                self._flush_locked()
-            return reply
+        retried client request). Writes the batch to the DB here only once it holds
+        ``batch_entries`` entries; a batch due by age is left to :meth:`flush_if_due`, so that
+        applying (on the Raft node's critical path) does not wait for the DB's fsync."""
+        return self.apply_many([entry])[0]
 
-    def _apply_command(self, cmd: Command) -> bytes:
-        session_key = _SESSION.pack(cmd.client)
-        if cmd.seq:
+    def apply_many(self, entries: list[Entry]) -> list[bytes]:
+        """Applies consecutive committed entries, as :meth:`apply` each; their replies. One
+        call for a node's whole ready batch, or a chunk of the log replayed on restart (then
+        one DB transaction for the chunk)."""
+        replies = []
+        with self._lock:
+            for entry in entries:
+                if entry.index <= self._applied:
+                    raise ValueError(f"entry {entry.index} was applied already ({self._applied})")
+                replies.append(self._apply_command(entry.data) if entry.data else b"")
+                self._applied = entry.index
+            self._pending_count += len(entries)
+            full = self._pending_count >= self.batch_entries
+        if full:
+            self.flush()
+        return replies
+
+    def _apply_command(self, data: bytes) -> bytes:
+        # Command.decode's checks, without building a Command: this runs for every entry.
+        if len(data) < _COMMAND.size:
+            raise ValueError(f"a command of {len(data)} bytes is too short")
+        op, client, seq, klen = _COMMAND.unpack_from(data)
+        if op not in (PUT, APPEND, DELETE) or _COMMAND.size + klen > len(data):
+            raise ValueError(f"malformed command (op {op}, key length {klen})")
+        key = data[_COMMAND.size : _COMMAND.size + klen]
+        session_key = _SESSION.pack(client)
+        if seq:
             last = self._session_locked(session_key)
-            if last is not None and cmd.seq <= last[0]:
-                return last[1] if cmd.seq == last[0] else bytes([OK])  # a stale retry
-        current = self._get_locked(cmd.key)
-        if cmd.op == PUT:
-            self._pending[cmd.key] = cmd.value
-            reply = bytes([OK])
-        elif cmd.op == APPEND:
-            self._pending[cmd.key] = (current or b"") + cmd.value
-            reply = bytes([OK])
+            if last is not None and seq <= last[0]:
+                return last[1] if seq == last[0] else bytes([OK])  # a stale retry
+        if op == PUT:  # the one op that needs no read of the current value
+            self._pending[key] = data[_COMMAND.size + klen :]
+            reply = _OK
+        elif op == APPEND:
+            self._pending[key] = (self._get_locked(key) or b"") + data[_COMMAND.size + klen :]
+            reply = _OK
         else:
-            self._pending[cmd.key] = _DELETED
-            reply = bytes([OK if current is not None else NOT_FOUND])
-        if cmd.seq:
-            self._pending_sessions[session_key] = _SESSION.pack(cmd.seq) + reply
+            current = self._get_locked(key)
+            self._pending[key] = _DELETED
+            reply = _OK if current is not None else _NOT_FOUND
+        if seq:
+            self._pending_sessions[session_key] = _SESSION.pack(seq) + reply
         return reply
 
     def _get_locked(self, key: bytes) -> bytes | None:
-        pending = self._pending.get(key)
-        if pending is not None:
-            return None if pending is _DELETED else pending
+        value = self._pending.get(key)
+        if value is None:
+            value = self._flushing.get(key)
+        if value is not None:
+            return None if value is _DELETED else value
         with self._db.view() as tx:
             return tx.bucket(KV).get(key)
 
     def _session_locked(self, session_key: bytes) -> tuple[int, bytes] | None:
         raw = self._pending_sessions.get(session_key)
+        if raw is None:
+            raw = self._flushing_sessions.get(session_key)
         if raw is None:
             with self._db.view() as tx:
                 raw = tx.bucket(SESSIONS).get(session_key)
@@ -180,54 +203,79 @@ class KVStateMachine:
 
     def flush(self) -> None:
         """Commits every applied entry to the DB (durable on return)."""
-        with self._lock:
-            self._flush_locked()
+        with self._flush_lock:
+            self._write_batch()
 
     def flush_if_due(self) -> None:
         """Commits the pending batch if it is older than ``batch_seconds`` (a server calls this
-        on its tick, so a quiet node does not hold applied entries back for long)."""
+        on its tick, so a quiet node does not hold applied entries back for long). Entries
+        are applied meanwhile: the DB write holds no lock that :meth:`apply` needs."""
         with self._lock:
-            if self._pending_count and time.monotonic() - self._batch_started >= self.batch_seconds:
-                self._flush_locked()
+            due = (
+                self._pending_count and time.monotonic() - self._batch_started >= self.batch_seconds
+            )
+        if due and self._flush_lock.acquire(blocking=False):
+            try:
+                self._write_batch()
+            finally:
+                self._flush_lock.release()
 
-    def _flush_locked(self) -> None:
-        if self._applied != self._durable_index:
+    def _write_batch(self) -> None:
+        """Writes the pending batch to the DB (the caller holds ``_flush_lock``): the batch
+        becomes the flushing layer, which reads still see until the DB holds it."""
+        with self._lock:
+            self._flushing, self._pending = self._pending, {}
+            self._flushing_sessions, self._pending_sessions = self._pending_sessions, {}
+            count, self._pending_count = self._pending_count, 0
+            self._batch_started = time.monotonic()
+            applied = self._applied
+            if applied == self._durable_index:
+                self._flushing, self._flushing_sessions = {}, {}
+                return
+        try:
             with self._db.update() as tx:
                 kv, sessions = tx.bucket(KV), tx.bucket(SESSIONS)
-                for key, value in self._pending.items():
+                for key, value in self._flushing.items():
                     if value is _DELETED:
                         kv.delete(key)
                     else:
                         kv.put(key, value)
-                for key, value in self._pending_sessions.items():
+                for key, value in self._flushing_sessions.items():
                     sessions.put(key, value)
-                tx.bucket(META).put(b"applied", _APPLIED.pack(self._applied))
-            self._durable_index = self._applied
-        self._pending.clear()
-        self._pending_sessions.clear()
-        self._pending_count = 0
-        self._batch_started = time.monotonic()
+                tx.bucket(META).put(b"applied", _APPLIED.pack(applied))
+        except BaseException:
+            with self._lock:  # not written: back under the newer changes, for the next try
+                self._flushing.update(self._pending)
+                self._flushing_sessions.update(self._pending_sessions)
+                self._pending, self._flushing = self._flushing, {}
+                self._pending_sessions, self._flushing_sessions = self._flushing_sessions, {}
+                self._pending_count += count
+            raise
+        with self._lock:
+            self._durable_index = applied
+            self._flushing, self._flushing_sessions = {}, {}
 
     def snapshot(self) -> bytes:
         """The whole state (data and sessions) as of the applied index, from one read view."""
-        with self._lock:
-            self._flush_locked()
-            parts = [_SNAP_MAGIC, _APPLIED.pack(self._applied)]
-            with self._db.view() as tx:
-                for tag, name in _BUCKET_TAGS.items():
-                    for key, value in tx.bucket(name).items():
-                        parts += [
-                            _SNAP_RECORD.pack(tag, len(key)),
-                            key,
-                            _LEN.pack(len(value)),
-                            value,
-                        ]
-            return b"".join(parts)
+        with self._flush_lock:
+            self._write_batch()
+            with self._lock:
+                parts = [_SNAP_MAGIC, _APPLIED.pack(self._applied)]
+                with self._db.view() as tx:
+                    for tag, name in _BUCKET_TAGS.items():
+                        for key, value in tx.bucket(name).items():
+                            parts += [
+                                _SNAP_RECORD.pack(tag, len(key)),
+                                key,
+                                _LEN.pack(len(value)),
+                                value,
+                            ]
+        return b"".join(parts)
 
     def restore(self, data: bytes) -> None:
         """Replaces the whole state with a snapshot's, durably, in one transaction."""
         records, applied = _decode_snapshot(data)
-        with self._lock:
+        with self._flush_lock, self._lock:
             with self._db.update() as tx:
                 for name in (KV, SESSIONS):
                     tx.delete_bucket(name)
@@ -243,10 +291,11 @@ class KVStateMachine:
     def close(self, flush: bool = True) -> None:
         """Closes the database; with ``flush=False`` the pending batch is dropped, as a crash
         would drop it (the Raft log replays those entries on the next start)."""
-        with self._lock:
+        with self._flush_lock:
             if flush:
-                self._flush_locked()
-            self._db.close()
+                self._write_batch()
+            with self._lock:
+                self._db.close()
 
 
 def _decode_snapshot(data: bytes) -> tuple[list[tuple[int, bytes, bytes]], int]:

@@ -9,15 +9,22 @@ Connections and their modes (frames as in :mod:`keyval.kv.frames`):
   own connection to A. A's first frame is ``KIND_HELLO`` carrying A's node id; every later frame
   is handed to ``on_frame(A, kind, payload)`` on B. Nothing is ever written back on it.
 - **Client connections** are the ones whose first frame is anything but HELLO: each frame is a
-  request, answered by exactly one ``KIND_RESPONSE`` frame carrying ``on_request(kind, payload)``,
-  in order, on the same connection. The callback runs on that connection's thread and may block
-  (e.g. until a proposal commits) without delaying anyone else.
+  request, answered by exactly one ``KIND_RESPONSE`` frame, in order, on the same connection.
+  ``on_request(kind, payload, respond)`` runs on that connection's thread. It either returns
+  the answer, or returns None having called, or arranged that some thread will call,
+  ``respond(answer)`` exactly once: whoever completes a request (the thread that applied a
+  write) then writes the answer to the socket itself, and the connection's thread, instead
+  of waiting to be woken for it, goes back to reading. It handles the next request on that
+  connection only once the previous answer is out, so answers stay in request order.
 
-Sending never blocks the caller: :meth:`Transport.send` encodes the frame and appends it to that
-peer's bounded queue. When the queue is full the **oldest** frame is dropped: Raft tolerates loss
+Sending never blocks the caller. :meth:`Transport.send` writes the frame to the peer's socket
+at once when nothing is queued or being written on that link and the socket takes the whole
+frame without waiting (the common case, and one thread hand-off less per message); otherwise
+the frame (or its unwritten rest) goes to that peer's bounded queue, which the peer's sender
+thread writes. When the queue is full the **oldest** frame is dropped: Raft tolerates loss
 (the leader resends from what followers acknowledge), and after an outage the newest messages
 (current term, latest commit index) are the useful ones, while a backlog of stale heartbeats and
-appends would only delay them. A sender thread per peer connects lazily when there is something
+appends would only delay them. The sender thread connects lazily when there is something
 to send, and after a failure reconnects with exponential back-off (capped, with jitter so that
 nodes restarted together do not retry in lockstep). Frames handed to a connection that then fails
 may be lost; frames on one live connection arrive in the order sent.
@@ -34,6 +41,7 @@ import logging
 import random
 import select
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -64,7 +72,12 @@ def _peer_name(addr) -> str:
 
 
 class _PeerLink:
-    """The outbound side towards one peer: its queue and the socket its sender thread owns."""
+    """The outbound side towards one peer: its queue and its socket.
+
+    One thread at a time writes to the socket: the one that set ``busy`` (under ``cond``), be it
+    the sender thread or a caller of :meth:`Transport.send` writing directly. ``partial`` says
+    that ``queue[0]`` is the unwritten rest of a frame begun on the current socket: it must go
+    out next on that socket, and nowhere else."""
 
     def __init__(self, peer_id: int, address: tuple[str, int], capacity: int):
         self.peer_id = peer_id
@@ -73,6 +86,79 @@ class _PeerLink:
         self.capacity = capacity
         self.cond = threading.Condition()
         self.sock: socket.socket | None = None
+        self.busy = False
+        self.partial = False
+
+    def enqueue(self, frame: bytes) -> bool:
+        """Queue ``frame`` (under ``cond``); False if the oldest whole frame was dropped."""
+        dropped = False
+        if len(self.queue) >= self.capacity:
+            if self.partial:  # the begun frame must finish, or the stream is garbage
+                del self.queue[1]
+            else:
+                self.queue.popleft()
+            dropped = True
+        self.queue.append(frame)
+        self.cond.notify()
+        return not dropped
+
+
+class _Response:
+    """``respond`` for one client request. Writes the answer from the calling thread when the
+    socket takes it without waiting (always, unless the client stopped reading); otherwise a
+    thread of its own writes the rest, so that the caller (which may hold a Raft node's lock)
+    never blocks on a client. ``out`` is set once the whole answer is written, or cannot be."""
+
+    def __init__(self, transport: Transport, sock: socket.socket) -> None:
+        self._transport = transport
+        self._sock = sock
+        self._lock = threading.Lock()  # held while writing, so abandon() waits for a write
+        self._called = False
+        self._abandoned = False
+        self.out = threading.Event()
+
+    def __call__(self, reply: bytes) -> None:
+        t = self._transport
+        frame = encode(KIND_RESPONSE, reply, t.max_payload)
+        with self._lock:
+            if self._called:
+                raise RuntimeError("a request answered twice")
+            self._called = True
+            if self._abandoned:  # the connection is gone; so is whoever asked
+                self.out.set()
+                return
+            # The connection's socket is blocking (no timeout), so MSG_DONTWAIT is a true
+            # non-blocking attempt.
+            try:
+                sent = self._sock.send(frame, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            except OSError:  # broken: the connection's thread finds out on its next read
+                self.out.set()
+                return
+            if sent == len(frame):
+                t._count("frames_sent", 1, "bytes_sent", sent)
+                self.out.set()
+                return
+            t._spawn(self._finish, "answer", frame, sent)
+
+    def _finish(self, frame: bytes, sent: int) -> None:
+        try:
+            with self._lock:
+                if not self._abandoned:
+                    self._sock.sendall(frame[sent:])
+                    self._transport._count("frames_sent", 1, "bytes_sent", len(frame))
+        except OSError:
+            pass
+        finally:
+            self.out.set()
+
+    def abandon(self) -> None:
+        """The connection is closing: an answer not yet written is dropped. Returns once no
+        thread writes to the socket any more (it may then be closed)."""
+        self._abandoned = True
+        with self._lock:
+            pass
 
 
 class Transport:
@@ -80,8 +166,11 @@ class Transport:
 
     ``on_frame(peer_id, kind, payload)`` is called for every frame received from a peer, on that
     connection's reader thread (one thread per inbound peer connection: calls for one peer are
-    sequential and in order, calls for different peers may be concurrent). ``on_request(kind,
-    payload) -> bytes`` answers a client request; without it client connections are refused.
+    sequential and in order, calls for different peers may be concurrent). Given
+    ``on_frames(peer_id, [(kind, payload), ...])`` instead, it gets every frame one read from
+    that peer completed in one call (a Raft node steps them all, then writes once).
+    ``on_request(kind, payload, respond) -> bytes | None`` answers a client request (see the
+    module docstring); without it client connections are refused.
 
     Thread-safe: :meth:`send`, :meth:`stats` and :meth:`close` may be called from any thread.
     """
@@ -92,7 +181,8 @@ class Transport:
         listen: tuple[str, int] = (DEFAULT_HOST, 0),
         peers: dict[int, tuple[str, int]] | None = None,
         on_frame: Callable[[int, int, bytes], None] | None = None,
-        on_request: Callable[[int, bytes], bytes] | None = None,
+        on_frames: Callable[[int, list[tuple[int, bytes]]], None] | None = None,
+        on_request: Callable[[int, bytes, Callable[[bytes], None]], bytes | None] | None = None,
         *,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         queue_size: int = 4096,
@@ -105,6 +195,7 @@ class Transport:
         self.node_id = node_id
         self.listen = listen
         self.on_frame = on_frame
+        self.on_frames = on_frames
         self.on_request = on_request
         self.max_payload = max_payload
         self.backoff_min = backoff_min
@@ -222,60 +313,92 @@ class Transport:
     # --- sending -----------------------------------------------------------------------------
 
     def send(self, peer_id: int, kind: int, payload: bytes) -> bool:
-        """Queue one frame for ``peer_id``; never blocks on the network.
+        """Send one frame to ``peer_id``; never blocks on the network.
 
-        Returns False if the queue was full and its oldest frame was dropped to make room.
-        Delivery is best effort (see the module docstring). Raises ``KeyError`` for an unknown
-        peer, :class:`~keyval.kv.frames.FrameError` for a payload over ``max_payload``, and
+        Written at once when the link is idle and its socket has room (see the module
+        docstring), else queued. Returns False if the queue was full and its oldest frame was
+        dropped to make room. Delivery is best effort. Raises ``KeyError`` for an unknown peer,
+        :class:`~keyval.kv.frames.FrameError` for a payload over ``max_payload``, and
         :class:`~keyval.errors.ClosedError` after :meth:`close`.
         """
         if self._stop.is_set():
             raise ClosedError("transport is closed")
         link = self._links[peer_id]
         frame = encode(kind, payload, self.max_payload)
-        dropped = False
         with link.cond:
-            if len(link.queue) >= link.capacity:
-                link.queue.popleft()
-                dropped = True
-            link.queue.append(frame)
-            link.cond.notify()
-        if dropped:
-            self._count("drops")
-        return not dropped
+            sock = link.sock
+            direct = sock is not None and not link.busy and not link.queue
+            if direct:
+                link.busy = True
+            else:
+                queued = link.enqueue(frame)
+        if not direct:
+            if not queued:
+                self._count("drops")
+            return queued
+        try:
+            # A blocking socket (see _connect): MSG_DONTWAIT makes this one attempt that takes
+            # what the socket buffer has room for and returns.
+            sent = sock.send(frame, socket.MSG_DONTWAIT)
+        except OSError:  # full, or broken: the sender thread retries, or finds it broken
+            sent = 0
+        with link.cond:
+            link.busy = False
+            if sent < len(frame):
+                # Ahead of anything queued meanwhile: it was sent first.
+                link.queue.appendleft(frame[sent:])
+                link.partial = sent > 0
+            if link.queue:
+                link.cond.notify()
+        if sent:
+            self._count("frames_sent", 1 if sent == len(frame) else 0, "bytes_sent", sent)
+        return True
 
     def _send_loop(self, link: _PeerLink) -> None:
         backoff = self.backoff_min
         while not self._stop.is_set():
             with link.cond:
-                if not link.queue:
+                if not link.queue or link.busy:
                     link.cond.wait(POLL_INTERVAL)
                     continue
-            if link.sock is None or self._peer_closed(link.sock):
-                self._drop_socket(link)
-                if not self._connect(link):
-                    # Equal jitter: wait between half and all of the current back-off.
-                    self._stop.wait(random.uniform(backoff / 2, backoff))
-                    backoff = min(backoff * 2, self.backoff_max)
-                    continue
-                backoff = self.backoff_min
-            with link.cond:
-                batch = list(link.queue)
-                link.queue.clear()
-            data = b"".join(batch)
+                link.busy = True
             try:
-                link.sock.sendall(data)  # only this thread replaces link.sock
-            except OSError as e:
-                if not self._stop.is_set():
-                    log.info(
-                        "transport %d: send to peer %d failed: %s", self.node_id, link.peer_id, e
-                    )
-                    self._count("errors")
-                self._count("drops", len(batch))
-                self._drop_socket(link)
-                continue
-            self._count("frames_sent", len(batch), "bytes_sent", len(data))
+                backoff = self._write_queue(link, backoff)
+            finally:
+                with link.cond:
+                    link.busy = False
+                    if link.queue:
+                        link.cond.notify()
+        with link.cond:  # a direct write still under way must not see its socket closed
+            link.cond.wait_for(lambda: not link.busy, self.write_timeout)
         self._drop_socket(link)
+
+    def _write_queue(self, link: _PeerLink, backoff: float) -> float:
+        """Write everything queued for ``link``, connecting first if needed (the caller has set
+        ``link.busy``); the back-off to use next."""
+        if link.sock is None or self._peer_closed(link.sock):
+            self._drop_socket(link)
+            if not self._connect(link):
+                # Equal jitter: wait between half and all of the current back-off.
+                self._stop.wait(random.uniform(backoff / 2, backoff))
+                return min(backoff * 2, self.backoff_max)
+            backoff = self.backoff_min
+        with link.cond:
+            batch = list(link.queue)
+            link.queue.clear()
+            link.partial = False
+        data = b"".join(batch)
+        try:
+            link.sock.sendall(data)  # only the thread that set busy touches link.sock
+        except OSError as e:
+            if not self._stop.is_set():
+                log.info("transport %d: send to peer %d failed: %s", self.node_id, link.peer_id, e)
+                self._count("errors")
+            self._count("drops", len(batch))
+            self._drop_socket(link)
+            return backoff
+        self._count("frames_sent", len(batch), "bytes_sent", len(data))
+        return backoff
 
     def _connect(self, link: _PeerLink) -> bool:
         try:
@@ -284,7 +407,12 @@ class Transport:
             self._count("connect_failures")
             return False
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(self.write_timeout)
+        # Blocking, so that send() with MSG_DONTWAIT is one attempt (a Python timeout would make
+        # it poll first, and wait); the kernel bounds a blocked sendall() instead.
+        sock.settimeout(None)
+        seconds = int(self.write_timeout)
+        micros = int((self.write_timeout - seconds) * 1e6)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, micros))
         try:
             sock.sendall(encode(KIND_HELLO, HELLO.pack(self.node_id)))
         except OSError:
@@ -312,6 +440,11 @@ class Transport:
     def _drop_socket(self, link: _PeerLink) -> None:
         with link.cond:
             sock, link.sock = link.sock, None
+            partial, link.partial = link.partial, False
+            if partial:  # the rest of a frame begun on that socket means nothing elsewhere
+                link.queue.popleft()
+        if partial:
+            self._count("drops")
         if sock is not None:
             sock.close()
 
@@ -358,6 +491,7 @@ class Transport:
         decoder = FrameDecoder(self.max_payload)
         peer_id: int | None = None
         client = False
+        pending: _Response | None = None  # the last request's, until its answer is out
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(None)  # close() wakes the read with shutdown()
@@ -366,6 +500,7 @@ class Transport:
                 if not data:
                     return
                 self._count("bytes_received", len(data))
+                batch: list[tuple[int, bytes]] = []
                 for kind, payload in decoder.feed(data):
                     if peer_id is None and not client:
                         if kind == KIND_HELLO:
@@ -379,17 +514,28 @@ class Transport:
                     if client:
                         if kind in (KIND_HELLO, KIND_RESPONSE):
                             raise FrameError(f"kind {kind} is not a request")
+                        if pending is not None:  # answers go out in request order
+                            while not pending.out.wait(POLL_INTERVAL):
+                                if self._stop.is_set():
+                                    return
+                            pending = None
                         self._count("frames_received", 1, "requests", 1)
-                        reply = self.on_request(kind, payload)
-                        out = encode(KIND_RESPONSE, reply, self.max_payload)
-                        sock.sendall(out)
-                        self._count("frames_sent", 1, "bytes_sent", len(out))
+                        respond = _Response(self, sock)
+                        reply = self.on_request(kind, payload, respond)
+                        if reply is not None:
+                            respond(reply)
+                        if not respond.out.is_set():
+                            pending = respond
                     else:
                         if kind == KIND_HELLO:
                             raise FrameError("second HELLO on a peer connection")
                         self._count("frames_received")
-                        if self.on_frame is not None:
+                        if self.on_frames is not None:
+                            batch.append((kind, payload))
+                        elif self.on_frame is not None:
                             self.on_frame(peer_id, kind, payload)
+                if batch:
+                    self.on_frames(peer_id, batch)
         except FrameError as e:
             log.warning("transport %d: closing connection from %s: %s", self.node_id, name, e)
             self._count("errors")
@@ -406,6 +552,8 @@ class Transport:
             )
             self._count("errors")
         finally:
+            if pending is not None:
+                pending.abandon()
             with self._lock:
                 self._inbound.discard(sock)
             sock.close()
@@ -457,23 +605,33 @@ class ClientConnection:
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._decoder = FrameDecoder(max_payload)
         self._pending: deque = deque()
+        self._timeout: float | None = timeout
 
     def request(self, kind: int, payload: bytes, timeout: float = 5.0) -> bytes:
-        if self._sock is None:
+        sock = self._sock
+        if sock is None:
             raise ClosedError("connection is closed")
-        deadline = time.monotonic() + timeout
+        # This runs once per client operation, on its critical path: the timeout is set only
+        # when it changes, and the clock read only when an answer takes more than one read.
+        if timeout != self._timeout:
+            sock.settimeout(timeout)
+            self._timeout = timeout
+        deadline = None
         try:
-            self._sock.settimeout(timeout)
-            self._sock.sendall(encode(kind, payload, self.max_payload))
+            sock.sendall(encode(kind, payload, self.max_payload))
             while not self._pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError
-                self._sock.settimeout(left)
-                data = self._sock.recv(RECV_SIZE)
+                data = sock.recv(RECV_SIZE)
                 if not data:
                     raise ConnectionError(f"{_peer_name(self.address)} closed the connection")
                 self._pending.extend(self._decoder.feed(data))
+                if not self._pending:  # a partial answer: the rest within what is left
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + timeout
+                    if now >= deadline:
+                        raise TimeoutError
+                    self._timeout = deadline - now
+                    sock.settimeout(self._timeout)
         except TimeoutError:
             self.close()
             raise Timeout(f"no answer from {_peer_name(self.address)} in {timeout} s") from None

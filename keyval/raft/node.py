@@ -6,27 +6,42 @@ later) calls :meth:`Node.tick` at a fixed interval, :meth:`Node.step` for each m
 arrives and :meth:`Node.propose` / :meth:`Node.read_index` for clients; outgoing messages are
 handed to the ``send`` callback given at construction.
 
-Every call processes all ready work before it returns, in this order (the crash-safety
-argument): the snapshot, then the new entries and the hard state are made durable (one
-``save(hard_state, entries)`` when the storage has it, so they land together with one fsync;
-else ``append`` then ``set_hard_state``), *then* messages are sent (a leader's AppendEntries
-excepted: they go out first, see ``_process``) (they may promise a vote
-or acknowledge entries, which must survive a crash), then the snapshot is restored and the
-committed entries are applied in order. After applying, if the Raft state (log plus hard state)
-exceeds ``max_raft_state`` bytes, the state machine is snapshotted at the applied index and
-the log compacted.
+Every call processes the ready work before it returns. Crash safety rests on one rule: a
+message goes out only once what it promises is durable (a vote, the term it speaks in, the
+entries it acknowledges). So a follower or candidate handles a ready in this order: the
+snapshot, then the new entries and the hard state are made durable (one ``save(hard_state,
+entries)`` when the storage has it, so they land together with one fsync; else ``append`` then
+``set_hard_state``), *then* messages are sent, then the snapshot is restored and the committed
+entries are applied in order.
+
+A leader whose term and vote are durable promises nothing about its own disk in what it sends
+(it counts its own entries towards a quorum only once they are persisted, and appends promise
+nothing), so it sends first and applies committed entries (which a quorum of disks already
+holds), then persists its new entries, so that its disk write and its followers' overlap (Raft
+thesis 10.2.1). With ``on_persist_needed`` given, it does not even wait for its disk: a call
+that leaves new entries unpersisted calls ``on_persist_needed()``, and the owner then calls
+:meth:`Node.persist` from a thread of its own, which holds the lock only before and after the
+write. Meanwhile acknowledgements are stepped, entries committed by the followers' disks are
+applied and answered, and new proposals are sent on; a ready that must write anything else (a
+new term, a snapshot, entries as a follower) waits until that write has landed, so writes
+reach storage in the order the core asked for them.
+
+After applying, if the Raft state (log plus hard state) exceeds ``max_raft_state`` bytes, the
+state machine is snapshotted at the applied index and the log compacted.
 
 On construction the node restores the stored snapshot into the state machine and replays the
-committed log entries after it; a state machine that persists itself (it has an
-``applied_index``) is restored only from a snapshot newer than what it holds.
+committed log entries after it, in chunks (``apply_many`` when the state machine has it); a
+state machine that persists itself (it has an ``applied_index``) is restored only from a
+snapshot newer than what it holds.
 
 Thread safety: every public method takes the node's lock, so a threaded transport may call
 them concurrently; ``send`` and the callbacks run under that lock and must not block on this
-node (queue the message instead).
+node (queue the message instead). :meth:`persist` must not be called with the lock held.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 from collections.abc import Callable
@@ -35,12 +50,13 @@ from typing import Protocol
 from keyval.raft.core import Config, RaftCore, Ready, Role
 from keyval.raft.messages import Message, MsgType
 from keyval.raft.readindex import ReadState
-from keyval.raft.records import Entry, Snapshot
+from keyval.raft.records import Entry, HardState, Snapshot
 
 # Bytes a stored entry costs beyond its data (index, term, length, framing), for the size
 # estimate that triggers compaction.
 ENTRY_OVERHEAD_BYTES = 24
 HARD_STATE_BYTES = 24
+REPLAY_CHUNK_BYTES = 16 * 2**20  # entry data read and applied at a time on start
 
 
 class StateMachine(Protocol):
@@ -75,16 +91,20 @@ class Node:
         max_raft_state: int | None = None,
         on_apply: Callable[[Entry, object], None] | None = None,
         on_read: Callable[[ReadState], None] | None = None,
+        on_persist_needed: Callable[[], None] | None = None,
     ) -> None:
         """``storage`` has the SPEC RaftStorage API (MemoryStorage or RaftStorage);
         ``on_apply(entry, result)`` runs after each applied entry; ``on_read(state)`` once a
-        ReadIndex read may be served (the state machine has applied ``state.index``)."""
+        ReadIndex read may be served (the state machine has applied ``state.index``);
+        ``on_persist_needed()`` (under the lock), if given, when a leader left new entries for
+        :meth:`persist` (see the module docstring)."""
         self.storage = storage
         self.state_machine = state_machine
         self._send = send
         self.max_raft_state = max_raft_state
         self.on_apply = on_apply
         self.on_read = on_read
+        self.on_persist_needed = on_persist_needed
         # Called (under the lock) after a call in which this node's role or known leader
         # changed: a service waiting on requests learns that they will not complete here.
         self.on_change: Callable[[], None] | None = None
@@ -92,12 +112,17 @@ class Node:
         self._durable_hs = storage.hard_state()  # what storage holds
         self._newest_hs = self._durable_hs  # what the core last asked to persist
         self._lock = threading.RLock()
+        # Set while persist() writes a leader's entries outside the lock; any other write
+        # waits on _persisted until it has landed.
+        self._persisting = False
+        self._persisted = threading.Condition(self._lock)
         self._waiting_reads: list[ReadState] = []
         snap = storage.snapshot()
         self.applied = getattr(state_machine, "applied_index", 0)
         if snap is not None and snap.index > self.applied:
             state_machine.restore(snap.data)
             self.applied = snap.index
+        self._replay()
         self.core = RaftCore(config, storage, rng or random.Random(), applied=self.applied)
         self._log_bytes = self._measure_log()
         with self._lock:
@@ -113,6 +138,14 @@ class Node:
     def step(self, msg: Message) -> None:
         with self._lock:
             self.core.step(msg)
+            self._process()
+
+    def step_many(self, msgs: list[Message]) -> None:
+        """Steps every message, then processes the ready work once: appends that arrived
+        together are written with one fsync and acknowledged together."""
+        with self._lock:
+            for msg in msgs:
+                self.core.step(msg)
             self._process()
 
     def propose(self, data: bytes) -> int:
@@ -186,79 +219,163 @@ class Node:
 
     # -- the ready loop -----------------------------------------------------------------------
 
+    def persist(self) -> bool:
+        """Persists the new entries a leader left unwritten (see ``on_persist_needed``),
+        holding the lock only before and after the storage write; whether there were any.
+        Call it without holding the lock."""
+        with self._lock:
+            if self._persisting or not self._leads_durably() or not self.core.has_ready():
+                return False
+            rd = self.core.ready()
+            self._send_and_apply(rd)
+            if not rd.entries:
+                self.core.advance(rd)
+                self._process()
+                return False
+            hs = self._hard_state_to_write(rd)
+            replaces = rd.entries[0].index <= self.storage.last_index
+            self._persisting = True
+        try:
+            self._write(hs, rd.entries)
+        except BaseException:
+            with self._lock:
+                self._persisting = False
+                self._persisted.notify_all()
+            raise
+        with self._lock:
+            # In one step with the bookkeeping: no other thread may see the flag cleared
+            # while these entries still look unwritten (it would write them again).
+            self._persisting = False
+            self._persisted.notify_all()
+            self._wrote(hs, rd.entries, replaces)
+            self.core.advance(rd)
+            self._maybe_compact()
+            self._process()
+        return True
+
+    def _leads_durably(self) -> bool:
+        """Whether this node leads in a term (and with a vote) its storage holds: then nothing
+        it sends depends on its own disk."""
+        core, hs = self.core, self._durable_hs
+        return (
+            core.role is Role.LEADER
+            and core.term == hs.term
+            and core.vote == hs.vote
+            and core.log.pending_snapshot is None
+        )
+
     def _process(self) -> None:
         core = self.core
         while core.has_ready():
-            rd = core.ready()
-            # A leader's appends go out before its own fsync, so that its disk write and its
-            # followers' overlap (Raft thesis 10.2.1): they promise nothing about the leader's
-            # disk (it counts its own entries only once persisted, and the term they carry was
-            # made durable before it could lead). Everything else waits for the disk.
-            early = [m for m in rd.messages if m.type is MsgType.APP] if self.is_leader else []
-            for m in early:
-                self._send(m)
-            self._persist(rd)
-            for m in rd.messages:
-                if not early or m.type is not MsgType.APP:
-                    self._send(m)
-            self._apply(rd)
-            core.advance(rd)
-            self._maybe_compact()
+            if self._leads_durably():
+                if not self._process_as_leader():
+                    break
+            elif self._persisting:
+                self._persisted.wait()  # then look again: the write has landed
+            else:
+                self._process_in_order(core.ready())
         seen = (core.role, core.lead)
         if seen != self._seen:
             self._seen = seen
             if self.on_change is not None:
                 self.on_change()
 
+    def _process_as_leader(self) -> bool:
+        """One ready of a leader that leads durably; False when it held nothing but entries
+        left for :meth:`persist` (nothing more to do now)."""
+        core = self.core
+        rd = core.ready()
+        self._send_and_apply(rd)
+        if rd.entries and self.on_persist_needed is None and not self._persisting:
+            self._persist(rd)  # a single-threaded driver: write now
+        elif rd.entries:
+            core.advance(dataclasses.replace(rd, entries=()))
+            # While persist() writes, these entries are (some of) the ones it writes; it looks
+            # again once its write has landed, and asks for a persist if any are left.
+            if self.on_persist_needed is not None and not self._persisting:
+                self.on_persist_needed()
+            return bool(rd.messages or rd.committed_entries or rd.read_states or rd.hard_state)
+        core.advance(rd)
+        self._maybe_compact()
+        return True
+
+    def _send_and_apply(self, rd: Ready) -> None:
+        if rd.hard_state is not None:
+            self._newest_hs = rd.hard_state
+        for m in rd.messages:
+            self._send(m)
+        self._apply(rd)
+
+    def _process_in_order(self, rd: Ready) -> None:
+        """A ready of a follower or candidate (or a leader whose term is not yet durable):
+        durable first, then sent, then applied."""
+        # A leader's appends still go out before its own fsync (Raft thesis 10.2.1).
+        early = [m for m in rd.messages if m.type is MsgType.APP] if self.is_leader else []
+        for m in early:
+            self._send(m)
+        self._persist(rd)
+        for m in rd.messages:
+            if not early or m.type is not MsgType.APP:
+                self._send(m)
+        self._apply(rd)
+        self.core.advance(rd)
+        self._maybe_compact()
+
     def _persist(self, rd: Ready) -> None:
         st = self.storage
         if rd.snapshot is not None:
             st.save_snapshot(rd.snapshot)
             self._log_bytes = self._measure_log()
-        truncates = bool(rd.entries) and rd.entries[0].index <= st.last_index
         if rd.hard_state is not None:
             self._newest_hs = rd.hard_state
+        hs = self._hard_state_to_write(rd)
+        replaces = bool(rd.entries) and rd.entries[0].index <= st.last_index
+        if rd.entries or hs is not None:
+            self._write(hs, rd.entries)
+        self._wrote(hs, rd.entries, replaces)
+
+    def _hard_state_to_write(self, rd: Ready) -> HardState | None:
+        """The hard state to write with ``rd``'s entries, or None.
+
+        A change of the commit index alone is not made durable by itself: Raft's commit index
+        is volatile (a restarted node learns it again, and never below what its state machine
+        applied), so it rides along with the next entries or term/vote change instead of
+        costing every node an fsync per commit. Term and vote always go to disk before any
+        message is sent: those are what messages promise."""
         hs = self._newest_hs if self._newest_hs != self._durable_hs else None
-        # A change of the commit index alone is not made durable by itself: Raft's commit
-        # index is volatile (a restarted node learns it again, and never below what its state
-        # machine applied), so it rides along with the next entries or term/vote change
-        # instead of costing every node an fsync per commit. Term and vote always go to disk
-        # before any message is sent: those are what messages promise.
-        commit_only = hs is not None and (hs.term, hs.vote) == (
-            self._durable_hs.term,
-            self._durable_hs.vote,
-        )
-        if rd.entries or (hs is not None and not commit_only):
-            save = getattr(st, "save", None)
-            if save is not None:
-                # One durable write for the batch: entries and hard state land together.
-                save(hard_state=hs, entries=list(rd.entries))
-            else:
-                if rd.entries:
-                    st.append(list(rd.entries))
-                if hs is not None:
-                    st.set_hard_state(hs)
+        if hs is None or rd.entries:
+            return hs
+        commit_only = (hs.term, hs.vote) == (self._durable_hs.term, self._durable_hs.vote)
+        return None if commit_only else hs
+
+    def _write(self, hs: HardState | None, entries: tuple[Entry, ...]) -> None:
+        st = self.storage
+        save = getattr(st, "save", None)
+        if save is not None:
+            # One durable write for the batch: entries and hard state land together.
+            save(hard_state=hs, entries=list(entries))
+        else:
+            if entries:
+                st.append(list(entries))
             if hs is not None:
-                self._durable_hs = hs
-        if truncates:
+                st.set_hard_state(hs)
+
+    def _wrote(self, hs: HardState | None, entries: tuple[Entry, ...], replaces: bool) -> None:
+        """Bookkeeping after a write; ``replaces``: the entries replaced a suffix of the log."""
+        if hs is not None:
+            self._durable_hs = hs
+        if replaces:
             self._log_bytes = self._measure_log()
-        elif rd.entries:
-            self._log_bytes += sum(len(e.data) + ENTRY_OVERHEAD_BYTES for e in rd.entries)
+        elif entries:
+            self._log_bytes += sum(len(e.data) + ENTRY_OVERHEAD_BYTES for e in entries)
 
     def _apply(self, rd: Ready) -> None:
         sm = self.state_machine
         if rd.snapshot is not None and rd.snapshot.index > self.applied:
             sm.restore(rd.snapshot.data)
             self.applied = rd.snapshot.index
-        for e in rd.committed_entries:
-            if e.index <= self.applied:
-                continue
-            if e.index != self.applied + 1:
-                raise AssertionError(f"apply {e.index} after {self.applied}: a gap")
-            result = sm.apply(e)
-            self.applied = e.index
-            if self.on_apply is not None:
-                self.on_apply(e, result)
+        if rd.committed_entries:
+            self._apply_entries(rd.committed_entries)
         self._waiting_reads.extend(rd.read_states)
         if self._waiting_reads:
             ready = [rs for rs in self._waiting_reads if rs.index <= self.applied]
@@ -267,8 +384,43 @@ class Node:
                 for rs in ready:
                     self.on_read(rs)
 
+    def _apply_entries(self, entries) -> None:
+        """Applies the consecutive ``entries`` after ``applied`` (those at or below it were
+        applied already), in one call when the state machine has ``apply_many``."""
+        fresh = [e for e in entries if e.index > self.applied]
+        if not fresh:
+            return
+        if fresh[0].index != self.applied + 1:
+            raise AssertionError(f"apply {fresh[0].index} after {self.applied}: a gap")
+        apply_many = getattr(self.state_machine, "apply_many", None)
+        if apply_many is not None:
+            results = apply_many(fresh)
+            self.applied = fresh[-1].index
+        else:
+            results = []
+            for e in fresh:
+                results.append(self.state_machine.apply(e))
+                self.applied = e.index
+        if self.on_apply is not None:
+            for e, result in zip(fresh, results, strict=True):
+                self.on_apply(e, result)
+
+    def _replay(self) -> None:
+        """Applies the committed log after what the state machine holds, a chunk of at most
+        REPLAY_CHUNK_BYTES at a time: a node restarted behind a long log (say 1 GiB) must not
+        read all of it into memory, and each chunk is one call (one DB transaction for a
+        state machine that batches)."""
+        st = self.storage
+        end = min(st.hard_state().commit, st.last_index)
+        while self.applied < end:
+            lo = max(self.applied + 1, st.first_index)
+            entries = st.entries(lo, end + 1, REPLAY_CHUNK_BYTES)
+            self._apply_entries(entries)
+
     def _maybe_compact(self) -> None:
         if self.max_raft_state is None or self.raft_state_size <= self.max_raft_state:
+            return
+        if self._persisting:  # persist() compacts once its write has landed
             return
         st = self.storage
         if self.applied <= st.first_index - 1 or self.applied > st.last_index:

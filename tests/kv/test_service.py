@@ -80,3 +80,25 @@ def test_requests_survive_a_restart_of_every_node(cluster):
     lead = services[net.leader()]
     expected = b"".join(b"%d," % s for s in range(1, 21))
     assert call(net, lambda d: lead.read(b"k", d)) == expected
+
+
+def test_a_write_whose_index_another_leader_filled_fails_instead_of_taking_its_reply(cluster):
+    """The term check of KVService._applied on its own: the old leader's pending write sits at
+    an index that the next leader fills with its own entry; when that entry is applied there,
+    the write must fail with NotLeader (the client retries), never complete with the other
+    entry's reply. Usually the leader's step-down answers NotLeader first (``_changed``), which
+    would hide a broken term check, so that path is switched off here."""
+    net, services = cluster
+    old = net.leader()
+    net.nodes[old].on_change = None  # leave the term check as the only guard
+    net.disconnect(old)
+    results = []
+    services[old].write(Command(PUT, 5, 1, b"k", b"lost"), results.append)
+    others = [i for i in net.ids if i != old]
+    assert net.run_until(lambda: net.leader() in others, 5_000)
+    new = services[net.leader()]
+    assert call(net, lambda d: new.write(Command(PUT, 6, 1, b"k", b"kept"), d)) == b"\x00"
+    net.connect(old)
+    assert net.run_until(lambda: results, 5_000), "the old leader's write never completed"
+    assert isinstance(results[0], NotLeader)
+    assert call(net, lambda d: new.read(b"k", d)) == b"kept"

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 
 import hypothesis.strategies as st
 import pytest
@@ -73,6 +74,23 @@ class StateMachineModel(RuleBasedStateMachine):
         self.next_seq[client] += 1
         assert self._apply(cmd.encode()) == self.model.apply(cmd)
 
+    @rule(
+        commands=st.lists(
+            st.tuples(st.sampled_from([PUT, APPEND, DELETE]), st.sampled_from([1, 2, 3]), keys),
+            min_size=1,
+            max_size=8,
+        ),
+        value=values,
+    )
+    def batch_applied_at_once(self, commands, value):
+        cmds = []
+        for op, client, key in commands:
+            cmds.append(Command(op, client, self.next_seq[client], key, value))
+            self.next_seq[client] += 1
+        entries = [Entry(len(self.log) + k + 1, 1, c.encode()) for k, c in enumerate(cmds)]
+        self.log += entries
+        assert self.sm.apply_many(entries) == [self.model.apply(c) for c in cmds]
+
     @rule(client=st.sampled_from([1, 2, 3]), key=keys, value=values)
     def retried_request_is_applied_once(self, client, key, value):
         cmd = Command(APPEND, client, self.next_seq[client], key, value)
@@ -95,8 +113,9 @@ class StateMachineModel(RuleBasedStateMachine):
         # as after a crash: the DB holds the last batch; the log after it is applied again
         self.sm.close(flush=False)
         self.sm = KVStateMachine(self.path, batch_entries=5, batch_seconds=3600)
-        for entry in self.log[self.sm.durable_index :]:
-            self.sm.apply(entry)
+        replay = self.log[self.sm.durable_index :]
+        if replay:
+            self.sm.apply_many(replay)  # as a restarted node replays a chunk of its log
 
     @rule()
     def snapshot_restored_into_a_fresh_node(self):
@@ -166,3 +185,39 @@ def test_a_crash_leaves_the_state_of_exactly_one_applied_index(tmp_path):
             expected[k] = expected.get(k, b"") + b"<%d>" % i
         assert {k: sm.get(k) for k in expected} == expected
         sm.close()
+
+
+def test_reads_see_every_applied_entry_while_a_batch_is_written_to_the_db(tmp_path):
+    """flush_if_due (a server's tick) writes the batch outside the lock that apply takes:
+    entries go on being applied meanwhile, and get() sees the newest value throughout."""
+    sm = KVStateMachine(str(tmp_path / "kv.db"), batch_entries=10**9, batch_seconds=0)
+    stop = threading.Event()
+    flushed = threading.Condition()
+
+    def flush_often():
+        while not stop.is_set():
+            sm.flush_if_due()
+            with flushed:
+                flushed.notify_all()
+
+    flusher = threading.Thread(target=flush_often)
+    flusher.start()
+    try:
+        for i in range(1, 2001):
+            sm.apply(Entry(i, 1, Command(PUT, 1, i, b"k%d" % (i % 7), b"%d" % i).encode()))
+            assert sm.get(b"k%d" % (i % 7)) == b"%d" % i
+            if i > 7:
+                assert sm.get(b"k%d" % ((i - 3) % 7)) == b"%d" % (i - 3)
+            if i % 400 == 0:  # make sure batches were written while applying went on
+                with flushed:
+                    assert flushed.wait_for(lambda i=i: sm.durable_index >= i, 10.0)
+    finally:
+        stop.set()
+        flusher.join()
+    sm.flush()
+    assert sm.durable_index == 2000
+    sm.close()
+    again = KVStateMachine(str(tmp_path / "kv.db"))
+    assert again.get(b"k%d" % (2000 % 7)) == b"2000"
+    assert again.session(1)[0] == 2000
+    again.close()

@@ -199,7 +199,7 @@ def test_an_oversized_frame_closes_that_connection_only(transports, caplog):
 
 def test_garbage_closes_that_connection_only(transports):
     inbox = Inbox()
-    b = transports(2, on_frame=inbox, on_request=lambda kind, payload: payload.upper())
+    b = transports(2, on_frame=inbox, on_request=lambda kind, payload, respond: payload.upper())
     good = raw_connect(b)
     good.sendall(encode(KIND_REQUEST, b"one"))
     assert read_frames(good, 1) == [Frame(KIND_RESPONSE, b"ONE")]
@@ -228,7 +228,7 @@ def test_a_corrupted_frame_on_a_peer_link_closes_it(transports):
 
 
 def test_request_response_from_a_plain_socket_client(transports):
-    b = transports(2, on_request=lambda kind, payload: bytes([kind]) + payload[::-1])
+    b = transports(2, on_request=lambda kind, payload, respond: bytes([kind]) + payload[::-1])
     s = raw_connect(b)
     s.sendall(encode(KIND_REQUEST, b"abc") + encode(KIND_REQUEST + 10, b"xyz"))  # pipelined
     assert read_frames(s, 2) == [
@@ -242,7 +242,7 @@ def test_request_response_from_a_plain_socket_client(transports):
 def test_client_connection_request_and_timeout(transports):
     release = threading.Event()
 
-    def serve(kind, payload):
+    def serve(kind, payload, respond):
         if payload == b"slow":
             release.wait(WAIT)
         return b"re:" + payload
@@ -260,7 +260,7 @@ def test_client_connection_request_and_timeout(transports):
 
 
 def test_a_failing_request_handler_closes_only_its_connection(transports, caplog):
-    def serve(kind, payload):
+    def serve(kind, payload, respond):
         if payload == b"boom":
             raise RuntimeError("handler bug")
         return payload
@@ -290,7 +290,11 @@ def test_close_stops_every_thread_promptly(transports):
     inbox = Inbox()
     a = transports(1, ("127.0.0.1", pa), {2: ("127.0.0.1", pb), 3: ("127.0.0.1", free_port())})
     b = transports(
-        2, ("127.0.0.1", pb), {1: ("127.0.0.1", pa)}, on_frame=inbox, on_request=lambda k, p: p
+        2,
+        ("127.0.0.1", pb),
+        {1: ("127.0.0.1", pa)},
+        on_frame=inbox,
+        on_request=lambda k, p, respond: p,
     )
     a.send(2, KIND_RAFT, b"x")
     a.send(3, KIND_RAFT, b"to a peer that is down: its sender is backing off")
@@ -336,7 +340,7 @@ class _SpawnLateTransport(Transport):
 def test_a_reader_started_during_close_is_waited_for():
     """A connection accepted just as close() begins gets its reader after close() first looked
     at the threads (a race seen in CI); close() must still wait for it."""
-    t = _SpawnLateTransport(1, on_request=lambda k, p: p)
+    t = _SpawnLateTransport(1, on_request=lambda k, p, respond: p)
     t.start()
     client = raw_connect(t)
     try:
@@ -353,3 +357,100 @@ def test_the_port_is_free_again_after_close(transports):
     t.close()
     with contextlib.closing(transports(1, ("127.0.0.1", port))) as again:
         assert again.address[1] == port
+
+
+def test_an_answer_given_later_from_another_thread_keeps_request_order(transports):
+    """on_request may return None and answer through ``respond`` from any thread; a pipelined
+    second request is handled only after the first one's answer went out."""
+    later: list = []
+    handled: list[bytes] = []
+    called = threading.Event()
+
+    def serve(kind, payload, respond):
+        handled.append(payload)
+        if payload == b"slow":
+            later.append(respond)
+            called.set()
+            return None
+        return b"re:" + payload
+
+    b = transports(2, on_request=serve)
+    s = raw_connect(b)
+    s.sendall(encode(KIND_REQUEST, b"slow") + encode(KIND_REQUEST, b"fast"))
+    assert called.wait(WAIT)
+    assert handled == [b"slow"]  # "fast" waits for the answer to "slow"
+    answer = threading.Thread(target=later[0], args=(b"re:slow",))
+    answer.start()
+    answer.join(WAIT)
+    assert read_frames(s, 2) == [
+        Frame(KIND_RESPONSE, b"re:slow"),
+        Frame(KIND_RESPONSE, b"re:fast"),
+    ]
+    s.close()
+
+
+def test_an_answer_to_a_client_that_does_not_read_never_blocks_the_answering_thread(
+    transports,
+):
+    later: list = []
+    called = threading.Event()
+
+    def serve(kind, payload, respond):
+        later.append(respond)
+        called.set()
+
+    b = transports(2, on_request=serve)
+    s = raw_connect(b)
+    s.sendall(encode(KIND_REQUEST, b"big"))
+    assert called.wait(WAIT)
+    big = bytes(range(256)) * (6 * 2**20 // 256)  # more than the socket buffers hold (~4 MB)
+    answer = threading.Thread(target=later[0], args=(big,))
+    answer.start()
+    answer.join(WAIT)
+    assert not answer.is_alive()  # returned before the client read anything
+    assert read_frames(s, 1) == [Frame(KIND_RESPONSE, big)]
+    s.close()
+
+
+def test_frames_larger_than_the_socket_buffer_arrive_whole_and_in_order(transports):
+    """A frame the socket takes only in part is finished by the sender thread before any
+    frame sent after it."""
+    pa, pb = free_port(), free_port()
+    inbox = Inbox()
+    transports(2, ("127.0.0.1", pb), {1: ("127.0.0.1", pa)}, on_frame=inbox)
+    a = transports(1, ("127.0.0.1", pa), {2: ("127.0.0.1", pb)})
+    a.send(2, KIND_RAFT, b"hello")  # connects; from then on sends are written directly
+    assert inbox.wait_count(1)
+    big = [bytes([k]) * (3 * 2**20) for k in range(1, 4)]
+    for k, payload in enumerate(big):
+        a.send(2, KIND_RAFT, payload)
+        a.send(2, KIND_RAFT, b"small %d" % k)
+    assert inbox.wait_count(7)
+    expected = [b"hello"]
+    for k, payload in enumerate(big):
+        expected += [payload, b"small %d" % k]
+    assert [p for _, _, p in inbox.frames] == expected
+
+
+def test_on_frames_gets_every_frame_of_a_read_in_one_call(transports):
+    calls: list[list[tuple[int, bytes]]] = []
+    got = threading.Condition()
+
+    def on_frames(peer_id, frames):
+        with got:
+            calls.append((peer_id, frames))
+            got.notify_all()
+
+    b = transports(2, on_frames=on_frames)
+    s = raw_connect(b)
+    s.sendall(
+        encode(KIND_HELLO, HELLO.pack(7))
+        + encode(KIND_RAFT, b"one")
+        + encode(KIND_RAFT, b"two")
+        + encode(KIND_RAFT, b"three")
+    )
+    with got:
+        assert got.wait_for(lambda: sum(len(f) for _, f in calls) == 3, WAIT)
+    assert all(peer == 7 for peer, _ in calls)
+    assert [p for _, frames in calls for _, p in frames] == [b"one", b"two", b"three"]
+    s.close()
