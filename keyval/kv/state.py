@@ -59,6 +59,18 @@ def encode_command(op: int, client: int, seq: int, key: bytes, value: bytes = b"
     return _COMMAND.pack(op, client, seq, len(key)) + key + value
 
 
+def decode_command(data: bytes) -> tuple[int, int, int, bytes, bytes]:
+    """``(op, client, seq, key, value)`` of a command's entry data; ValueError if malformed.
+    A tuple, not a :class:`Command`: the state machine decodes every entry it applies."""
+    if len(data) < _COMMAND.size:
+        raise ValueError(f"a command of {len(data)} bytes is too short")
+    op, client, seq, klen = _COMMAND.unpack_from(data)
+    end = _COMMAND.size + klen
+    if op not in (PUT, APPEND, DELETE) or end > len(data):
+        raise ValueError(f"malformed command (op {op}, key length {klen})")
+    return op, client, seq, data[_COMMAND.size : end], data[end:]
+
+
 @dataclass(frozen=True, slots=True)
 class Command:
     op: int
@@ -72,13 +84,7 @@ class Command:
 
     @staticmethod
     def decode(data: bytes) -> Command:
-        if len(data) < _COMMAND.size:
-            raise ValueError(f"a command of {len(data)} bytes is too short")
-        op, client, seq, klen = _COMMAND.unpack_from(data)
-        if op not in (PUT, APPEND, DELETE) or _COMMAND.size + klen > len(data):
-            raise ValueError(f"malformed command (op {op}, key length {klen})")
-        key = data[_COMMAND.size : _COMMAND.size + klen]
-        return Command(op, client, seq, key, data[_COMMAND.size + klen :])
+        return Command(*decode_command(data))
 
 
 class KVStateMachine:
@@ -157,23 +163,17 @@ class KVStateMachine:
         return replies
 
     def _apply_command(self, data: bytes) -> bytes:
-        # Command.decode's checks, without building a Command: this runs for every entry.
-        if len(data) < _COMMAND.size:
-            raise ValueError(f"a command of {len(data)} bytes is too short")
-        op, client, seq, klen = _COMMAND.unpack_from(data)
-        if op not in (PUT, APPEND, DELETE) or _COMMAND.size + klen > len(data):
-            raise ValueError(f"malformed command (op {op}, key length {klen})")
-        key = data[_COMMAND.size : _COMMAND.size + klen]
+        op, client, seq, key, value = decode_command(data)
         session_key = _SESSION.pack(client)
         if seq:
             last = self._session_locked(session_key)
             if last is not None and seq <= last[0]:
                 return last[1] if seq == last[0] else bytes([OK])  # a stale retry
         if op == PUT:  # the one op that needs no read of the current value
-            self._pending[key] = data[_COMMAND.size + klen :]
+            self._pending[key] = value
             reply = _OK
         elif op == APPEND:
-            self._pending[key] = (self._get_locked(key) or b"") + data[_COMMAND.size + klen :]
+            self._pending[key] = (self._get_locked(key) or b"") + value
             reply = _OK
         else:
             current = self._get_locked(key)
