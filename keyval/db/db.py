@@ -198,7 +198,7 @@ class DB:
             self._map = PageMap(self._fd, meta.page_size, self._file_pages, self.path)
         self._max_inline = max_inline_value(meta.page_size)
         self._freelist = Freelist(meta.page_size)
-        self._freelist.load(meta.freelist, meta.hwm, self._read_freelist_run)
+        self._freelist.load(meta.freelist, meta.hwm, self._read_freelist_run, self.path)
 
     # -- reading pages ---------------------------------------------------------------------
 

@@ -52,16 +52,29 @@ class Freelist:
 
     # -- loading ---------------------------------------------------------------------------
 
-    def load(self, root: int, hwm: int, read_run: Callable[[int, int], tuple[bytes, int, int]]):
+    def load(
+        self,
+        root: int,
+        hwm: int,
+        read_run: Callable[[int, int], tuple[bytes, int, int]],
+        path: str | None = None,
+    ):
         """Read the persisted freelist; every free page is reusable (no reader exists yet).
 
-        ``read_run(pgid, expected_type)`` returns a verified run as (buffer, count, overflow).
+        ``read_run(pgid, expected_type)`` returns a verified run as (buffer, count, overflow);
+        ``path`` names the file in a CorruptionError.
         """
         self.root = root
         self.bits = bytearray(-(-hwm // 8))
         if root == 0:
             return
         buf, count, overflow = read_run(root, TYPE_FREELIST)
+        if HEADER_SIZE + 8 * count > len(buf):  # checked before a table that size is built
+            raise CorruptionError(
+                f"freelist root {root} claims {count} slots, more than fit",
+                path,
+                root * self.page_size,
+            )
         self.root_span = overflow + 1
         self.chunk_pgids = list(pgid_array(count).unpack_from(buf, HEADER_SIZE)) if count else []
         for slot, pgid in enumerate(self.chunk_pgids):
@@ -72,7 +85,7 @@ class Freelist:
             if stored_slot != slot:
                 raise CorruptionError(
                     f"freelist chunk page {pgid} says slot {stored_slot}, listed as {slot}",
-                    None,
+                    path,
                     pgid * self.page_size,
                 )
             start = slot * self.chunk_bytes

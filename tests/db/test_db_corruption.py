@@ -16,6 +16,7 @@ from keyval.db.page import (
     HEADER_SIZE,
     META_BODY,
     PAGE_SIZE_OFFSET,
+    TYPE_FREELIST,
     TYPE_META,
     VERSION_OFFSET,
     build_page,
@@ -207,6 +208,25 @@ def test_meta_pointing_past_its_hwm_is_corruption(sample):
     flip_bit(path, (1 - meta.slot) * PS + 100)
     with pytest.raises(CorruptionError, match="outside hwm"):
         DB(path)
+
+
+def test_freelist_root_claiming_more_slots_than_fit_is_corruption(sample):
+    """A count no page can hold, under a valid checksum (a bug, not a flipped bit): refused
+    with the page's offset before any table of that size is built, and fsck says the same."""
+    path, _ = sample
+    with DB(path) as db:
+        root = db._meta.freelist
+    assert root
+    with open(path, "r+b") as f:
+        f.seek(root * PS)
+        page = f.read(PS)
+        body = page[HEADER_SIZE:]
+        f.seek(root * PS)
+        f.write(build_page(root, TYPE_FREELIST, 2**31, body, PS))
+    with pytest.raises(CorruptionError, match="more than fit") as e:
+        read_all(path)
+    assert (e.value.path, e.value.offset) == (path, root * PS)
+    assert any("more than fit" in str(f) for f in check_file(path))
 
 
 def test_meta_body_layout_is_as_documented(sample):
