@@ -12,7 +12,16 @@ static int all_zero(const unsigned char *p, size_t n)
     return 1;
 }
 
-int kv_record_valid_at(const kv_segment *s, uint64_t off, uint64_t expected)
+/* The CRC32C state after a segment's salt: where every record's CRC of that segment starts. */
+static uint32_t salt_crc(const kv_segment *s)
+{
+    unsigned char salt[8];
+    kv_put64(salt, s->salt);
+    return kv_crc32c(0, salt, 8);
+}
+
+/* kv_record_valid_at with the segment's salt CRC already known (a scan computes it once). */
+static int record_valid(const kv_segment *s, uint64_t off, uint64_t expected, uint32_t crc)
 {
     if (off + KV_REC_HEADER_SIZE > s->size)
         return 0;
@@ -22,17 +31,20 @@ int kv_record_valid_at(const kv_segment *s, uint64_t off, uint64_t expected)
     uint32_t len = kv_get32(p + 4);
     if ((uint64_t)len > s->size - off - KV_REC_HEADER_SIZE)
         return 0;
-    unsigned char salt[8];
-    kv_put64(salt, s->salt);
-    uint32_t crc = kv_crc32c(0, salt, 8);
-    crc = kv_crc32c(crc, p + 4, KV_REC_HEADER_SIZE - 4);
-    crc = kv_crc32c(crc, p + KV_REC_HEADER_SIZE, len);
+    /* Header (after the CRC field) and payload are contiguous: one pass covers both. */
+    crc = kv_crc32c(crc, p + 4, KV_REC_HEADER_SIZE - 4 + (size_t)len);
     return crc == kv_get32(p);
+}
+
+int kv_record_valid_at(const kv_segment *s, uint64_t off, uint64_t expected)
+{
+    return record_valid(s, off, expected, salt_crc(s));
 }
 
 kv_stop kv_scan_segment(kv_segment *s, uint64_t expected)
 {
     uint64_t off = KV_SEG_HEADER_SIZE;
+    uint32_t crc0 = salt_crc(s);
     s->count = 0;
     for (;;) {
         if (off + KV_REC_HEADER_SIZE > s->size) {
@@ -43,7 +55,7 @@ kv_stop kv_scan_segment(kv_segment *s, uint64_t expected)
             s->end = off;
             return KV_STOP_ZERO;
         }
-        if (!kv_record_valid_at(s, off, expected)) {
+        if (!record_valid(s, off, expected, crc0)) {
             s->end = off;
             return KV_STOP_BAD;
         }
@@ -76,11 +88,65 @@ static kv_segment *segment_of(kv_wal *w, uint64_t seq)
     return &w->segs[lo];
 }
 
-int kv_wal_read_batch(kv_wal *w, uint64_t start, size_t max_records, char *out, size_t cap,
-                      size_t *n_records, size_t *used)
+/* Where a read puts the records it copies: the framed layout of kv_wal_read_batch, or the
+ * split layout of kv_wal_read_payloads (payloads, types and a struct format apart). */
+typedef struct {
+    char *out;
+    size_t cap, pos;
+    unsigned char *types; /* NULL: framed layout */
+    char *fmt;
+    size_t fmt_cap, fmt_pos;
+} read_sink;
+
+/* Writes "<len>s" (a struct code for len bytes); returns its length. snprintf costs more
+ * than the rest of a small record's copy. */
+static size_t put_count(char *o, uint32_t len)
+{
+    char digits[10];
+    size_t n = 0;
+    do {
+        digits[n++] = (char)('0' + len % 10);
+        len /= 10;
+    } while (len);
+    for (size_t i = 0; i < n; i++)
+        o[i] = digits[n - 1 - i];
+    o[n] = 's';
+    return n + 1;
+}
+
+/* Appends one record to the sink; 0 when it does not fit. */
+static int sink_put(read_sink *k, uint64_t seq, const unsigned char *rec, uint32_t len)
+{
+    if (!k->types) {
+        size_t need = 16 + (((size_t)len + 7) & ~(size_t)7);
+        if (k->pos + need > k->cap)
+            return 0;
+        unsigned char *o = (unsigned char *)k->out + k->pos;
+        kv_put64(o, seq);
+        kv_put32(o + 8, len);
+        o[12] = rec[16];
+        o[13] = o[14] = o[15] = 0;
+        memcpy(o + 16, rec + KV_REC_HEADER_SIZE, len);
+        memset(o + 16 + len, 0, need - 16 - len);
+        k->pos += need;
+        return 1;
+    }
+    /* "<len>s" is at most 11 characters; one byte more is kept for the terminating NUL. */
+    if (k->pos + len > k->cap || k->fmt_pos + 12 > k->fmt_cap)
+        return 0;
+    memcpy(k->out + k->pos, rec + KV_REC_HEADER_SIZE, len);
+    k->pos += len;
+    k->fmt_pos += put_count(k->fmt + k->fmt_pos, len);
+    return 1;
+}
+
+/* The walk shared by both layouts: every record verified as it is copied. A record that
+ * does not fit ends the batch; KV_ESPACE with *need when not even the first one fits. */
+static int read_records(kv_wal *w, uint64_t start, size_t max_records, read_sink *k,
+                        size_t *n_records, size_t *need)
 {
     *n_records = 0;
-    *used = 0;
+    *need = 0;
     pthread_mutex_lock(&w->mu);
     int rc = KV_OK;
     if (w->closing) {
@@ -106,45 +172,66 @@ int kv_wal_read_batch(kv_wal *w, uint64_t start, size_t max_records, char *out, 
             goto done;
         }
     }
-    size_t pos = 0;
     uint64_t seq = start;
     kv_segment *s = segment_of(w, seq);
+    uint32_t crc0 = salt_crc(s);
     while (seq <= last && *n_records < max_records) {
-        while (seq >= s->first_seq + s->count)
+        while (seq >= s->first_seq + s->count) {
             s++;
+            crc0 = salt_crc(s);
+        }
         uint64_t at = s->offs[seq - s->first_seq];
         const unsigned char *rec = s->map + at;
         uint32_t len = kv_get32(rec + 4);
         /* Verified again on every read: the page cache may have re-read a disk that rotted
          * since the log was opened. */
-        if (!kv_record_valid_at(s, at, seq)) {
+        if (!record_valid(s, at, seq, crc0)) {
+            if (*n_records > 0)
+                break; /* the records before it first; the next read reports it */
             kv_set_error(&w->last_err, KV_ECORRUPT, 0, s->path, (int64_t)at,
                          "record %llu fails its CRC32C on read", (unsigned long long)seq);
             rc = -KV_ECORRUPT;
             goto done;
         }
-        size_t need = 16 + (((size_t)len + 7) & ~(size_t)7);
-        if (pos + need > cap) {
+        if (!sink_put(k, seq, rec, len)) {
             if (*n_records == 0) {
-                *used = need;
+                *need = k->types ? (size_t)len : 16 + (((size_t)len + 7) & ~(size_t)7);
                 rc = -KV_ESPACE;
-                goto done;
             }
             break;
         }
-        unsigned char *o = (unsigned char *)out + pos;
-        kv_put64(o, seq);
-        kv_put32(o + 8, len);
-        o[12] = rec[16];
-        o[13] = o[14] = o[15] = 0;
-        memcpy(o + 16, rec + KV_REC_HEADER_SIZE, len);
-        memset(o + 16 + len, 0, need - 16 - len);
-        pos += need;
+        if (k->types)
+            k->types[*n_records] = rec[16];
         (*n_records)++;
         seq++;
     }
-    *used = pos;
 done:
     pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
+int kv_wal_read_batch(kv_wal *w, uint64_t start, size_t max_records, char *out, size_t cap,
+                      size_t *n_records, size_t *used)
+{
+    read_sink k = {.out = out, .cap = cap};
+    size_t need;
+    int rc = read_records(w, start, max_records, &k, n_records, &need);
+    *used = rc == -KV_ESPACE ? need : k.pos;
+    return rc;
+}
+
+int kv_wal_read_payloads(kv_wal *w, uint64_t start, size_t max_records, char *out, size_t cap,
+                         unsigned char *types, char *fmt, size_t fmt_cap, size_t *n_records,
+                         size_t *used)
+{
+    if (fmt_cap < 2)
+        return -KV_ESPACE;
+    fmt[0] = '<';
+    read_sink k = {.out = out, .cap = cap, .types = types, .fmt = fmt, .fmt_cap = fmt_cap,
+                   .fmt_pos = 1};
+    size_t need;
+    int rc = read_records(w, start, max_records, &k, n_records, &need);
+    fmt[k.fmt_pos] = 0;
+    *used = rc == -KV_ESPACE ? need : k.pos;
     return rc;
 }

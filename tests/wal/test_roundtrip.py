@@ -41,6 +41,33 @@ def test_replay_yields_seq_type_payload_in_order_from_any_start(small_wal):
         list(small_wal.replay(201))
 
 
+def test_replay_batches_hold_many_empty_records_and_grow_for_a_big_one(wal_dir):
+    # replay reads in batches bounded by record count and by bytes: more empty records than
+    # one batch holds, a record larger than the batch buffer, and sizes that change the
+    # batch's struct layout must all come back exactly, and stop must cut at any point.
+    big = bytes(range(256)) * 12_289  # 3 MiB + 256 B: past the 1 MiB batch buffer
+    records = [(b"", 1)] * 20_000 + [(payload(7), 2), (big, 3)] + [(payload(9), 4)] * 5_000
+    with WAL(wal_dir, segment_size=8 << 20, sync="none") as wal:
+        for data, kind in records:
+            wal.append(data, type=kind)
+        expected = [(seq, kind, data) for seq, (data, kind) in enumerate(records, start=1)]
+        assert list(wal.replay()) == expected
+        for start, stop in ((1, 16_385), (16_384, 20_003), (20_002, 20_003), (19_999, None)):
+            end = len(records) + 1 if stop is None else stop
+            assert list(wal.replay(start, stop)) == expected[start - 1 : end - 1]
+
+
+def test_replay_refuses_bad_arguments_when_called_and_a_far_start_when_read(small_wal):
+    small_wal.append(b"x")
+    with pytest.raises(TypeError):
+        small_wal.replay("1")
+    with pytest.raises(ValueError):
+        small_wal.replay(1, -1)
+    records = small_wal.replay(5)
+    with pytest.raises(IndexError):
+        next(records)
+
+
 def test_rotation_spreads_records_over_many_segments_of_bounded_size(wal_dir):
     with WAL(wal_dir, segment_size=SMALL_SEGMENT, sync="none") as wal:
         for i in range(1, 2001):
