@@ -89,6 +89,7 @@ struct kv_wal {
     size_t buf_len, buf_cap;
     uint64_t buf_off;
     int io_busy;
+    int wake_pending; /* a group flush finished: broadcast cv once the mutex is released */
     int batching; /* a thread is placing an append_many batch: other appenders wait */
 
     /* Adaptive group commit: a leader that saw several appenders during the last cycle waits
@@ -97,6 +98,7 @@ struct kv_wal {
     int peak_appenders;   /* most seen at once since the current leader started */
     int leader_waiting;
     uint64_t gather_target; /* records pending that end the leader's wait */
+    int *leader_taken; /* the waiting leader's flag: set when an appender takes its I/O */
     uint64_t last_sync_ns; /* how long the last write + fdatasync took */
     pthread_cond_t join_cv;
 
@@ -149,6 +151,7 @@ int kv_clear_continues(kv_wal *w, kv_segment *s, uint64_t count, int fd);
 /* Writes the buffer and, with sync, fdatasyncs until every record <= target is durable.
  * `group`: the caller is a durable appender, so the leader may wait for others to join. */
 int kv_flush_locked(kv_wal *w, int sync, uint64_t target, int group);
+#define KV_GROUP_OWNER 2 /* group value: the caller already owns io_busy (see joined_locked) */
 void kv_fail_locked(kv_wal *w, int sys_errno, const char *path, const char *what);
 
 /* prepare.c */
