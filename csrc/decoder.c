@@ -148,10 +148,10 @@ static int read_records(kv_wal *w, uint64_t start, size_t max_records, read_sink
     *n_records = 0;
     *need = 0;
     pthread_mutex_lock(&w->mu);
-    int rc = KV_OK;
-    if (w->closing) {
-        rc = -KV_ECLOSED;
-        goto done;
+    int rc = kv_enter_locked(w);
+    if (rc) {
+        pthread_mutex_unlock(&w->mu);
+        return rc;
     }
     uint64_t last = last_visible(w);
     if (start < w->front || start > last + 1) {
@@ -206,6 +206,7 @@ static int read_records(kv_wal *w, uint64_t start, size_t max_records, read_sink
         seq++;
     }
 done:
+    kv_leave_locked(w);
     pthread_mutex_unlock(&w->mu);
     return rc;
 }

@@ -62,6 +62,7 @@ void kv_fail_locked(kv_wal *w, int sys_errno, const char *path, const char *what
                      strerror(sys_errno));
     }
     pthread_cond_broadcast(&w->cv);
+    pthread_cond_broadcast(&w->join_cv); /* a leader whose I/O was taken over waits there */
 }
 
 /* A group-commit leader does not wake the appenders its fsync covered while it holds the
@@ -128,6 +129,11 @@ int kv_flush_locked(kv_wal *w, int sync, uint64_t target, int group)
             w->peak_appenders = w->appenders;
             if (gather_followers_locked(w, expected))
                 continue; /* an appender took the I/O over: wait for it like the others */
+            if (w->failed) { /* e.g. truncate_front's bounds write failed while we waited */
+                w->io_busy = 0;
+                pthread_cond_broadcast(&w->cv);
+                return failed_locked(w);
+            }
         }
     write:
         owner = 0;
@@ -173,33 +179,41 @@ int kv_flush_locked(kv_wal *w, int sync, uint64_t target, int group)
 }
 
 /* Makes everything in the current segment durable and moves to the prepared next one, unless
- * another thread did so meanwhile and a record of `need` bytes now fits. */
+ * another thread did so meanwhile and a record of `need` bytes now fits. Returns 0 to make the
+ * caller look again (it calls back when the record still does not fit). */
 static int rotate_locked(kv_wal *w, uint64_t need)
 {
-    kv_segment *s = &w->segs[w->nsegs - 1];
     /* The old segment is synced before the new one is named, so a crash never leaves a later
      * segment after an earlier one whose tail was lost. */
     while (w->buf_len > 0 || w->durable_seq < w->next_seq - 1 || w->io_busy) {
         int e = kv_flush_locked(w, 1, w->next_seq - 1, 0);
         if (e)
             return e;
-        s = &w->segs[w->nsegs - 1];
+        kv_segment *s = &w->segs[w->nsegs - 1];
         if (s->end + need <= s->size)
             return 0;
     }
-    int e = kv_prepare_wait_locked(w);
-    s = &w->segs[w->nsegs - 1];
-    if (s->end + need <= s->size || w->buf_len > 0)
-        return 0; /* someone rotated (or appended) while we waited: look again */
-    if (!e)
-        e = kv_activate_prepared_locked(w, s->id + 1, w->next_seq);
+    if (w->prep_state != KV_PREP_READY) {
+        /* Waiting releases the mutex: another thread may append, start an I/O on the current
+         * segment (its descriptor must stay open), rotate or close meanwhile. Look again. */
+        int e = kv_prepare_wait_locked(w);
+        if (e && !w->closing && !w->failed) {
+            /* Not fail-stop: nothing was written to the log, it stays usable (e.g. ENOSPC
+             * while creating the next segment: free some space and append again). */
+            kv_set_error(&w->last_err, KV_EIO, e, w->dir, -1,
+                         "cannot create the next segment: %s", strerror(e));
+            return -KV_EIO;
+        }
+        return 0;
+    }
+    /* The mutex has been held since the checks above: nothing is buffered or in flight. */
+    kv_segment *s = &w->segs[w->nsegs - 1];
+    int e = kv_activate_prepared_locked(w, s->id + 1, w->next_seq);
     if (e) {
         if (w->failed)
             return failed_locked(w);
-        /* Not fail-stop: nothing was written to the log, it stays usable (e.g. ENOSPC while
-         * creating the next segment: free some space and append again). */
-        kv_set_error(&w->last_err, KV_EIO, e, w->dir, -1,
-                     "cannot create the next segment: %s", strerror(e));
+        kv_set_error(&w->last_err, KV_EIO, e, w->dir, -1, "cannot create the next segment: %s",
+                     strerror(e));
         return -KV_EIO;
     }
     w->buf_off = KV_SEG_HEADER_SIZE;
@@ -223,6 +237,7 @@ static int64_t append_direct_locked(kv_wal *w, unsigned type, unsigned flags, co
     w->buf_off = s->end;
     w->io_busy = 1;
     int fd = w->cur_fd;
+    const char *path = s->path; /* s itself may move: truncate_front shifts the array */
     pthread_mutex_unlock(&w->mu);
     /* Padding is left as it is: the file is zero there already. */
     int e = kv_io_pwritev2(&w->io, fd, hdr, sizeof hdr, data, len, off);
@@ -230,7 +245,7 @@ static int64_t append_direct_locked(kv_wal *w, unsigned type, unsigned flags, co
     w->io_busy = 0;
     pthread_cond_broadcast(&w->cv);
     if (e) {
-        kv_fail_locked(w, e, s->path, "write");
+        kv_fail_locked(w, e, path, "write");
         return failed_locked(w);
     }
     w->written_seq = seq;
@@ -342,8 +357,13 @@ int64_t kv_wal_append(kv_wal *w, unsigned type, const char *data, size_t len)
     if (type > 255)
         return -KV_EINVAL;
     pthread_mutex_lock(&w->mu);
+    int64_t seq = kv_enter_locked(w);
+    if (seq) {
+        pthread_mutex_unlock(&w->mu);
+        return seq;
+    }
     enter_append_locked(w);
-    int64_t seq = writable_locked(w);
+    seq = writable_locked(w);
     if (seq == 0)
         seq = append_locked(w, type, 0, 0, data, len);
     if (seq > 0 && w->sync_mode == KV_SYNC_ALWAYS) {
@@ -352,6 +372,7 @@ int64_t kv_wal_append(kv_wal *w, unsigned type, const char *data, size_t len)
             seq = e;
     }
     w->appenders--;
+    kv_leave_locked(w);
     unlock_and_wake(w);
     return seq;
 }
@@ -362,8 +383,13 @@ int64_t kv_wal_append_batch(kv_wal *w, unsigned type, const uint8_t *types, cons
     if (type > 255 || n == 0)
         return -KV_EINVAL;
     pthread_mutex_lock(&w->mu);
+    int64_t first = kv_enter_locked(w), last = 0;
+    if (first) {
+        pthread_mutex_unlock(&w->mu);
+        return first;
+    }
     enter_append_locked(w);
-    int64_t first = writable_locked(w), last = 0;
+    first = writable_locked(w);
     int owner = 0;
     if (first == 0) {
         /* Check every length first: a batch is refused whole, never appended in part. */
@@ -424,6 +450,7 @@ int64_t kv_wal_append_batch(kv_wal *w, unsigned type, const uint8_t *types, cons
             first = e;
     }
     w->appenders--;
+    kv_leave_locked(w);
     unlock_and_wake(w);
     return first;
 }
@@ -431,9 +458,13 @@ int64_t kv_wal_append_batch(kv_wal *w, unsigned type, const uint8_t *types, cons
 int kv_wal_sync(kv_wal *w)
 {
     pthread_mutex_lock(&w->mu);
-    int e = writable_locked(w);
-    if (!e)
-        e = kv_flush_locked(w, 1, w->next_seq - 1, 0);
+    int e = kv_enter_locked(w);
+    if (!e) {
+        e = writable_locked(w);
+        if (!e)
+            e = kv_flush_locked(w, 1, w->next_seq - 1, 0);
+        kv_leave_locked(w);
+    }
     pthread_mutex_unlock(&w->mu);
     return e;
 }

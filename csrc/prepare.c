@@ -122,6 +122,11 @@ int kv_prepare_wait_locked(kv_wal *w)
 
 int kv_activate_prepared_locked(kv_wal *w, uint64_t id, uint64_t first_seq)
 {
+    /* The current segment's descriptor is closed below: a write still in flight on it (or
+     * records still buffered for it) would land in whatever file reuses the number. The
+     * callers rule this out; this makes a caller that does not fail loudly, never silently. */
+    if (w->io_busy || w->buf_len > 0)
+        return EBUSY;
     char *prep = kv_path_join(w->dir, KV_PREP_NAME);
     char *name = kv_segment_name(id, first_seq);
     char *path = name ? kv_path_join(w->dir, name) : NULL;

@@ -671,17 +671,37 @@ fail:
     return NULL;
 }
 
+int kv_enter_locked(kv_wal *w)
+{
+    if (w->stopping || w->closing)
+        return -KV_ECLOSED;
+    w->active++;
+    return 0;
+}
+
+void kv_leave_locked(kv_wal *w)
+{
+    if (--w->active == 0 && w->stopping)
+        pthread_cond_broadcast(&w->cv);
+}
+
 int kv_wal_close(kv_wal *w, kv_error *err)
 {
     memset(err, 0, sizeof *err);
     pthread_mutex_lock(&w->mu);
-    if (w->closing) {
+    if (w->closing || w->stopping) {
         pthread_mutex_unlock(&w->mu);
         return 0;
     }
+    /* Calls already inside finish (an append acknowledged by them is in the final flush);
+     * later ones are refused. */
+    w->stopping = 1;
+    while (w->active > 0)
+        pthread_cond_wait(&w->cv, &w->mu);
     int rc = 0;
     if (!w->failed && !(w->flags & KV_OPEN_CHECK)) {
-        rc = kv_flush_locked(w, 1, w->next_seq - 1, 0);
+        while (!rc && (w->buf_len > 0 || w->io_busy || w->durable_seq < w->next_seq - 1))
+            rc = kv_flush_locked(w, 1, w->next_seq - 1, 0);
         if (rc)
             *err = w->last_err;
     }
@@ -786,7 +806,12 @@ done:
 int kv_wal_truncate_back(kv_wal *w, uint64_t seq)
 {
     pthread_mutex_lock(&w->mu);
-    int rc = mutable_locked(w);
+    int rc = kv_enter_locked(w);
+    if (rc) {
+        pthread_mutex_unlock(&w->mu);
+        return rc;
+    }
+    rc = mutable_locked(w);
     if (rc || seq + 1 >= w->next_seq)
         goto done;
     if (seq + 1 < w->front) {
@@ -846,6 +871,7 @@ fail:
     w->last_err = w->fail_err;
     rc = -KV_EFAILED;
 done:
+    kv_leave_locked(w);
     pthread_mutex_unlock(&w->mu);
     return rc;
 }

@@ -90,6 +90,10 @@ struct kv_wal {
     uint64_t buf_off;
     int io_busy;
     int wake_pending; /* a group flush finished: broadcast cv once the mutex is released */
+    /* Calls that may release the mutex midway count themselves in `active`; close sets
+     * `stopping` (new calls get KV_ECLOSED), waits for active == 0, and only then flushes and
+     * frees: a thread inside the log never wakes up to freed segments. */
+    int active, stopping;
     int batching; /* a thread is placing an append_many batch: other appenders wait */
 
     /* Adaptive group commit: a leader that saw several appenders during the last cycle waits
@@ -153,6 +157,10 @@ int kv_clear_continues(kv_wal *w, kv_segment *s, uint64_t count, int fd);
 int kv_flush_locked(kv_wal *w, int sync, uint64_t target, int group);
 #define KV_GROUP_OWNER 2 /* group value: the caller already owns io_busy (see joined_locked) */
 void kv_fail_locked(kv_wal *w, int sys_errno, const char *path, const char *what);
+
+/* wal.c: entering and leaving a call that may release the mutex (see `active`). */
+int kv_enter_locked(kv_wal *w);
+void kv_leave_locked(kv_wal *w);
 
 /* prepare.c */
 void kv_prepare_start_locked(kv_wal *w);
