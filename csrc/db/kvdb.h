@@ -7,18 +7,19 @@
  * are touched, so a page past the end of the file is an error, never a SIGBUS.
  *
  * Every page run is verified (xxh3_64 checksum, page id, run length within the file) the first
- * time a lookup reads it; a bit per page remembers that. A branch page's key offsets (its keys
- * are packed, so finding key i means summing the lengths before it) are kept from that first
- * read too, so a descent binary-searches branches without re-reading their element tables.
- * The writer forgets both for pages it rewrites (kvdb_map_forget) before publishing them, so a
- * reused page id is verified and decoded again.
+ * time a lookup reads it; a bit per page remembers that. A branch page is decoded on that first
+ * read into a search index (branch.c: its keys' common prefix, the next bytes of each key as an
+ * integer, its children) kept beside the map, so a descent routes through branches without
+ * touching their pages and reads only the leaf. The writer forgets both for pages it rewrites
+ * (kvdb_map_forget) before publishing them, so a reused page id is verified and decoded again.
  *
- * Thread safety: any number of threads may read through one map at once (cffi releases the GIL
- * around every call; the bits are updated with atomic operations). kvdb_map_forget,
+ * Thread safety: any number of threads may read through one map at once (the bits and indexes
+ * are published with atomic operations; the binding keeps the GIL, see _db_build.py, but
+ * nothing here relies on it). kvdb_map_forget,
  * kvdb_map_set_file_pages and kvdb_map_close are the writer's: the caller guarantees that no
  * reader can reach the pages concerned (kvdb_map_close: that no reader is left). That is what
- * makes freeing a forgotten page's cached offsets safe: a page is rewritten only once no open
- * transaction can see it (keyval.db's freelist), so no lookup can be reading them.
+ * makes freeing a forgotten page's index safe: a page is rewritten only once no open
+ * transaction can see it (keyval.db's freelist), so no lookup can be reading it.
  *
  * Functions returning int return KVDB_OK (0) or a positive lookup outcome, or a negative
  * KVDB_E* code; on KVDB_ECORRUPT the kvdb_result names the page and what is wrong with it.
