@@ -24,6 +24,7 @@
 struct db_branch {
     uint32_t count;
     uint32_t prefix_len;
+    uint8_t leaf_children; /* a hint, set once a child was seen to be a leaf; atomic */
     const uint64_t *children;
     const uint32_t *ends;
     const uint8_t *prefix;
@@ -84,6 +85,7 @@ const db_branch *db_branch_build(const db_node *n, uint64_t pgid, kvdb_result *r
         goto out;
     b->count = (uint32_t)count;
     b->prefix_len = (uint32_t)cp;
+    b->leaf_children = 0;
     uint64_t *children = b->slices + count;
     uint32_t *ends = (uint32_t *)(children + count);
     uint8_t *prefix = (uint8_t *)(ends + count + 1);
@@ -104,6 +106,17 @@ out:
 }
 
 void db_branch_free(const db_branch *b) { free((void *)b); }
+
+int db_branch_leaf_children(const db_branch *b)
+{
+    return __atomic_load_n(&b->leaf_children, __ATOMIC_RELAXED);
+}
+
+void db_branch_saw_leaf(const db_branch *b)
+{
+    /* The hint is the only field written after the index is published. */
+    __atomic_store_n(&((db_branch *)b)->leaf_children, 1, __ATOMIC_RELAXED);
+}
 
 uint64_t db_branch_route(const db_branch *b, const uint8_t *run, const uint8_t *key, size_t klen)
 {

@@ -74,21 +74,28 @@ int64_t kvdb_get(kvdb_tree *t, const uint8_t *key, size_t klen)
     kvdb_result *r = &t->result;
     uint64_t pgid = t->root;
     uint64_t file_pages = __atomic_load_n(&m->file_pages, __ATOMIC_ACQUIRE);
+    const db_branch *parent = NULL; /* the index pgid was found through */
     for (int depth = 0; depth < KVDB_MAX_DEPTH; depth++) {
-        if (pgid >= 2 && pgid < file_pages) {
-            /* A branch with an index was verified when it was built: route without reading
-             * the page (the common case: only the leaf is read) */
+        /* A branch with an index was verified when it was built: route without reading the
+         * page (the common case: only the leaf is read). Below a branch whose children are
+         * leaves there is no index to look for: the lookup in the table of indexes, a cache
+         * miss of its own, is skipped. */
+        if (pgid >= 2 && pgid < file_pages && !(parent && db_branch_leaf_children(parent))) {
             const db_branch *b = db_branch_cached(m, pgid);
             if (b != NULL) {
                 pgid = db_branch_route(b, m->base + (pgid << m->shift), key, klen);
+                parent = b;
                 continue;
             }
         }
         db_node n;
         if (db_page(m, pgid, &n, r) != KVDB_OK)
             return KVDB_GET_CORRUPT;
-        if (n.type == DB_TYPE_LEAF)
+        if (n.type == DB_TYPE_LEAF) {
+            if (parent != NULL && !db_branch_leaf_children(parent))
+                db_branch_saw_leaf(parent);
             return leaf_get(t, pgid, &n, key, klen);
+        }
         if (n.type != DB_TYPE_BRANCH) {
             db_corrupt(r, pgid, "is not a branch or leaf page where one was expected");
             return KVDB_GET_CORRUPT;
@@ -97,6 +104,7 @@ int64_t kvdb_get(kvdb_tree *t, const uint8_t *key, size_t klen)
         if (b == NULL)
             return r->why != NULL ? KVDB_GET_CORRUPT : KVDB_GET_NOMEM;
         pgid = db_branch_route(b, n.data, key, klen);
+        parent = b;
     }
     db_corrupt(r, pgid, "is deeper than any tree can be (a cycle of pages?)");
     return KVDB_GET_CORRUPT;

@@ -68,6 +68,11 @@ void db_branch_free(const db_branch *b);
 /* The child of the branch (run: its page run) whose subtree may hold key: the last child whose
  * key is <= key, or the first. */
 uint64_t db_branch_route(const db_branch *b, const uint8_t *run, const uint8_t *key, size_t klen);
+/* Whether b's children were seen to be leaves: a hint (all children of a branch are on one
+ * level), so a descent can skip looking for an index of a page that will not have one; the
+ * page's own type is what counts. */
+int db_branch_leaf_children(const db_branch *b);
+void db_branch_saw_leaf(const db_branch *b);
 
 /* The index of the verified branch n at pgid, built on first use and kept in the map until the
  * page is forgotten; NULL as db_branch_build. */
