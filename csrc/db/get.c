@@ -20,11 +20,9 @@ static size_t leaf_search(const db_node *n, const uint64_t *ends, const uint8_t 
     return lo;
 }
 
-static int64_t leaf_get(kvdb_tree *t, uint64_t pgid, const db_node *n, const uint8_t *key,
-                        size_t klen)
+static int leaf_find(kvdb_map *m, uint64_t pgid, const db_node *n, const uint8_t *key,
+                     size_t klen, kvdb_result *r)
 {
-    kvdb_map *m = t->map;
-    kvdb_result *r = &t->result;
     uint64_t stack_ends[STACK_ENDS];
     uint64_t *ends = stack_ends;
     /* A leaf is usually cold: ask for its first lines at once instead of missing on each
@@ -36,7 +34,7 @@ static int64_t leaf_get(kvdb_tree *t, uint64_t pgid, const db_node *n, const uin
         if (ends == NULL)
             return KVDB_GET_NOMEM;
     }
-    int64_t rc;
+    int rc;
     if (db_node_ends(n, pgid, 0, ends, NULL, NULL, r) != KVDB_OK) {
         rc = KVDB_GET_CORRUPT;
         goto out;
@@ -56,23 +54,17 @@ static int64_t leaf_get(kvdb_tree *t, uint64_t pgid, const db_node *n, const uin
         rc = KVDB_GET_OVERFLOW;
     else if (flag == DB_FLAG_BUCKET)
         rc = KVDB_GET_BUCKET;
-    else if (length > KVDB_VALUE_MAX)
+    else
         rc = KVDB_GET_VALUE;
-    else {
-        memcpy(t->value, n->data + ends[2 * i + 1], length);
-        rc = (int64_t)length;
-    }
 out:
     if (ends != stack_ends)
         free(ends);
     return rc;
 }
 
-int64_t kvdb_get(kvdb_tree *t, const uint8_t *key, size_t klen)
+int db_find(kvdb_map *m, uint64_t root, const uint8_t *key, size_t klen, kvdb_result *r)
 {
-    kvdb_map *m = t->map;
-    kvdb_result *r = &t->result;
-    uint64_t pgid = t->root;
+    uint64_t pgid = root;
     uint64_t file_pages = __atomic_load_n(&m->file_pages, __ATOMIC_ACQUIRE);
     const db_branch *parent = NULL; /* the index pgid was found through */
     for (int depth = 0; depth < KVDB_MAX_DEPTH; depth++) {
@@ -94,7 +86,7 @@ int64_t kvdb_get(kvdb_tree *t, const uint8_t *key, size_t klen)
         if (n.type == DB_TYPE_LEAF) {
             if (parent != NULL && !db_branch_leaf_children(parent))
                 db_branch_saw_leaf(parent);
-            return leaf_get(t, pgid, &n, key, klen);
+            return leaf_find(m, pgid, &n, key, klen, r);
         }
         if (n.type != DB_TYPE_BRANCH) {
             db_corrupt(r, pgid, "is not a branch or leaf page where one was expected");
@@ -108,4 +100,14 @@ int64_t kvdb_get(kvdb_tree *t, const uint8_t *key, size_t klen)
     }
     db_corrupt(r, pgid, "is deeper than any tree can be (a cycle of pages?)");
     return KVDB_GET_CORRUPT;
+}
+
+int64_t kvdb_get(kvdb_tree *t, const uint8_t *key, size_t klen)
+{
+    kvdb_result *r = &t->result;
+    int rc = db_find(t->map, t->root, key, klen, r);
+    if (rc != KVDB_GET_VALUE || r->length > KVDB_VALUE_MAX)
+        return rc;
+    memcpy(t->value, t->map->base + r->offset, r->length);
+    return r->length;
 }

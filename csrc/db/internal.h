@@ -39,6 +39,10 @@ static inline size_t db_ends_needed(const db_node *n)
     return n->type == DB_TYPE_LEAF ? 2 * (size_t)n->count + 1 : (size_t)n->count + 1;
 }
 
+/* kvdb_get's lookup, without the copy: a plain value of any length is KVDB_GET_VALUE with
+ * r->offset and r->length set; the other outcomes as kvdb_get. */
+int db_find(kvdb_map *m, uint64_t root, const uint8_t *key, size_t klen, kvdb_result *r);
+
 /* The verified run at pgid. */
 int db_page(kvdb_map *m, uint64_t pgid, db_node *n, kvdb_result *r);
 

@@ -23,7 +23,7 @@
  *
  * Functions returning int return KVDB_OK (0) or a positive lookup outcome, or a negative
  * KVDB_E* code; on KVDB_ECORRUPT the kvdb_result names the page and what is wrong with it.
- * Nothing here calls back into Python.
+ * Nothing here calls back into Python, except the fallback of kvdb_py_export's type.
  */
 #ifndef KEYVAL_KVDB_H
 #define KEYVAL_KVDB_H
@@ -125,5 +125,10 @@ int64_t kvdb_encode_leaf(uint8_t *out, size_t cap, uint32_t page_size, uint64_t 
 int64_t kvdb_encode_branch(uint8_t *out, size_t cap, uint32_t page_size, uint64_t pgid,
                            const uint8_t *keys, size_t nkeys, const uint32_t *lens,
                            const uint64_t *children, size_t count);
+
+/* Put the C base class of keyval.db's Bucket (csrc/db/pylookup.c) into the dict ns (a
+ * PyObject *, passed as a pointer) as "CLookup". 0, or -1 if that failed. With the GIL held;
+ * the one function here that uses the Python API. */
+int kvdb_py_export(void *ns);
 
 #endif

@@ -33,6 +33,7 @@ from .node import (
     split_in_memory,
 )
 from .page import MAX_KEY_SIZE, MAX_VALUE_SIZE, BucketHeader, OverflowRef
+from .pagemap import CLookup
 from .pagemap import ffi as _ffi
 from .pagemap import lib as _c
 
@@ -43,6 +44,10 @@ if TYPE_CHECKING:
     from .tx import Tx
 
 DEFAULT_FILL_FACTOR = 0.5
+
+# Bucket.get runs in C when the extension is there (csrc/db/pylookup.c); Bucket._get is the
+# Python path it falls back to, and the whole of get without the extension.
+_Base = CLookup if CLookup is not None else object
 
 
 def check_key(key) -> bytes:
@@ -72,7 +77,7 @@ def check_bound(key) -> None:
         raise TypeError(f"keys are bytes, not {type(key).__name__}")
 
 
-class Bucket:
+class Bucket(_Base):
     """An ordered map of ``bytes`` keys to ``bytes`` values, valid while its transaction is open.
 
     Reads see the transaction's snapshot plus its own writes. Writes raise ReadOnlyError in a
@@ -120,11 +125,26 @@ class Bucket:
         # node, not inline), the bucket is not deleted and the transaction is open. Whatever
         # ends one of those sets it to None.
         # _ctree and _cvalue are the C lookup's state and value buffer, None together with it.
+        # The C base's own lookup (get) is bound to the same map and root, and unbound with
+        # them (_no_c).
         self._cmap = tx._map if header.root else None
         self._ctree = self._cvalue = None
         if self._cmap is not None:
             self._ctree = self._cmap.tree(header.root)
             self._cvalue = _ffi.buffer(self._ctree.value)
+            if CLookup is not None:
+                self._c_bind(self._cmap.address, header.root)
+
+    if CLookup is None:
+
+        def _c_bind(self, address: int, root: int) -> None:
+            pass
+
+    def _no_c(self) -> None:
+        """No more lookups in C for this bucket (its tree changed, it was deleted, or its
+        transaction ended and the map may go away)."""
+        self._cmap = self._ctree = self._cvalue = None
+        self._c_bind(0, 0)
 
     @property
     def name(self) -> bytes:
@@ -210,7 +230,7 @@ class Bucket:
         return path, node
 
     def _dirty_root(self, node: Node) -> Node:
-        self._cmap = self._ctree = self._cvalue = None
+        self._no_c()
         if node.pgid:
             self._tx._free(node.pgid, node.span)
         node = node.dirty_copy()
@@ -272,8 +292,11 @@ class Bucket:
 
     # -- the mapping -----------------------------------------------------------------------
 
-    def get(self, key: bytes, default: bytes | None = None) -> bytes | None:
-        """The value of ``key``, or ``default`` if it is absent (or names a nested bucket)."""
+    def _get(self, key: bytes, default: bytes | None = None) -> bytes | None:
+        """The value of ``key``, or ``default`` if it is absent (or names a nested bucket).
+
+        ``get`` itself is the C base's when the extension is there: it answers an exact bytes
+        key whose value is plain or absent, and calls this for everything else."""
         if type(key) is not bytes and not isinstance(key, bytes):
             raise TypeError(f"keys are bytes, not {type(key).__name__}")
         tree = self._ctree
@@ -320,6 +343,9 @@ class Bucket:
             if type(v) is OverflowRef:
                 return tx._read_overflow(v)
         return default
+
+    if CLookup is None:
+        get = _get
 
     def put(self, key: bytes, value: bytes) -> None:
         """Set ``key`` to ``value``. Raises BucketExists if ``key`` names a nested bucket."""
@@ -501,7 +527,7 @@ class Bucket:
 
     def _end(self) -> None:
         """The transaction ended: no more C lookups (the map may go away)."""
-        self._cmap = self._ctree = self._cvalue = None
+        self._no_c()
         for child in self._children.values():
             child._end()
 
@@ -509,7 +535,7 @@ class Bucket:
 
     def _forget(self) -> None:
         self._deleted = True
-        self._cmap = self._ctree = self._cvalue = None
+        self._no_c()
         for child in self._children.values():
             child._forget()
 
