@@ -140,11 +140,16 @@ class Bucket(_Base):
         def _c_bind(self, address: int, root: int) -> None:
             pass
 
+        def _c_put_on(self, node_type, split_entries: int, max_value: int) -> None:
+            pass
+
     def _no_c(self) -> None:
         """No more lookups in C for this bucket (its tree changed, it was deleted, or its
-        transaction ended and the map may go away)."""
+        transaction ended and the map may go away). Puts in C stop too; a put in Python
+        turns them on again where that is right."""
         self._cmap = self._ctree = self._cvalue = None
         self._c_bind(0, 0)
+        self._c_put_on(None, 0, 0)
 
     @property
     def name(self) -> bytes:
@@ -347,8 +352,12 @@ class Bucket(_Base):
     if CLookup is None:
         get = _get
 
-    def put(self, key: bytes, value: bytes) -> None:
-        """Set ``key`` to ``value``. Raises BucketExists if ``key`` names a nested bucket."""
+    def _put(self, key: bytes, value: bytes) -> None:
+        """Set ``key`` to ``value``. Raises BucketExists if ``key`` names a nested bucket.
+
+        ``put`` itself is the C base's when the extension is there: once a put here has made
+        the bucket and its root dirty it takes the puts whose whole path is dirty already (a
+        bulk load's), and calls this for everything else."""
         if type(key) is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
             key = check_key(key)
         if type(value) is not bytes or len(value) > MAX_VALUE_SIZE:
@@ -367,6 +376,9 @@ class Bucket(_Base):
             node = self._root_node()
         if not node.dirty:
             node = self._dirty_root(node)
+        if CLookup is not None:
+            # Open, writable, not deleted, changed, root dirty: the C put may take over.
+            self._c_put_on(Node, SPLIT_ENTRIES, tx._db._max_inline)
         path = []
         if not node.leaf:
             while True:
@@ -399,6 +411,21 @@ class Bucket(_Base):
             new_root = split_in_memory(node, path)
             if new_root is not None:
                 self._node = new_root
+
+    if CLookup is None:
+        put = _put
+
+    def _split_after_put(self, key: bytes) -> None:
+        """The C put's split: the leaf of ``key`` outgrew SPLIT_ENTRIES (its path is dirty)."""
+        node = self._node
+        path = []
+        while not node.leaf:
+            i = route(node.keys, key)
+            path.append((node, i))
+            node = node.vals[i]
+        new_root = split_in_memory(node, path)
+        if new_root is not None:
+            self._node = new_root
 
     def delete(self, key: bytes) -> bool:
         """Remove ``key``; returns whether it was there. A nested bucket's name raises

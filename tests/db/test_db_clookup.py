@@ -1,9 +1,10 @@
-"""Bucket.get in C (csrc/db/pylookup.c) against Bucket._get, the Python path, and a model.
+"""Bucket.get and Bucket.put in C (csrc/db/pylookup.c) against the Python paths and a model.
 
-The C method answers exact bytes keys whose value is plain or absent and hands every other
-call to ``_get`` with the same arguments; these tests hold both to the same answers, the same
-errors for bad input and for a closed transaction or a deleted bucket, and check that readers
-hammering it do not starve a writer (the method keeps the GIL for its whole call).
+The C get answers exact bytes keys whose value is plain or absent and hands every other call
+to ``_get`` with the same arguments; the C put takes plain puts along an already dirty path
+and hands everything else to ``_put``. These tests hold both to the Python paths' answers and
+a model, the same errors for bad input, a closed transaction or a deleted bucket, and check
+that a writer getting in C is not starved by busy readers (the method keeps the GIL).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keyval.db import DB, pagemap
-from keyval.errors import BucketNotFound, TxClosedError
+from keyval.db.page import MAX_KEY_SIZE
+from keyval.errors import (
+    BucketExists,
+    BucketNotFound,
+    KeyTooLarge,
+    ReadOnlyError,
+    TxClosedError,
+)
 
 pytestmark = pytest.mark.skipif(pagemap.CLookup is None, reason="keyval._db_cffi is not usable")
 
@@ -185,3 +193,162 @@ def test_a_writer_getting_in_c_is_not_starved_by_busy_readers(tmp_path):
         assert not errors
         assert all(scans)  # the readers ran beside the writer
         assert elapsed < 20, f"100 transactions took {elapsed:.1f} s beside the readers"
+
+
+# -- put in C ---------------------------------------------------------------------------------
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["put", "put", "put", "big", "delete", "nested", "commit"]),
+        st.integers(0, 3000),
+        st.integers(0, 60),
+    ),
+    max_size=400,
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=ops, bulk=st.integers(0, 2500))
+def test_puts_in_c_leave_the_bucket_the_model_says(tmp_path_factory, ops, bulk):
+    """A bulk of puts (past an in-memory split at SPLIT_ENTRIES), then puts of plain and
+    overflow values, deletes, nested buckets and commits mixed: the bucket always reads as the
+    model, through get, items and len, and after reopening."""
+    path = str(tmp_path_factory.mktemp("cput") / "t.db")
+    model: dict[bytes, bytes] = {}
+    nested: set[bytes] = set()
+    with DB(path, page_size=PS) as db:
+        tx_cm = db.update()
+        tx = tx_cm.__enter__()
+        b = tx.create_bucket(b"b")
+        for i in range(bulk):
+            k = b"k%05d" % ((i * 7919) % 5000)
+            b.put(k, b"v%d" % i)
+            model[k] = b"v%d" % i
+        for op, n, size in ops:
+            k = b"k%05d" % n
+            if op == "commit":
+                tx_cm.__exit__(None, None, None)
+                tx_cm = db.update()
+                tx = tx_cm.__enter__()
+                b = tx.bucket(b"b")
+            elif op == "delete":
+                assert b.delete(k) == (k in model)
+                model.pop(k, None)
+            elif op == "nested":
+                if k not in model:
+                    b.create_bucket(k, exist_ok=True)
+                    nested.add(k)
+            elif k in nested:
+                with pytest.raises(BucketExists):
+                    b.put(k, b"x")
+            else:
+                v = bytes([n % 256]) * (size if op == "put" else 300 + size)
+                b.put(k, v)
+                model[k] = v
+        assert len(b) == len(model)
+        assert dict(b.items()) == model
+        assert {k: b.get(k) for k in model} == model
+        tx_cm.__exit__(None, None, None)
+    with DB(path) as db, db.view() as tx:
+        b = tx.bucket(b"b")
+        assert dict(b.items()) == model
+        assert set(b.buckets()) == nested
+        assert len(b) == len(model)
+
+
+def test_a_bulk_load_is_put_in_c(path, monkeypatch):
+    """After the first puts have made the path dirty, puts no longer reach Bucket._put."""
+    from keyval.db.bucket import Bucket
+
+    calls = [0]
+    python_put = Bucket._put
+
+    def counting(self, key, value):
+        calls[0] += 1
+        return python_put(self, key, value)
+
+    monkeypatch.setattr(Bucket, "_put", counting)
+    with DB(path, page_size=PS) as db:
+        with db.update() as tx:
+            b = tx.create_bucket(b"b")
+            for i in range(5000):
+                b.put(b"k%05d" % ((i * 7919) % 5000), b"v")
+        assert calls[0] < 10
+        with db.view() as tx:
+            assert len(tx.bucket(b"b")) == 5000
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "error"),
+    [
+        ("k", b"v", TypeError),
+        (b"k", "v", TypeError),
+        (1, b"v", TypeError),
+        (b"k", None, TypeError),
+        (bytearray(b"k"), b"v", TypeError),
+        (b"", b"v", KeyTooLarge),
+        (b"x" * (MAX_KEY_SIZE + 1), b"v", KeyTooLarge),
+    ],
+)
+def test_a_bad_put_is_refused_and_changes_nothing(path, key, value, error):
+    with DB(path, page_size=PS) as db:
+        with db.update() as tx:
+            b = tx.create_bucket(b"b")
+            for i in range(3000):
+                b.put(b"k%04d" % i, b"v")  # the C put is armed from here on
+            with pytest.raises(error):
+                b.put(key, value)
+            assert len(b) == 3000
+            b.put(b"k0001", b"w")
+        with db.view() as tx:
+            b = tx.bucket(b"b")
+            assert len(b) == 3000
+            assert b.get(b"k0001") == b"w"
+            assert dict(b.items()) == {b"k%04d" % i: b"w" if i == 1 else b"v" for i in range(3000)}
+
+
+def test_puts_after_the_end_of_their_transaction_are_refused(path):
+    with DB(path, page_size=PS) as db:
+        with db.update() as tx:
+            b = tx.create_bucket(b"b")
+            put = b.put
+            for i in range(100):
+                put(b"k%04d" % i, b"v")
+        with pytest.raises(TxClosedError):
+            put(b"k0001", b"late")
+        with db.view() as tx:
+            b = tx.bucket(b"b")
+            with pytest.raises(ReadOnlyError):
+                b.put(b"k0001", b"x")
+            assert b.get(b"k0001") == b"v"
+
+
+def test_puts_into_a_deleted_bucket_are_refused(path):
+    with DB(path, page_size=PS) as db, db.update() as tx:
+        b = tx.create_bucket(b"b")
+        for i in range(100):
+            b.put(b"k%04d" % i, b"v")
+        tx.delete_bucket(b"b")
+        with pytest.raises(BucketNotFound):
+            b.put(b"k0001", b"x")
+
+
+def test_puts_in_c_of_every_key_again_find_each_in_its_leaf(path):
+    """Keys equal to a branch's separators belong to the right child: puts of every key of a
+    committed tree, twice (the second time every path is dirty and all go through C), replace
+    values and add nothing."""
+    keys = [b"k%05d" % i for i in range(3000)]
+    with DB(path, page_size=PS) as db:
+        with db.update() as tx:
+            b = tx.create_bucket(b"b")
+            for k in keys:
+                b.put(k, b"1")
+        with db.update() as tx:
+            b = tx.bucket(b"b")
+            for value in (b"2", b"3"):
+                for k in keys:
+                    b.put(k, value)
+                assert len(b) == len(keys)
+                assert list(b.items()) == [(k, value) for k in keys]
+        with db.view() as tx:
+            assert list(tx.bucket(b"b").items()) == [(k, b"3") for k in keys]
