@@ -88,6 +88,14 @@ static inline const db_branch *db_branch_cached(kvdb_map *m, uint64_t pgid)
     return __atomic_load_n(&m->branches[pgid], __ATOMIC_ACQUIRE);
 }
 
+/* A page run's header (checksum last, over everything after its own field) and zero padding
+ * from used to run bytes (encode.c). */
+void db_seal(uint8_t *out, size_t used, size_t run, uint32_t page_size, uint64_t pgid,
+             uint8_t type, uint32_t count);
+
+/* Add pyencode.c's functions to the dict ns (a PyObject *), with the GIL held: 0 or -1. */
+int db_py_add_encoders(void *ns);
+
 /* Largest entry count a run of len bytes of the given type can hold. */
 static inline size_t db_max_count(uint32_t type, size_t len)
 {

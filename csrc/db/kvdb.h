@@ -23,7 +23,7 @@
  *
  * Functions returning int return KVDB_OK (0) or a positive lookup outcome, or a negative
  * KVDB_E* code; on KVDB_ECORRUPT the kvdb_result names the page and what is wrong with it.
- * Nothing here calls back into Python, except the fallback of kvdb_py_export's type.
+ * Nothing here calls back into Python, except the fallbacks of kvdb_py_export's type.
  */
 #ifndef KEYVAL_KVDB_H
 #define KEYVAL_KVDB_H
@@ -127,8 +127,9 @@ int64_t kvdb_encode_branch(uint8_t *out, size_t cap, uint32_t page_size, uint64_
                            const uint64_t *children, size_t count);
 
 /* Put the C base class of keyval.db's Bucket (csrc/db/pylookup.c) into the dict ns (a
- * PyObject *, passed as a pointer) as "CLookup". 0, or -1 if that failed. With the GIL held;
- * the one function here that uses the Python API. */
+ * PyObject *, passed as a pointer) as "CLookup", and the plain leaf encoders of
+ * csrc/db/pyencode.c as "leaf_size" and "encode_leaf". 0, or -1 if that failed. Takes the GIL
+ * itself; the one function here that uses the Python API. */
 int kvdb_py_export(void *ns);
 
 #endif

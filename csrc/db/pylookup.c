@@ -384,6 +384,8 @@ int kvdb_py_export(void *namespace)
     if (type == NULL)
         goto out;
     rc = PyDict_SetItemString(ns, "CLookup", type);
+    if (rc == 0)
+        rc = db_py_add_encoders(ns);
 out:
     Py_XDECREF(type);
     if (rc < 0)

@@ -53,23 +53,26 @@ else:
     AVAILABLE = _hash_ready()
 
 
-def _c_lookup_type():
-    """The C base class of Bucket (csrc/db/pylookup.c), or None without the extension.
+def _python_exports() -> dict:
+    """What the C side makes with the Python API (csrc/db/pylookup.c, pyencode.c): ``CLookup``,
+    the C base class of Bucket, and the plain leaf encoders ``leaf_size`` and ``encode_leaf``
+    (used by :mod:`.encode`). Empty without the extension.
 
-    Its ``get`` runs a lookup in C and calls the subclass's ``_get`` for every case it does
-    not answer itself; ``_c_bind(PageMap.address, root)`` turns it on, ``_c_bind(0, 0)`` off.
-    The type is made by a C call given this dict's address (CPython's ``id``): cffi modules
-    have no other way to hand out a type of their own.
+    CLookup's ``get`` and ``put`` run in C and call the subclass's ``_get`` / ``_put`` for
+    every case they do not take themselves; ``_c_bind(PageMap.address, root)`` turns C gets
+    on, ``_c_bind(0, 0)`` off. The objects are made by a C call given this dict's address
+    (CPython's ``id``): cffi modules have no other way to hand out objects of their own.
     """
     if not AVAILABLE:
-        return None
+        return {}
     out: dict = {}
     if lib.kvdb_py_export(ffi.cast("void *", id(out))) != 0:  # pragma: no cover
-        return None
-    return out["CLookup"]
+        return {}
+    return out
 
 
-CLookup = _c_lookup_type()
+PY_EXPORTS = _python_exports()
+CLookup = PY_EXPORTS.get("CLookup")
 
 # Address space reserved per open database (not memory: pages are read from the page cache on
 # demand). A file larger than half of it maps twice its size instead.
