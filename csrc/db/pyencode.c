@@ -9,6 +9,8 @@
  * to keyval/db/pagemap.py's dict; keyval/db/encode.py uses them.
  *
  *   leaf_size(keys, vals) -> header, element table and data bytes of a plain leaf
+ *   branch_size(keys) -> header, element table and key bytes of a branch (a rebalance asks
+ *                        for the size of every changed node)
  *   encode_leaf(pgid, keys, vals, page_size) -> bytearray: the sealed run at pgid
  *
  * Keys and values must be exactly bytes (TypeError), lists of one length (ValueError), keys
@@ -63,6 +65,27 @@ static PyObject *py_leaf_size(PyObject *module, PyObject *const *args, Py_ssize_
     if (leaf_measure(args[0], args[1], &n, &data) < 0)
         return NULL;
     return PyLong_FromSize_t(DB_HEADER_SIZE + DB_LEAF_ELEMENT * (size_t)n + data);
+}
+
+static PyObject *py_branch_size(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 1 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "branch_size(keys), keys a list");
+        return NULL;
+    }
+    PyObject *keys = args[0];
+    Py_ssize_t n = PyList_Size(keys);
+    size_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *k = PyList_GetItem(keys, i);
+        if (!PyBytes_CheckExact(k)) {
+            PyErr_SetString(PyExc_TypeError, "a branch holds bytes keys");
+            return NULL;
+        }
+        total += (size_t)PyBytes_Size(k);
+    }
+    return PyLong_FromSize_t(DB_HEADER_SIZE + DB_BRANCH_ELEMENT * (size_t)n + total);
 }
 
 static PyObject *py_encode_leaf(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -129,6 +152,8 @@ static PyObject *py_encode_leaf(PyObject *module, PyObject *const *args, Py_ssiz
 static PyMethodDef encoders[] = {
     {"leaf_size", (PyCFunction)(void (*)(void))py_leaf_size, METH_FASTCALL,
      "leaf_size(keys, vals) -> bytes a plain leaf of these entries takes before padding"},
+    {"branch_size", (PyCFunction)(void (*)(void))py_branch_size, METH_FASTCALL,
+     "branch_size(keys) -> bytes a branch with these keys takes before padding"},
     {"encode_leaf", (PyCFunction)(void (*)(void))py_encode_leaf, METH_FASTCALL,
      "encode_leaf(pgid, keys, vals, page_size) -> bytearray: the sealed plain leaf run"},
     {NULL, NULL, 0, NULL},

@@ -20,16 +20,22 @@ from .pagemap import AVAILABLE, PY_EXPORTS, ffi, lib
 __all__ = [
     "AVAILABLE",
     "branch_parts",
+    "branch_size",
     "encode_branch",
     "encode_leaf",
     "encode_packed_leaf",
     "leaf_parts",
+    "leaf_size",
     "packed_leaf_parts",
 ]
 
 
 _leaf_size = PY_EXPORTS.get("leaf_size")
 _encode_leaf_lists = PY_EXPORTS.get("encode_leaf")
+# Encoded sizes of a plain leaf's entries / a branch's keys, or None without the Python-API
+# encoder: leaf_size(keys, vals), branch_size(keys).
+leaf_size = _leaf_size
+branch_size = PY_EXPORTS.get("branch_size")
 
 
 def leaf_parts(keys: list[bytes], vals: list[bytes]) -> tuple:

@@ -68,6 +68,14 @@ def test_the_list_encoder_refuses_what_is_not_a_plain_leaf(keys, vals, error):
         encode.encode_leaf(5, (keys, vals, 0), 512)
 
 
+@pytest.mark.parametrize("keys", [[b"a", "b"], (b"a",), [bytearray(b"a")]])
+def test_branch_size_refuses_what_is_not_a_list_of_bytes(keys):
+    if encode.branch_size is None:
+        pytest.skip("no Python-API encoder in this build")
+    with pytest.raises(TypeError):
+        encode.branch_size(keys)
+
+
 @settings(max_examples=300, deadline=None)
 @given(keys=keys_st, data=st.data(), page_size=page_sizes, pgid=st.integers(2, 2**64 - 1))
 def test_branch_pages_are_those_of_the_python_codec(keys, data, page_size, pgid):
@@ -77,6 +85,8 @@ def test_branch_pages_are_those_of_the_python_codec(keys, data, page_size, pgid)
     )
     got = encode.encode_branch(pgid, encode.branch_parts(keys), children, page_size)
     assert got == expected
+    if encode.branch_size is not None:
+        assert encode.branch_size(keys) == 32 + len(encode_branch_body(keys, children))
 
 
 @pytest.mark.parametrize("leaf_encoder", LEAF_ENCODERS)
