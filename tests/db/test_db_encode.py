@@ -138,3 +138,11 @@ def test_a_leaf_longer_than_a_page_spans_a_run(leaf_encoder):
     assert len(page) == 3 * 512
     assert page == build_page(7, TYPE_LEAF, 8, encode_leaf_body(keys, vals), 512)
     assert decode_leaf_body(bytes(page), 32, 8, len(page), None, None) == (keys, vals)
+
+
+@pytest.mark.parametrize("page_size", [512, 4096, 65536])
+def test_span_for_is_whole_pages_and_at_least_one(page_size):
+    from keyval.db.page import span_for
+
+    for size in [*range(-2, 3), *range(page_size - 2, page_size + 3), 5 * page_size + 1]:
+        assert span_for(size, page_size) == max(1, -(-size // page_size))
