@@ -217,43 +217,50 @@ def test_puts_in_c_leave_the_bucket_the_model_says(tmp_path_factory, ops, bulk):
     model: dict[bytes, bytes] = {}
     nested: set[bytes] = set()
     with DB(path, page_size=PS) as db:
-        tx_cm = db.update()
-        tx = tx_cm.__enter__()
-        b = tx.create_bucket(b"b")
-        for i in range(bulk):
-            k = b"k%05d" % ((i * 7919) % 5000)
-            b.put(k, b"v%d" % i)
-            model[k] = b"v%d" % i
-        for op, n, size in ops:
-            k = b"k%05d" % n
-            if op == "commit":
-                tx_cm.__exit__(None, None, None)
-                tx_cm = db.update()
-                tx = tx_cm.__enter__()
+        with db.update() as tx:
+            b = tx.create_bucket(b"b")
+            for i in range(bulk):
+                k = b"k%05d" % ((i * 7919) % 5000)
+                b.put(k, b"v%d" % i)
+                model[k] = b"v%d" % i
+            rest = list(ops)
+        while rest:  # one transaction per run of ops up to a "commit"
+            with db.update() as tx:
                 b = tx.bucket(b"b")
-            elif op == "delete":
-                assert b.delete(k) == (k in model)
-                model.pop(k, None)
-            elif op == "nested":
-                if k not in model:
-                    b.create_bucket(k, exist_ok=True)
-                    nested.add(k)
-            elif k in nested:
-                with pytest.raises(BucketExists):
-                    b.put(k, b"x")
-            else:
-                v = bytes([n % 256]) * (size if op == "put" else 300 + size)
-                b.put(k, v)
-                model[k] = v
-        assert len(b) == len(model)
-        assert dict(b.items()) == model
-        assert {k: b.get(k) for k in model} == model
-        tx_cm.__exit__(None, None, None)
+                while rest:
+                    op, n, size = rest.pop(0)
+                    if op == "commit":
+                        break
+                    apply_op(b, op, b"k%05d" % n, size, model, nested)
+                assert len(b) == len(model)
+                assert dict(b.items()) == model
+                assert {k: b.get(k) for k in model} == model
     with DB(path) as db, db.view() as tx:
         b = tx.bucket(b"b")
         assert dict(b.items()) == model
         assert set(b.buckets()) == nested
         assert len(b) == len(model)
+
+
+def apply_op(b, op: str, k: bytes, size: int, model: dict, nested: set) -> None:
+    if op == "delete":
+        if k in nested:
+            with pytest.raises(BucketExists):
+                b.delete(k)
+        else:
+            assert b.delete(k) == (k in model)
+            model.pop(k, None)
+    elif op == "nested":
+        if k not in model:
+            b.create_bucket(k, exist_ok=True)
+            nested.add(k)
+    elif k in nested:
+        with pytest.raises(BucketExists):
+            b.put(k, b"x")
+    else:
+        v = bytes([k[-1]]) * (size if op == "put" else 300 + size)
+        b.put(k, v)
+        model[k] = v
 
 
 def test_a_bulk_load_is_put_in_c(path, monkeypatch):
