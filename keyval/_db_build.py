@@ -2,7 +2,9 @@
 
 Run by setuptools through ``cffi_modules`` (see setup.py) beside the WAL's build. The C API is
 declared once, in csrc/db/kvdb.h; the cdef is that header minus its preprocessor lines. The
-C side never calls back into Python.
+C side never calls back into Python, except csrc/db/pylookup.c: the C base class of Bucket,
+whose ``get`` and ``put`` the interpreter calls directly and which hand what they do not do
+themselves to the Python methods.
 
 Unlike the WAL's binding, this one keeps the GIL during its calls (see _KEEP_GIL): they take
 microseconds and never block on a lock or an fsync.

@@ -15,8 +15,7 @@ static size_t run_size(size_t used, uint32_t page_size, size_t cap)
     return span * page_size;
 }
 
-/* Header (checksum last, over everything after its own field) and zero padding to run. */
-static void seal(uint8_t *out, size_t used, size_t run, uint32_t page_size, uint64_t pgid,
+void db_seal(uint8_t *out, size_t used, size_t run, uint32_t page_size, uint64_t pgid,
                  uint8_t type, uint32_t count)
 {
     memset(out, 0, DB_HEADER_SIZE);
@@ -57,7 +56,7 @@ int64_t kvdb_encode_leaf(uint8_t *out, size_t cap, uint32_t page_size, uint64_t 
     }
     if (ndata)
         memcpy(out + start, data, ndata);
-    seal(out, used, run, page_size, pgid, DB_TYPE_LEAF, (uint32_t)count);
+    db_seal(out, used, run, page_size, pgid, DB_TYPE_LEAF, (uint32_t)count);
     return (int64_t)run;
 }
 
@@ -89,6 +88,6 @@ int64_t kvdb_encode_branch(uint8_t *out, size_t cap, uint32_t page_size, uint64_
     }
     if (nkeys)
         memcpy(out + start, keys, nkeys);
-    seal(out, used, run, page_size, pgid, DB_TYPE_BRANCH, (uint32_t)count);
+    db_seal(out, used, run, page_size, pgid, DB_TYPE_BRANCH, (uint32_t)count);
     return (int64_t)run;
 }

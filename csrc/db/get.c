@@ -6,46 +6,13 @@
 enum { STACK_ENDS = 2049 }; /* covers every leaf of a 4 KiB page; bigger ones use the heap */
 enum { PREFETCH_BYTES = 4096 };
 
-/* memcmp order, then length; inline and a word at a time, since keys are short and a call to
- * the library's memcmp per probe showed in profiles. */
-static inline int compare(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
-{
-    size_t n = alen < blen ? alen : blen;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t x = __builtin_bswap64(db_get64(a + i)), y = __builtin_bswap64(db_get64(b + i));
-        if (x != y)
-            return x < y ? -1 : 1;
-    }
-    for (; i < n; i++)
-        if (a[i] != b[i])
-            return a[i] < b[i] ? -1 : 1;
-    return alen < blen ? -1 : alen > blen;
-}
-
-/* The child of branch n (key offsets ends) whose subtree may hold key: the last one whose key
- * is <= key, or the first. */
-static uint64_t route(const db_node *n, const uint32_t *ends, const uint8_t *key, size_t klen)
-{
-    size_t lo = 0, hi = n->count;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (compare(n->data + ends[mid], ends[mid + 1] - ends[mid], key, klen) <= 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    size_t i = lo > 0 ? lo - 1 : 0;
-    return db_get64(n->data + DB_HEADER_SIZE + DB_BRANCH_ELEMENT * i + 2);
-}
-
 /* Index of the first entry of leaf n (offsets ends) whose key is >= key. */
 static size_t leaf_search(const db_node *n, const uint64_t *ends, const uint8_t *key, size_t klen)
 {
     size_t lo = 0, hi = n->count;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        if (compare(n->data + ends[2 * mid], ends[2 * mid + 1] - ends[2 * mid], key, klen) < 0)
+        if (db_compare(n->data + ends[2 * mid], ends[2 * mid + 1] - ends[2 * mid], key, klen) < 0)
             lo = mid + 1;
         else
             hi = mid;
@@ -53,11 +20,9 @@ static size_t leaf_search(const db_node *n, const uint64_t *ends, const uint8_t 
     return lo;
 }
 
-static int64_t leaf_get(kvdb_tree *t, uint64_t pgid, const db_node *n, const uint8_t *key,
-                        size_t klen)
+static int leaf_find(kvdb_map *m, uint64_t pgid, const db_node *n, const uint8_t *key,
+                     size_t klen, kvdb_result *r)
 {
-    kvdb_map *m = t->map;
-    kvdb_result *r = &t->result;
     uint64_t stack_ends[STACK_ENDS];
     uint64_t *ends = stack_ends;
     /* A leaf is usually cold: ask for its first lines at once instead of missing on each
@@ -69,14 +34,14 @@ static int64_t leaf_get(kvdb_tree *t, uint64_t pgid, const db_node *n, const uin
         if (ends == NULL)
             return KVDB_GET_NOMEM;
     }
-    int64_t rc;
+    int rc;
     if (db_node_ends(n, pgid, 0, ends, NULL, NULL, r) != KVDB_OK) {
         rc = KVDB_GET_CORRUPT;
         goto out;
     }
     size_t i = leaf_search(n, ends, key, klen);
     if (i == n->count ||
-        compare(n->data + ends[2 * i], ends[2 * i + 1] - ends[2 * i], key, klen) != 0) {
+        db_compare(n->data + ends[2 * i], ends[2 * i + 1] - ends[2 * i], key, klen) != 0) {
         rc = KVDB_GET_MISSING;
         goto out;
     }
@@ -89,42 +54,60 @@ static int64_t leaf_get(kvdb_tree *t, uint64_t pgid, const db_node *n, const uin
         rc = KVDB_GET_OVERFLOW;
     else if (flag == DB_FLAG_BUCKET)
         rc = KVDB_GET_BUCKET;
-    else if (length > KVDB_VALUE_MAX)
+    else
         rc = KVDB_GET_VALUE;
-    else {
-        memcpy(t->value, n->data + ends[2 * i + 1], length);
-        rc = (int64_t)length;
-    }
 out:
     if (ends != stack_ends)
         free(ends);
     return rc;
 }
 
-int64_t kvdb_get(kvdb_tree *t, const uint8_t *key, size_t klen)
+int db_find(kvdb_map *m, uint64_t root, const uint8_t *key, size_t klen, kvdb_result *r)
 {
-    kvdb_map *m = t->map;
-    kvdb_result *r = &t->result;
-    uint64_t pgid = t->root;
+    uint64_t pgid = root;
+    uint64_t file_pages = __atomic_load_n(&m->file_pages, __ATOMIC_ACQUIRE);
+    const db_branch *parent = NULL; /* the index pgid was found through */
     for (int depth = 0; depth < KVDB_MAX_DEPTH; depth++) {
+        /* A branch with an index was verified when it was built: route without reading the
+         * page (the common case: only the leaf is read). Below a branch whose children are
+         * leaves there is no index to look for: the lookup in the table of indexes, a cache
+         * miss of its own, is skipped. */
+        if (pgid >= 2 && pgid < file_pages && !(parent && db_branch_leaf_children(parent))) {
+            const db_branch *b = db_branch_cached(m, pgid);
+            if (b != NULL) {
+                pgid = db_branch_route(b, m->base + (pgid << m->shift), key, klen);
+                parent = b;
+                continue;
+            }
+        }
         db_node n;
         if (db_page(m, pgid, &n, r) != KVDB_OK)
             return KVDB_GET_CORRUPT;
-        if (n.type == DB_TYPE_LEAF)
-            return leaf_get(t, pgid, &n, key, klen);
+        if (n.type == DB_TYPE_LEAF) {
+            if (parent != NULL && !db_branch_leaf_children(parent))
+                db_branch_saw_leaf(parent);
+            return leaf_find(m, pgid, &n, key, klen, r);
+        }
         if (n.type != DB_TYPE_BRANCH) {
             db_corrupt(r, pgid, "is not a branch or leaf page where one was expected");
             return KVDB_GET_CORRUPT;
         }
-        if (n.count == 0) {
-            db_corrupt(r, pgid, "is a branch without children");
-            return KVDB_GET_CORRUPT;
-        }
-        const uint32_t *ends = db_branch_ends(m, pgid, &n, r);
-        if (ends == NULL)
+        const db_branch *b = db_branch_index(m, pgid, &n, r);
+        if (b == NULL)
             return r->why != NULL ? KVDB_GET_CORRUPT : KVDB_GET_NOMEM;
-        pgid = route(&n, ends, key, klen);
+        pgid = db_branch_route(b, n.data, key, klen);
+        parent = b;
     }
     db_corrupt(r, pgid, "is deeper than any tree can be (a cycle of pages?)");
     return KVDB_GET_CORRUPT;
+}
+
+int64_t kvdb_get(kvdb_tree *t, const uint8_t *key, size_t klen)
+{
+    kvdb_result *r = &t->result;
+    int rc = db_find(t->map, t->root, key, klen, r);
+    if (rc != KVDB_GET_VALUE || r->length > KVDB_VALUE_MAX)
+        return rc;
+    memcpy(t->value, t->map->base + r->offset, r->length);
+    return r->length;
 }

@@ -7,22 +7,23 @@
  * are touched, so a page past the end of the file is an error, never a SIGBUS.
  *
  * Every page run is verified (xxh3_64 checksum, page id, run length within the file) the first
- * time a lookup reads it; a bit per page remembers that. A branch page's key offsets (its keys
- * are packed, so finding key i means summing the lengths before it) are kept from that first
- * read too, so a descent binary-searches branches without re-reading their element tables.
- * The writer forgets both for pages it rewrites (kvdb_map_forget) before publishing them, so a
- * reused page id is verified and decoded again.
+ * time a lookup reads it; a bit per page remembers that. A branch page is decoded on that first
+ * read into a search index (branch.c: its keys' common prefix, the next bytes of each key as an
+ * integer, its children) kept beside the map, so a descent routes through branches without
+ * touching their pages and reads only the leaf. The writer forgets both for pages it rewrites
+ * (kvdb_map_forget) before publishing them, so a reused page id is verified and decoded again.
  *
- * Thread safety: any number of threads may read through one map at once (cffi releases the GIL
- * around every call; the bits are updated with atomic operations). kvdb_map_forget,
+ * Thread safety: any number of threads may read through one map at once (the bits and indexes
+ * are published with atomic operations; the binding keeps the GIL, see _db_build.py, but
+ * nothing here relies on it). kvdb_map_forget,
  * kvdb_map_set_file_pages and kvdb_map_close are the writer's: the caller guarantees that no
  * reader can reach the pages concerned (kvdb_map_close: that no reader is left). That is what
- * makes freeing a forgotten page's cached offsets safe: a page is rewritten only once no open
- * transaction can see it (keyval.db's freelist), so no lookup can be reading them.
+ * makes freeing a forgotten page's index safe: a page is rewritten only once no open
+ * transaction can see it (keyval.db's freelist), so no lookup can be reading it.
  *
  * Functions returning int return KVDB_OK (0) or a positive lookup outcome, or a negative
  * KVDB_E* code; on KVDB_ECORRUPT the kvdb_result names the page and what is wrong with it.
- * Nothing here calls back into Python.
+ * Nothing here calls back into Python, except the fallbacks of kvdb_py_export's type.
  */
 #ifndef KEYVAL_KVDB_H
 #define KEYVAL_KVDB_H
@@ -124,5 +125,11 @@ int64_t kvdb_encode_leaf(uint8_t *out, size_t cap, uint32_t page_size, uint64_t 
 int64_t kvdb_encode_branch(uint8_t *out, size_t cap, uint32_t page_size, uint64_t pgid,
                            const uint8_t *keys, size_t nkeys, const uint32_t *lens,
                            const uint64_t *children, size_t count);
+
+/* Put the C base class of keyval.db's Bucket (csrc/db/pylookup.c) into the dict ns (a
+ * PyObject *, passed as a pointer) as "CLookup", and the plain leaf encoders of
+ * csrc/db/pyencode.c as "leaf_size" and "encode_leaf". 0, or -1 if that failed. Takes the GIL
+ * itself; the one function here that uses the Python API. */
+int kvdb_py_export(void *ns);
 
 #endif

@@ -61,15 +61,15 @@ kvdb_map *kvdb_map_open(int fd, uint32_t page_size, uint64_t map_pages, uint64_t
         goto fail;
     }
     m->verified = bits;
-    m->branch_ends_bytes = map_pages * sizeof *m->branch_ends;
-    void *ends = mmap(NULL, m->branch_ends_bytes, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (ends == MAP_FAILED) {
+    m->branches_bytes = map_pages * sizeof *m->branches;
+    void *branches = mmap(NULL, m->branches_bytes, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (branches == MAP_FAILED) {
         munmap(bits, m->verified_bytes);
         munmap(base, map_pages << m->shift);
         goto fail;
     }
-    m->branch_ends = ends;
+    m->branches = branches;
     return m;
 fail:;
     int e = errno;
@@ -82,9 +82,9 @@ void kvdb_map_close(kvdb_map *m)
 {
     if (m == NULL)
         return;
-    for (uint64_t p = 0; p < m->branch_ends_top; p++)
-        free(m->branch_ends[p]);
-    munmap(m->branch_ends, m->branch_ends_bytes);
+    for (uint64_t p = 0; p < m->branches_top; p++)
+        db_branch_free(m->branches[p]);
+    munmap(m->branches, m->branches_bytes);
     munmap((void *)m->base, m->map_pages << m->shift);
     munmap(m->verified, m->verified_bytes);
     free(m);
@@ -105,46 +105,29 @@ void kvdb_map_forget(kvdb_map *m, uint64_t pgid, uint64_t span)
 {
     for (uint64_t p = pgid; p < pgid + span && p < m->map_pages; p++) {
         __atomic_fetch_and(&m->verified[p >> 3], (uint8_t) ~(1u << (p & 7)), __ATOMIC_RELEASE);
-        free(__atomic_exchange_n(&m->branch_ends[p], NULL, __ATOMIC_ACQ_REL));
+        db_branch_free(__atomic_exchange_n(&m->branches[p], NULL, __ATOMIC_ACQ_REL));
     }
 }
 
-const uint32_t *db_branch_ends(kvdb_map *m, uint64_t pgid, const db_node *n, kvdb_result *r)
+const db_branch *db_branch_index(kvdb_map *m, uint64_t pgid, const db_node *n, kvdb_result *r)
 {
-    uint32_t *ends = __atomic_load_n(&m->branch_ends[pgid], __ATOMIC_ACQUIRE);
-    if (ends != NULL)
-        return ends;
-    if (n->count > db_max_count(DB_TYPE_BRANCH, n->len)) {
-        db_corrupt(r, pgid, "is a branch that claims more children than fit");
+    const db_branch *b = db_branch_cached(m, pgid);
+    if (b != NULL)
+        return b;
+    b = db_branch_build(n, pgid, r);
+    if (b == NULL)
         return NULL;
-    }
-    if (n->len > UINT32_MAX) { /* offsets are kept in 32 bits */
-        db_corrupt(r, pgid, "is a branch larger than any branch can be");
-        return NULL;
-    }
-    size_t need = (size_t)n->count + 1;
-    uint64_t *wide = malloc(need * sizeof *wide);
-    ends = malloc(need * sizeof *ends);
-    r->why = NULL;
-    if (wide == NULL || ends == NULL || db_node_ends(n, pgid, 0, wide, NULL, NULL, r) != KVDB_OK) {
-        free(wide);
-        free(ends);
-        return NULL;
-    }
-    for (size_t i = 0; i < need; i++)
-        ends[i] = (uint32_t)wide[i]; /* within the run, and a run is far below 4 GiB */
-    free(wide);
-    uint32_t *expected = NULL;
-    if (!__atomic_compare_exchange_n(&m->branch_ends[pgid], &expected, ends, 0, __ATOMIC_ACQ_REL,
+    const db_branch *expected = NULL;
+    if (!__atomic_compare_exchange_n(&m->branches[pgid], &expected, b, 0, __ATOMIC_ACQ_REL,
                                      __ATOMIC_ACQUIRE)) {
-        free(ends); /* another reader decoded it first */
+        db_branch_free(b); /* another reader built it first */
         return expected;
     }
-    uint64_t top = __atomic_load_n(&m->branch_ends_top, __ATOMIC_RELAXED);
-    while (top < pgid + 1 && !__atomic_compare_exchange_n(&m->branch_ends_top, &top, pgid + 1, 0,
+    uint64_t top = __atomic_load_n(&m->branches_top, __ATOMIC_RELAXED);
+    while (top < pgid + 1 && !__atomic_compare_exchange_n(&m->branches_top, &top, pgid + 1, 0,
                                                           __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
         ;
-    return ends;
+    return b;
 }
 
 int db_page(kvdb_map *m, uint64_t pgid, db_node *n, kvdb_result *r)

@@ -33,6 +33,7 @@ from .node import (
     split_in_memory,
 )
 from .page import MAX_KEY_SIZE, MAX_VALUE_SIZE, BucketHeader, OverflowRef
+from .pagemap import CLookup
 from .pagemap import ffi as _ffi
 from .pagemap import lib as _c
 
@@ -43,6 +44,10 @@ if TYPE_CHECKING:
     from .tx import Tx
 
 DEFAULT_FILL_FACTOR = 0.5
+
+# Bucket.get runs in C when the extension is there (csrc/db/pylookup.c); Bucket._get is the
+# Python path it falls back to, and the whole of get without the extension.
+_Base = CLookup if CLookup is not None else object
 
 
 def check_key(key) -> bytes:
@@ -72,7 +77,7 @@ def check_bound(key) -> None:
         raise TypeError(f"keys are bytes, not {type(key).__name__}")
 
 
-class Bucket:
+class Bucket(_Base):
     """An ordered map of ``bytes`` keys to ``bytes`` values, valid while its transaction is open.
 
     Reads see the transaction's snapshot plus its own writes. Writes raise ReadOnlyError in a
@@ -120,11 +125,31 @@ class Bucket:
         # node, not inline), the bucket is not deleted and the transaction is open. Whatever
         # ends one of those sets it to None.
         # _ctree and _cvalue are the C lookup's state and value buffer, None together with it.
+        # The C base's own lookup (get) is bound to the same map and root, and unbound with
+        # them (_no_c).
         self._cmap = tx._map if header.root else None
         self._ctree = self._cvalue = None
         if self._cmap is not None:
             self._ctree = self._cmap.tree(header.root)
             self._cvalue = _ffi.buffer(self._ctree.value)
+            if CLookup is not None:
+                self._c_bind(self._cmap.address, header.root)
+
+    if CLookup is None:
+
+        def _c_bind(self, address: int, root: int) -> None:
+            pass
+
+        def _c_put_on(self, node_type, split_entries: int, max_value: int) -> None:
+            pass
+
+    def _no_c(self) -> None:
+        """No more lookups in C for this bucket (its tree changed, it was deleted, or its
+        transaction ended and the map may go away). Puts in C stop too; a put in Python
+        turns them on again where that is right."""
+        self._cmap = self._ctree = self._cvalue = None
+        self._c_bind(0, 0)
+        self._c_put_on(None, 0, 0)
 
     @property
     def name(self) -> bytes:
@@ -210,7 +235,7 @@ class Bucket:
         return path, node
 
     def _dirty_root(self, node: Node) -> Node:
-        self._cmap = self._ctree = self._cvalue = None
+        self._no_c()
         if node.pgid:
             self._tx._free(node.pgid, node.span)
         node = node.dirty_copy()
@@ -272,8 +297,11 @@ class Bucket:
 
     # -- the mapping -----------------------------------------------------------------------
 
-    def get(self, key: bytes, default: bytes | None = None) -> bytes | None:
-        """The value of ``key``, or ``default`` if it is absent (or names a nested bucket)."""
+    def _get(self, key: bytes, default: bytes | None = None) -> bytes | None:
+        """The value of ``key``, or ``default`` if it is absent (or names a nested bucket).
+
+        ``get`` itself is the C base's when the extension is there: it answers an exact bytes
+        key whose value is plain or absent, and calls this for everything else."""
         if type(key) is not bytes and not isinstance(key, bytes):
             raise TypeError(f"keys are bytes, not {type(key).__name__}")
         tree = self._ctree
@@ -321,8 +349,15 @@ class Bucket:
                 return tx._read_overflow(v)
         return default
 
-    def put(self, key: bytes, value: bytes) -> None:
-        """Set ``key`` to ``value``. Raises BucketExists if ``key`` names a nested bucket."""
+    if CLookup is None:
+        get = _get
+
+    def _put(self, key: bytes, value: bytes) -> None:
+        """Set ``key`` to ``value``. Raises BucketExists if ``key`` names a nested bucket.
+
+        ``put`` itself is the C base's when the extension is there: once a put here has made
+        the bucket and its root dirty it takes the puts whose whole path is dirty already (a
+        bulk load's), and calls this for everything else."""
         if type(key) is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
             key = check_key(key)
         if type(value) is not bytes or len(value) > MAX_VALUE_SIZE:
@@ -341,6 +376,9 @@ class Bucket:
             node = self._root_node()
         if not node.dirty:
             node = self._dirty_root(node)
+        if CLookup is not None:
+            # Open, writable, not deleted, changed, root dirty: the C put may take over.
+            self._c_put_on(Node, SPLIT_ENTRIES, tx._db._max_inline)
         path = []
         if not node.leaf:
             while True:
@@ -373,6 +411,21 @@ class Bucket:
             new_root = split_in_memory(node, path)
             if new_root is not None:
                 self._node = new_root
+
+    if CLookup is None:
+        put = _put
+
+    def _split_after_put(self, key: bytes) -> None:
+        """The C put's split: the leaf of ``key`` outgrew SPLIT_ENTRIES (its path is dirty)."""
+        node = self._node
+        path = []
+        while not node.leaf:
+            i = route(node.keys, key)
+            path.append((node, i))
+            node = node.vals[i]
+        new_root = split_in_memory(node, path)
+        if new_root is not None:
+            self._node = new_root
 
     def delete(self, key: bytes) -> bool:
         """Remove ``key``; returns whether it was there. A nested bucket's name raises
@@ -501,7 +554,7 @@ class Bucket:
 
     def _end(self) -> None:
         """The transaction ended: no more C lookups (the map may go away)."""
-        self._cmap = self._ctree = self._cvalue = None
+        self._no_c()
         for child in self._children.values():
             child._end()
 
@@ -509,7 +562,7 @@ class Bucket:
 
     def _forget(self) -> None:
         self._deleted = True
-        self._cmap = self._ctree = self._cvalue = None
+        self._no_c()
         for child in self._children.values():
             child._forget()
 

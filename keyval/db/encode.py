@@ -6,18 +6,49 @@ padding, checksum) costs more than the rest of its handling. These wrappers hand
 bytes and their lengths. The pages are byte for byte those of :func:`.page.build_page` with
 :func:`.page.encode_leaf_body` (plain values) or :func:`.page.encode_branch_body`, which the
 tests check. ``AVAILABLE`` is False without the extension; callers use the Python codec then.
+
+Plain leaves, the most of a commit's pages, skip even that gathering where the Python-API
+encoder of csrc/db/pyencode.c is there: ``leaf_parts`` is then the lists themselves and their
+size, and ``encode_leaf`` reads them directly.
 """
 
 from __future__ import annotations
 
 from .page import BRANCH_ELEMENT, HEADER_SIZE, LEAF_ELEMENT, span_for
-from .pagemap import AVAILABLE, ffi, lib
+from .pagemap import AVAILABLE, PY_EXPORTS, ffi, lib
 
-__all__ = ["AVAILABLE", "branch_parts", "encode_branch", "encode_leaf", "leaf_parts"]
+__all__ = [
+    "AVAILABLE",
+    "branch_parts",
+    "branch_size",
+    "encode_branch",
+    "encode_leaf",
+    "encode_packed_leaf",
+    "leaf_parts",
+    "leaf_size",
+    "packed_leaf_parts",
+]
 
 
-def leaf_parts(keys: list[bytes], vals: list[bytes]) -> tuple[bytes, list[int], int]:
-    """(packed keys and values, their lengths, encoded size) of a plain leaf's entries."""
+_leaf_size = PY_EXPORTS.get("leaf_size")
+_encode_leaf_lists = PY_EXPORTS.get("encode_leaf")
+# Encoded sizes of a plain leaf's entries / a branch's keys, or None without the Python-API
+# encoder: leaf_size(keys, vals), branch_size(keys).
+leaf_size = _leaf_size
+branch_size = PY_EXPORTS.get("branch_size")
+
+
+def leaf_parts(keys: list[bytes], vals: list[bytes]) -> tuple:
+    """What :func:`encode_leaf` needs for a plain leaf's entries, its last item the encoded
+    size: (keys, vals, size) for the Python-API encoder, else (packed keys and values, their
+    lengths, size) for kvdb_encode_leaf. The lists must not change until then."""
+    if _leaf_size is not None:
+        return keys, vals, _leaf_size(keys, vals)
+    return packed_leaf_parts(keys, vals)
+
+
+def packed_leaf_parts(keys: list[bytes], vals: list[bytes]) -> tuple[bytes, list[int], int]:
+    """(packed keys and values, their lengths, encoded size): kvdb_encode_leaf's input."""
     n = len(keys)
     data: list = [None] * (2 * n)
     data[0::2] = keys
@@ -40,6 +71,14 @@ def encode_leaf(pgid: int, parts: tuple[bytes, list[int], int], page_size: int) 
     """The sealed leaf run at ``pgid`` for :func:`leaf_parts`' ``parts``.
 
     Raises ValueError for entries the format cannot hold (a key longer than 65535 bytes)."""
+    if _encode_leaf_lists is not None:
+        keys, vals, _ = parts
+        return _encode_leaf_lists(pgid, keys, vals, page_size)
+    return encode_packed_leaf(pgid, parts, page_size)
+
+
+def encode_packed_leaf(pgid: int, parts: tuple[bytes, list[int], int], page_size: int) -> bytearray:
+    """:func:`encode_leaf` through kvdb_encode_leaf, for :func:`packed_leaf_parts`' parts."""
     packed, lens, size = parts
     out = _run(size, page_size)
     rc = lib.kvdb_encode_leaf(

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 from .encode import AVAILABLE as _C_ENCODE
 from .encode import branch_parts, encode_branch, encode_leaf, leaf_parts
+from .encode import branch_size as _branch_size
+from .encode import leaf_size as _leaf_size
 from .page import (
     BRANCH_ELEMENT,
     HEADER_SIZE,
@@ -119,6 +121,11 @@ def split_in_memory(node: Node, path: list[tuple[Node, int]]) -> Node | None:
 
 def node_size(node: Node, max_inline: int) -> int:
     keys = node.keys
+    if _leaf_size is not None:  # the same sums in C: a rebalance sizes every changed node
+        if not node.leaf:
+            return _branch_size(keys)
+        if node.plain:
+            return _leaf_size(keys, node.vals)
     if node.leaf:
         if node.plain:
             return (

@@ -52,6 +52,28 @@ else:
 
     AVAILABLE = _hash_ready()
 
+
+def _python_exports() -> dict:
+    """What the C side makes with the Python API (csrc/db/pylookup.c, pyencode.c): ``CLookup``,
+    the C base class of Bucket, and the plain leaf encoders ``leaf_size`` and ``encode_leaf``
+    (used by :mod:`.encode`). Empty without the extension.
+
+    CLookup's ``get`` and ``put`` run in C and call the subclass's ``_get`` / ``_put`` for
+    every case they do not take themselves; ``_c_bind(PageMap.address, root)`` turns C gets
+    on, ``_c_bind(0, 0)`` off. The objects are made by a C call given this dict's address
+    (CPython's ``id``): cffi modules have no other way to hand out objects of their own.
+    """
+    if not AVAILABLE:
+        return {}
+    out: dict = {}
+    if lib.kvdb_py_export(ffi.cast("void *", id(out))) != 0:  # pragma: no cover
+        return {}
+    return out
+
+
+PY_EXPORTS = _python_exports()
+CLookup = PY_EXPORTS.get("CLookup")
+
 # Address space reserved per open database (not memory: pages are read from the page cache on
 # demand). A file larger than half of it maps twice its size instead.
 MAP_BYTES = 1 << 36
@@ -63,11 +85,12 @@ class PageMap:
     ``pages`` is how many pages it can address; the file must stay below that (the DB opens a
     new map when it would not). The writer calls :meth:`forget` for every page it rewrites,
     :meth:`set_file_pages` when the file grows (after) or shrinks (before). ``handle`` and
-    ``buf`` are for the lookup fast path in :mod:`.bucket`, which calls ``kvdb_get`` inline
-    (with ``kvdb_tree`` structs from :meth:`tree`).
+    ``buf`` are for the lookup fast paths in :mod:`.bucket`, which calls ``kvdb_get`` inline
+    (with ``kvdb_tree`` structs from :meth:`tree`); ``address`` is the handle's, for
+    :data:`CLookup`.
     """
 
-    __slots__ = ("buf", "handle", "page_size", "pages", "path")
+    __slots__ = ("address", "buf", "handle", "page_size", "pages", "path")
 
     def __init__(self, fd: int, page_size: int, file_pages: int, path: str):
         pages = max(MAP_BYTES // page_size, 2 * file_pages)
@@ -76,6 +99,7 @@ class PageMap:
             err = ffi.errno
             raise OSError(err, f"cannot map the database: {os.strerror(err)}", path)
         self.handle = ffi.gc(handle, lib.kvdb_map_close)
+        self.address = int(ffi.cast("uintptr_t", handle))  # for CLookup._c_bind
         self.buf = ffi.buffer(lib.kvdb_map_base(handle), pages * page_size)
         self.page_size = page_size
         self.pages = pages

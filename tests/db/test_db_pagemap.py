@@ -176,7 +176,7 @@ def test_lookups_in_c_match_the_python_descent(path):
             assert b._cmap is not None
             fast = {k: b.get(k) for k in probes}
             contains = {k: k in b for k in probes}
-            b._cmap = b._ctree = b._cvalue = None  # the Python descent over the node cache
+            b._no_c()  # the Python descent over the node cache
             slow = {k: b.get(k) for k in probes}
             assert {k: k in b for k in probes} == contains
         assert fast == slow
@@ -284,3 +284,105 @@ def test_the_longest_inline_value_comes_back_whole(path):
             assert type(b._lookup(b"a")) is bytes  # stored in the leaf, not an overflow run
             assert b.get(b"a") == longest
             assert b.get(b"b") == longest[:-1]
+
+
+# -- the branch search index (csrc/db/branch.c) ----------------------------------------------
+
+# Keys built to stress the index: long shared prefixes, keys that are prefixes of others, runs
+# of keys that agree on the 7 bytes after their branch's common prefix and differ later, and
+# bytes 0x00 / 0xff where zero padding and length order meet.
+_stems = st.sampled_from([b"", b"a", b"prefix/shared/by/many/keys/", b"\x00" * 9, b"\xff" * 8])
+_tails = st.binary(max_size=14).map(lambda b: bytes((0, 1, 255)[x % 3] for x in b))
+index_keys = st.lists(
+    st.builds(lambda s, t, u: s + t + u, _stems, _tails, st.sampled_from([b"", b"z", b"\x00"])),
+    min_size=30,  # more than an inline bucket holds: the tree is in pages
+    max_size=400,
+    unique=True,
+).filter(lambda ks: all(ks))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(keys=index_keys, data=st.data())
+def test_lookups_through_the_branch_index_match_the_python_descent(tmp_path_factory, keys, data):
+    path = str(tmp_path_factory.mktemp("index") / "t.db")
+    values = {k: b"v" * (len(k) % 50) + k for k in keys}
+    with DB(path, page_size=PS) as db:
+        with db.update() as tx:
+            b = tx.create_bucket(b"b")
+            for k in keys:
+                b.put(k, values[k])
+        # Probes: every key, its neighbours one byte longer or shorter, and random strings.
+        probes = set(keys)
+        for k in keys:
+            probes.update((k[:-1], k + b"\x00", k + b"\xff", k[:-1] + bytes([k[-1] ^ 1])))
+        probes.update(data.draw(st.lists(st.binary(min_size=1, max_size=30), max_size=50)))
+        probes.discard(b"")
+        with db.view() as tx:
+            b = tx.bucket(b"b")
+            assert b._cmap is not None
+            fast = {p: b.get(p) for p in probes}
+            b._no_c()
+            slow = {p: b.get(p) for p in probes}
+        assert fast == slow
+        assert {k: fast[k] for k in keys} == values
+
+
+def _rewrite_branch(path: str, pgid: int, change) -> None:
+    """Re-seal branch page ``pgid`` of ``path`` with ``change(keys, children)`` applied: a valid
+    checksum over content no correct writer produces."""
+    with open(path, "r+b") as f:
+        f.seek(pgid * PS)
+        run = f.read(PS)
+        _, _, ptype, _, _, count, overflow = PAGE_HEADER.unpack_from(run)
+        assert ptype == TYPE_BRANCH and overflow == 0
+        keys, children = decode_branch_body(run, HEADER_SIZE, count, PS, None, None)
+        keys, children = change(keys, children)
+        f.seek(pgid * PS)
+        f.write(build_page(pgid, TYPE_BRANCH, len(keys), encode_branch_body(keys, children), PS))
+
+
+def test_a_branch_with_keys_out_of_order_is_corruption_at_that_page(path):
+    """Under a valid checksum (a bug, not a flipped bit): the index refuses to be built from
+    it instead of routing lookups by a prefix the keys do not share."""
+    with DB(path, page_size=PS) as db:
+        content = fill(db, 800)
+        root = db._meta.root
+    branches = [p for p, t, _ in pages(path, PS) if t == TYPE_BRANCH]
+    with DB(path) as db, db.view() as tx:
+        bucket_root = tx.bucket(b"b")._root
+    assert bucket_root in branches and bucket_root != root
+
+    def swap(keys, children):
+        keys[0], keys[-1] = keys[-1], keys[0]
+        return keys, children
+
+    _rewrite_branch(path, bucket_root, swap)
+    with DB(path) as db, db.view() as tx:
+        b = tx.bucket(b"b")
+        with pytest.raises(CorruptionError, match="out of order") as e:
+            b.get(next(iter(content)))
+        assert (e.value.path, e.value.offset) == (path, bucket_root * PS)
+
+
+def test_a_branch_index_is_rebuilt_when_its_page_is_rewritten(path):
+    """A page id reused for another branch must not route through the old page's index."""
+    with DB(path, page_size=PS) as db:
+        content = fill(db, 2000)
+        for round_ in range(30):
+            with db.view() as tx:  # builds indexes for the branches of this tree
+                b = tx.bucket(b"b")
+                sample = random.Random(round_).sample(sorted(content), 50)
+                assert {k: b.get(k) for k in sample} == {k: content[k] for k in sample}
+            with db.update() as tx:  # frees and reuses branch pages
+                b = tx.bucket(b"b")
+                rng = random.Random(round_)
+                for k in rng.sample(sorted(content), 100):
+                    b.delete(k)
+                    del content[k]
+                for _ in range(100):
+                    k = b"k%06d" % rng.randrange(10**6)
+                    content[k] = b"r%d" % round_
+                    b.put(k, content[k])
+        with db.view() as tx:
+            b = tx.bucket(b"b")
+            assert {k: b.get(k) for k in content} == content

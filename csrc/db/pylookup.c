@@ -1,0 +1,395 @@
+/* Bucket's C base class: Bucket.get (and, further down, Bucket.put) as C methods.
+ *
+ * get: the lookup fast path without a Python frame or a cffi call.
+ *
+ * Why: with the descent in C, a random get in a 1M-key tree spent about a fifth of its time on
+ * the Python side of the call: the method's frame, cffi's argument conversion (a tuple per
+ * call) and slicing the value out of a cffi buffer. A method of a C base class of Bucket does
+ * the common case (an exact bytes key, the tree in committed pages, a plain value or no key)
+ * and builds the value straight from the map; every other case calls Bucket._get, the Python
+ * method, with the same arguments, so type checks, errors and corruption reports are the
+ * Python path's. A subclass must define _get.
+ *
+ * The type is made at run time (kvdb_py_export: cffi modules have no hook to add types of
+ * their own) and handed to keyval/db/pagemap.py in a dict. Its method is called by the
+ * interpreter, with the GIL, and keeps it for the whole lookup, as the cffi lookups do (see
+ * keyval/_db_build.py: releasing and retaking it per call starves other threads).
+ *
+ * Uses only the stable ABI of Python 3.11, as the rest of the module does (abi3).
+ */
+#define Py_LIMITED_API 0x030B0000
+#include <Python.h>
+
+#include "internal.h"
+
+typedef struct {
+    PyObject_HEAD
+    kvdb_map *map; /* NULL: no C lookups now; Bucket._get answers */
+    uint64_t root;
+    Py_ssize_t split_entries; /* 0: no puts in C now; Bucket._put answers */
+    Py_ssize_t max_value;     /* the longest value a put in C stores (in the leaf) */
+} lookup_object;
+
+enum { MAX_KEY = 32 * 1024, MAX_DEPTH = 64 };
+
+/* Interned names, made by kvdb_py_export. */
+static PyObject *fallback_name, *put_fallback_name, *split_name, *s_node, *s_leaf, *s_keys,
+    *s_vals, *s_dirty, *s_mods, *s_count;
+static PyObject *node_type; /* keyval.db.node.Node, from _c_put_on; kept for good */
+
+/* type(self).<name>(self, *args, **kwargs): the function is found on the type (no bound method
+ * made) and called without a tuple in the usual cases (a write transaction's gets come here). */
+static PyObject *slow(PyObject *name, PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                      PyObject *kwnames)
+{
+    PyObject *func = PyObject_GetAttr((PyObject *)Py_TYPE(self), name);
+    if (func == NULL)
+        return NULL;
+    PyObject *tuple = NULL, *kwargs = NULL, *out = NULL;
+    if (kwnames == NULL && nargs == 1) {
+        out = PyObject_CallFunctionObjArgs(func, self, args[0], NULL);
+        goto done;
+    }
+    if (kwnames == NULL && nargs == 2) {
+        out = PyObject_CallFunctionObjArgs(func, self, args[0], args[1], NULL);
+        goto done;
+    }
+    tuple = PyTuple_New(nargs + 1);
+    if (tuple == NULL)
+        goto done;
+    Py_INCREF(self);
+    PyTuple_SetItem(tuple, 0, self); /* steals; cannot fail on a new tuple */
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        Py_INCREF(args[i]);
+        PyTuple_SetItem(tuple, i + 1, args[i]);
+    }
+    if (kwnames != NULL) {
+        kwargs = PyDict_New();
+        if (kwargs == NULL)
+            goto done;
+        for (Py_ssize_t i = 0; i < PyTuple_Size(kwnames); i++)
+            if (PyDict_SetItem(kwargs, PyTuple_GetItem(kwnames, i), args[nargs + i]) < 0)
+                goto done;
+    }
+    out = PyObject_Call(func, tuple, kwargs);
+done:
+    Py_DECREF(func);
+    Py_XDECREF(tuple);
+    Py_XDECREF(kwargs);
+    return out;
+}
+
+static PyObject *lookup_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames)
+{
+    lookup_object *o = (lookup_object *)self;
+    if (o->map != NULL && kwnames == NULL && (nargs == 1 || nargs == 2) &&
+        PyBytes_CheckExact(args[0])) {
+        char *key;
+        Py_ssize_t klen;
+        if (PyBytes_AsStringAndSize(args[0], &key, &klen) < 0)
+            return NULL;
+        kvdb_result r;
+        int rc = db_find(o->map, o->root, (const uint8_t *)key, (size_t)klen, &r);
+        if (rc == KVDB_GET_VALUE)
+            return PyBytes_FromStringAndSize((const char *)o->map->base + r.offset, r.length);
+        if (rc == KVDB_GET_MISSING) {
+            PyObject *dflt = nargs == 2 ? args[1] : Py_None;
+            Py_INCREF(dflt);
+            return dflt;
+        }
+    }
+    return slow(fallback_name, self, args, nargs, kwnames);
+}
+
+/* -- put ------------------------------------------------------------------------------------
+ *
+ * Bucket.put in C for the case a bulk load is made of: exact bytes key and value, the value
+ * short enough to stay in the leaf, and the path to the key's leaf already dirty (in-memory
+ * Node objects: keyval/db/node.py) in a bucket already changed in this transaction. Bucket._put
+ * arms it (_c_put_on) after a put of its own, which proves all of that but the path; _no_c
+ * disarms it. Anything else, found before anything is changed, goes to Bucket._put: a clean
+ * child on the path (a page id to load), an existing key whose value is not plain bytes, a
+ * node or list that is not what the Python side makes. The changes are those of Bucket._put,
+ * in its order: _mods, the entry, _count, then Bucket._split_after_put(key) when the leaf
+ * outgrew split_entries.
+ */
+
+/* bisect_left (right == 0) or bisect_right over a list of bytes; -1 if an item is not bytes. */
+static Py_ssize_t bisect(PyObject *keys, const char *k, Py_ssize_t klen, int right)
+{
+    Py_ssize_t lo = 0, hi = PyList_Size(keys);
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        PyObject *item = PyList_GetItem(keys, mid);
+        char *p;
+        Py_ssize_t n;
+        if (item == NULL || !PyBytes_CheckExact(item) || PyBytes_AsStringAndSize(item, &p, &n) < 0) {
+            PyErr_Clear();
+            return -1;
+        }
+        int c = db_compare((const uint8_t *)p, (size_t)n, (const uint8_t *)k, (size_t)klen);
+        if (right ? c <= 0 : c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* self.<name> += 1 */
+static int bump(PyObject *self, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(self, name);
+    if (v == NULL)
+        return -1;
+    Py_ssize_t n = PyLong_AsSsize_t(v);
+    Py_DECREF(v);
+    if (n == -1 && PyErr_Occurred())
+        return -1;
+    PyObject *w = PyLong_FromSsize_t(n + 1);
+    if (w == NULL)
+        return -1;
+    int rc = PyObject_SetAttr(self, name, w);
+    Py_DECREF(w);
+    return rc;
+}
+
+/* node.<name> as a new reference if it is exactly a list, else NULL (no exception set). */
+static PyObject *node_list(PyObject *node, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(node, name);
+    if (v == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (!PyList_CheckExact(v)) {
+        Py_DECREF(v);
+        return NULL;
+    }
+    return v;
+}
+
+/* Is node a dirty Node (1: leaf, 0: branch), or not something to put into here (-1)? */
+static int dirty_node(PyObject *node)
+{
+    if ((PyObject *)Py_TYPE(node) != node_type)
+        return -1;
+    PyObject *dirty = PyObject_GetAttr(node, s_dirty), *leaf = PyObject_GetAttr(node, s_leaf);
+    int rc = dirty == Py_True ? leaf == Py_True : -1;
+    if (dirty == NULL || leaf == NULL)
+        PyErr_Clear();
+    Py_XDECREF(dirty);
+    Py_XDECREF(leaf);
+    return rc;
+}
+
+/* 1: done; 0: not handled, nothing changed (Bucket._put takes it); -1: error raised. */
+static int fast_put(lookup_object *o, PyObject *self, PyObject *key, PyObject *value)
+{
+    char *k, *v;
+    Py_ssize_t klen, vlen;
+    if (PyBytes_AsStringAndSize(key, &k, &klen) < 0 || PyBytes_AsStringAndSize(value, &v, &vlen) < 0)
+        return -1;
+    if (klen == 0 || klen > MAX_KEY || vlen > o->max_value)
+        return 0; /* the Python path refuses the key, or stores the value in an overflow run */
+    int rc = 0;
+    PyObject *keys = NULL, *vals = NULL;
+    PyObject *node = PyObject_GetAttr(self, s_node);
+    if (node == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    for (int depth = 0;; depth++) {
+        int leaf = dirty_node(node);
+        if (leaf < 0 || depth == MAX_DEPTH)
+            goto out;
+        keys = node_list(node, s_keys);
+        vals = node_list(node, s_vals);
+        if (keys == NULL || vals == NULL || PyList_Size(keys) != PyList_Size(vals))
+            goto out;
+        if (leaf)
+            break;
+        Py_ssize_t i = bisect(keys, k, klen, 1);
+        if (i < 0 || PyList_Size(vals) == 0)
+            goto out;
+        PyObject *child = PyList_GetItem(vals, i > 0 ? i - 1 : 0); /* borrowed */
+        Py_INCREF(child);
+        Py_DECREF(node);
+        Py_CLEAR(keys);
+        Py_CLEAR(vals);
+        node = child;
+    }
+    Py_ssize_t n = PyList_Size(keys);
+    Py_ssize_t i = bisect(keys, k, klen, 0);
+    if (i < 0)
+        goto out;
+    if (i < n) {
+        char *p;
+        Py_ssize_t plen;
+        PyObject *there = PyList_GetItem(keys, i);
+        if (PyBytes_AsStringAndSize(there, &p, &plen) < 0) {
+            PyErr_Clear();
+            goto out;
+        }
+        if (plen == klen && memcmp(p, k, (size_t)klen) == 0) {
+            if (!PyBytes_CheckExact(PyList_GetItem(vals, i)))
+                goto out; /* a nested bucket (an error) or an overflow run to free */
+            rc = -1;
+            if (bump(self, s_mods) < 0)
+                goto out;
+            Py_INCREF(value);
+            PyList_SetItem(vals, i, value); /* steals value, drops the old one */
+            rc = 1;
+            goto out;
+        }
+    }
+    rc = -1;
+    if (bump(self, s_mods) < 0 || PyList_Insert(keys, i, key) < 0)
+        goto out;
+    if (PyList_Insert(vals, i, value) < 0) {
+        PySequence_DelItem(keys, i); /* out of memory: leave the leaf as it was */
+        goto out;
+    }
+    if (bump(self, s_count) < 0)
+        goto out;
+    if (n + 1 > o->split_entries) {
+        PyObject *r = PyObject_CallMethodObjArgs(self, split_name, key, NULL);
+        if (r == NULL)
+            goto out;
+        Py_DECREF(r);
+    }
+    rc = 1;
+out:
+    Py_XDECREF(node);
+    Py_XDECREF(keys);
+    Py_XDECREF(vals);
+    return rc;
+}
+
+static PyObject *bucket_put(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames)
+{
+    lookup_object *o = (lookup_object *)self;
+    if (o->split_entries > 0 && kwnames == NULL && nargs == 2 && PyBytes_CheckExact(args[0]) &&
+        PyBytes_CheckExact(args[1])) {
+        int rc = fast_put(o, self, args[0], args[1]);
+        if (rc < 0)
+            return NULL;
+        if (rc > 0)
+            Py_RETURN_NONE;
+    }
+    return slow(put_fallback_name, self, args, nargs, kwnames);
+}
+
+/* _c_put_on(node_type, split_entries, max_value): puts in C from now on (see above);
+ * _c_put_on(None, 0, 0): off. */
+static PyObject *bucket_put_on(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "_c_put_on(node_type, split_entries, max_value)");
+        return NULL;
+    }
+    Py_ssize_t split = PyLong_AsSsize_t(args[1]), max_value = PyLong_AsSsize_t(args[2]);
+    if ((split == -1 || max_value == -1) && PyErr_Occurred())
+        return NULL;
+    if (split > 0) {
+        if (!PyType_Check(args[0])) {
+            PyErr_SetString(PyExc_TypeError, "_c_put_on: node_type must be a type");
+            return NULL;
+        }
+        if (node_type == NULL) {
+            Py_INCREF(args[0]);
+            node_type = args[0];
+        } else if (node_type != args[0]) {
+            PyErr_SetString(PyExc_ValueError, "_c_put_on: another node type");
+            return NULL;
+        }
+    }
+    lookup_object *o = (lookup_object *)self;
+    o->split_entries = split > 0 ? split : 0;
+    o->max_value = max_value;
+    Py_RETURN_NONE;
+}
+
+/* _c_bind(map_address, root): look keys up in the tree at root through the kvdb_map at
+ * map_address, which the caller keeps alive until _c_bind(0, 0). */
+static PyObject *lookup_bind(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_c_bind(map_address, root)");
+        return NULL;
+    }
+    void *map = PyLong_AsVoidPtr(args[0]);
+    if (map == NULL && PyErr_Occurred())
+        return NULL;
+    unsigned long long root = PyLong_AsUnsignedLongLong(args[1]);
+    if (root == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    lookup_object *o = (lookup_object *)self;
+    o->map = map;
+    o->root = root;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef lookup_methods[] = {
+    {"get", (PyCFunction)(void (*)(void))lookup_get, METH_FASTCALL | METH_KEYWORDS,
+     "get($self, /, key, default=None)\n--\n\n"
+     "The value of ``key``, or ``default`` if it is absent (or names a nested bucket)."},
+    {"_c_bind", (PyCFunction)(void (*)(void))lookup_bind, METH_FASTCALL,
+     "Bind (or with 0, 0 unbind) the C lookup path; see csrc/db/pylookup.c."},
+    {"put", (PyCFunction)(void (*)(void))bucket_put, METH_FASTCALL | METH_KEYWORDS,
+     "put($self, /, key, value)\n--\n\n"
+     "Set ``key`` to ``value``. Raises BucketExists if ``key`` names a nested bucket."},
+    {"_c_put_on", (PyCFunction)(void (*)(void))bucket_put_on, METH_FASTCALL,
+     "Arm (or with None, 0, 0 disarm) the C put path; see csrc/db/pylookup.c."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot lookup_slots[] = {
+    {Py_tp_doc, "keyval.db's C lookup path: the base class of Bucket."},
+    {Py_tp_methods, lookup_methods},
+    {0, NULL},
+};
+
+static PyType_Spec lookup_spec = {
+    .name = "keyval._db_cffi.CLookup",
+    .basicsize = sizeof(lookup_object),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = lookup_slots,
+};
+
+int kvdb_py_export(void *namespace)
+{
+    /* cffi calls this like any other function of the module; take the GIL whether or not the
+     * binding released it. */
+    PyGILState_STATE gil = PyGILState_Ensure();
+    int rc = -1;
+    PyObject *ns = namespace, *type = NULL;
+    if (!PyDict_Check(ns))
+        goto out;
+    if (fallback_name == NULL) {
+        struct {
+            PyObject **slot;
+            const char *text;
+        } names[] = {{&fallback_name, "_get"}, {&put_fallback_name, "_put"},
+                     {&split_name, "_split_after_put"}, {&s_node, "_node"}, {&s_leaf, "leaf"},
+                     {&s_keys, "keys"}, {&s_vals, "vals"}, {&s_dirty, "dirty"},
+                     {&s_mods, "_mods"}, {&s_count, "_count"}};
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+            if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
+                goto out;
+    }
+    type = PyType_FromSpec(&lookup_spec);
+    if (type == NULL)
+        goto out;
+    rc = PyDict_SetItemString(ns, "CLookup", type);
+    if (rc == 0)
+        rc = db_py_add_encoders(ns);
+out:
+    Py_XDECREF(type);
+    if (rc < 0)
+        PyErr_Clear();
+    PyGILState_Release(gil);
+    return rc;
+}

@@ -1,0 +1,361 @@
+"""Bucket.get and Bucket.put in C (csrc/db/pylookup.c) against the Python paths and a model.
+
+The C get answers exact bytes keys whose value is plain or absent and hands every other call
+to ``_get`` with the same arguments; the C put takes plain puts along an already dirty path
+and hands everything else to ``_put``. These tests hold both to the Python paths' answers and
+a model, the same errors for bad input, a closed transaction or a deleted bucket, and check
+that a writer getting in C is not starved by busy readers (the method keeps the GIL).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from keyval.db import DB, pagemap
+from keyval.db.page import MAX_KEY_SIZE
+from keyval.errors import (
+    BucketExists,
+    BucketNotFound,
+    KeyTooLarge,
+    ReadOnlyError,
+    TxClosedError,
+)
+
+pytestmark = pytest.mark.skipif(pagemap.CLookup is None, reason="keyval._db_cffi is not usable")
+
+PS = 512
+
+
+class Key(bytes):
+    """A bytes subclass: a valid key the C method leaves to the Python path."""
+
+
+def answers(b, key):
+    """Every way of asking ``b`` for ``key``, as data to compare."""
+    out = [b.get(key), b.get(key, b"D"), b.get(key, default=b"E")]
+    try:
+        out.append(b[key])
+    except KeyError:
+        out.append(KeyError)
+    return out
+
+
+def python_answers(b, key):
+    out = [b._get(key), b._get(key, b"D"), b._get(key, default=b"E")]
+    v = b._get(key)
+    out.append(KeyError if v is None else v)
+    return out
+
+
+values = st.one_of(
+    st.binary(max_size=40),  # plain, in the leaf
+    st.binary(min_size=200, max_size=300),  # over the inline limit of 512-byte pages
+)
+contents = st.dictionaries(st.binary(min_size=1, max_size=20), values, min_size=1, max_size=300)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(content=contents, data=st.data())
+def test_get_in_c_answers_as_the_python_path_and_the_model(tmp_path_factory, content, data):
+    path = str(tmp_path_factory.mktemp("clookup") / "t.db")
+    nested = data.draw(st.sets(st.binary(min_size=1, max_size=20), max_size=5))
+    nested -= set(content)
+    probes = [*content, *nested, *data.draw(st.lists(st.binary(min_size=1, max_size=20)))]
+    with DB(path, page_size=PS) as db:
+        with db.update() as tx:
+            b = tx.create_bucket(b"b")
+            for k, v in content.items():
+                b.put(k, v)
+            for name in nested:
+                b.create_bucket(name).put(b"x", b"y")
+        with db.view() as tx:
+            b = tx.bucket(b"b")
+            for k in probes:
+                want = content.get(k)
+                assert answers(b, k) == python_answers(b, k)
+                assert b.get(k) == want
+                assert b.get(Key(k)) == want
+        with db.update() as tx:
+            b = tx.bucket(b"b")
+            first = probes[0]
+            assert b.get(first) == content.get(first)  # committed pages, in C
+            b.put(first, b"new")  # the tree is dirty: every get goes to _get from here
+            content[first] = b"new"
+            for k in probes:
+                assert answers(b, k) == python_answers(b, k)
+                assert b.get(k) == content.get(k)
+
+
+@pytest.fixture
+def loaded(path):
+    with DB(path, page_size=PS) as db:
+        with db.update() as tx:
+            b = tx.create_bucket(b"b")
+            for i in range(500):
+                b.put(b"k%04d" % i, b"v%d" % i)
+        yield db
+
+
+@pytest.mark.parametrize("key", ["k0001", 1, None, bytearray(b"k0001"), memoryview(b"k0001")])
+def test_a_key_that_is_not_bytes_is_a_type_error(loaded, key):
+    with loaded.view() as tx:
+        b = tx.bucket(b"b")
+        with pytest.raises(TypeError, match="keys are bytes"):
+            b.get(key)
+        with pytest.raises(TypeError, match="keys are bytes"):
+            b.get(key, b"default")
+        assert b.get(b"k0001") == b"v1"  # the bucket still works
+
+
+def test_wrong_arguments_are_a_type_error(loaded):
+    with loaded.view() as tx:
+        b = tx.bucket(b"b")
+        with pytest.raises(TypeError):
+            b.get()
+        with pytest.raises(TypeError):
+            b.get(b"k0001", b"d", b"extra")
+        with pytest.raises(TypeError):
+            b.get(b"k0001", nonsense=1)
+
+
+def test_get_after_the_transaction_ended_is_refused(loaded):
+    with loaded.view() as tx:
+        b = tx.bucket(b"b")
+        get = b.get
+        assert get(b"k0001") == b"v1"
+    with pytest.raises(TxClosedError):
+        get(b"k0001")
+    with pytest.raises(TxClosedError):
+        b.get(b"k0001")
+
+
+def test_get_in_a_deleted_bucket_is_refused(loaded):
+    with loaded.update() as tx:
+        b = tx.bucket(b"b")
+        assert b.get(b"k0001") == b"v1"
+        tx.delete_bucket(b"b")
+        with pytest.raises(BucketNotFound):
+            b.get(b"k0001")
+
+
+def test_a_writer_getting_in_c_is_not_starved_by_busy_readers(tmp_path):
+    """The C get keeps the GIL for its whole call (csrc/db/pylookup.c has no
+    Py_BEGIN_ALLOW_THREADS), so for thread switching it is one more builtin call: a writer that
+    gets and commits beside three readers that scan and get without pause still finishes its
+    100 durable transactions in seconds. (keyval/_db_build.py tells of the starvation that
+    releasing the GIL on every cffi lookup caused: 35 s for 150 small transactions.)"""
+    with DB(str(tmp_path / "w.db"), page_size=PS, sync=True) as db:
+        keys = [b"k%04d" % i for i in range(2000)]
+        with db.update() as tx:
+            b = tx.create_bucket(b"b")
+            for k in keys:
+                b.put(k, k)
+        stop = threading.Event()
+        scans = [0, 0, 0]
+        errors: list[BaseException] = []
+
+        def reader(slot: int) -> None:
+            try:
+                while not stop.is_set():
+                    with db.view() as tx:
+                        b = tx.bucket(b"b")
+                        if sum(1 for _ in b.items()) < len(keys):
+                            raise AssertionError("a key went missing")
+                        get = b.get
+                        for k in keys:
+                            if get(k) != k:
+                                raise AssertionError(k)
+                    scans[slot] += 1
+            except BaseException as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=reader, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            started = time.monotonic()
+            for i in range(100):
+                with db.update() as tx:
+                    b = tx.bucket(b"b")
+                    for k in keys[i : i + 100]:  # in C: the bucket is clean until the put
+                        assert b.get(k) == k
+                    b.put(b"w", b"%d" % i)
+            elapsed = time.monotonic() - started
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        assert not errors
+        assert all(scans)  # the readers ran beside the writer
+        assert elapsed < 20, f"100 transactions took {elapsed:.1f} s beside the readers"
+
+
+# -- put in C ---------------------------------------------------------------------------------
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["put", "put", "put", "big", "delete", "nested", "commit"]),
+        st.integers(0, 3000),
+        st.integers(0, 60),
+    ),
+    max_size=400,
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=ops, bulk=st.integers(0, 2500))
+def test_puts_in_c_leave_the_bucket_the_model_says(tmp_path_factory, ops, bulk):
+    """A bulk of puts (past an in-memory split at SPLIT_ENTRIES), then puts of plain and
+    overflow values, deletes, nested buckets and commits mixed: the bucket always reads as the
+    model, through get, items and len, and after reopening."""
+    path = str(tmp_path_factory.mktemp("cput") / "t.db")
+    model: dict[bytes, bytes] = {}
+    nested: set[bytes] = set()
+    with DB(path, page_size=PS) as db:
+        with db.update() as tx:
+            b = tx.create_bucket(b"b")
+            for i in range(bulk):
+                k = b"k%05d" % ((i * 7919) % 5000)
+                b.put(k, b"v%d" % i)
+                model[k] = b"v%d" % i
+            rest = list(ops)
+        while rest:  # one transaction per run of ops up to a "commit"
+            with db.update() as tx:
+                b = tx.bucket(b"b")
+                while rest:
+                    op, n, size = rest.pop(0)
+                    if op == "commit":
+                        break
+                    apply_op(b, op, b"k%05d" % n, size, model, nested)
+                assert len(b) == len(model)
+                assert dict(b.items()) == model
+                assert {k: b.get(k) for k in model} == model
+    with DB(path) as db, db.view() as tx:
+        b = tx.bucket(b"b")
+        assert dict(b.items()) == model
+        assert set(b.buckets()) == nested
+        assert len(b) == len(model)
+
+
+def apply_op(b, op: str, k: bytes, size: int, model: dict, nested: set) -> None:
+    if op == "delete":
+        if k in nested:
+            with pytest.raises(BucketExists):
+                b.delete(k)
+        else:
+            assert b.delete(k) == (k in model)
+            model.pop(k, None)
+    elif op == "nested":
+        if k not in model:
+            b.create_bucket(k, exist_ok=True)
+            nested.add(k)
+    elif k in nested:
+        with pytest.raises(BucketExists):
+            b.put(k, b"x")
+    else:
+        v = bytes([k[-1]]) * (size if op == "put" else 300 + size)
+        b.put(k, v)
+        model[k] = v
+
+
+def test_a_bulk_load_is_put_in_c(path, monkeypatch):
+    """After the first puts have made the path dirty, puts no longer reach Bucket._put."""
+    from keyval.db.bucket import Bucket
+
+    calls = [0]
+    python_put = Bucket._put
+
+    def counting(self, key, value):
+        calls[0] += 1
+        return python_put(self, key, value)
+
+    monkeypatch.setattr(Bucket, "_put", counting)
+    with DB(path, page_size=PS) as db:
+        with db.update() as tx:
+            b = tx.create_bucket(b"b")
+            for i in range(5000):
+                b.put(b"k%05d" % ((i * 7919) % 5000), b"v")
+        assert calls[0] < 10
+        with db.view() as tx:
+            assert len(tx.bucket(b"b")) == 5000
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "error"),
+    [
+        ("k", b"v", TypeError),
+        (b"k", "v", TypeError),
+        (1, b"v", TypeError),
+        (b"k", None, TypeError),
+        (bytearray(b"k"), b"v", TypeError),
+        (b"", b"v", KeyTooLarge),
+        (b"x" * (MAX_KEY_SIZE + 1), b"v", KeyTooLarge),
+    ],
+)
+def test_a_bad_put_is_refused_and_changes_nothing(path, key, value, error):
+    with DB(path, page_size=PS) as db:
+        with db.update() as tx:
+            b = tx.create_bucket(b"b")
+            for i in range(3000):
+                b.put(b"k%04d" % i, b"v")  # the C put is armed from here on
+            with pytest.raises(error):
+                b.put(key, value)
+            assert len(b) == 3000
+            b.put(b"k0001", b"w")
+        with db.view() as tx:
+            b = tx.bucket(b"b")
+            assert len(b) == 3000
+            assert b.get(b"k0001") == b"w"
+            assert dict(b.items()) == {b"k%04d" % i: b"w" if i == 1 else b"v" for i in range(3000)}
+
+
+def test_puts_after_the_end_of_their_transaction_are_refused(path):
+    with DB(path, page_size=PS) as db:
+        with db.update() as tx:
+            b = tx.create_bucket(b"b")
+            put = b.put
+            for i in range(100):
+                put(b"k%04d" % i, b"v")
+        with pytest.raises(TxClosedError):
+            put(b"k0001", b"late")
+        with db.view() as tx:
+            b = tx.bucket(b"b")
+            with pytest.raises(ReadOnlyError):
+                b.put(b"k0001", b"x")
+            assert b.get(b"k0001") == b"v"
+
+
+def test_puts_into_a_deleted_bucket_are_refused(path):
+    with DB(path, page_size=PS) as db, db.update() as tx:
+        b = tx.create_bucket(b"b")
+        for i in range(100):
+            b.put(b"k%04d" % i, b"v")
+        tx.delete_bucket(b"b")
+        with pytest.raises(BucketNotFound):
+            b.put(b"k0001", b"x")
+
+
+def test_puts_in_c_of_every_key_again_find_each_in_its_leaf(path):
+    """Keys equal to a branch's separators belong to the right child: puts of every key of a
+    committed tree, twice (the second time every path is dirty and all go through C), replace
+    values and add nothing."""
+    keys = [b"k%05d" % i for i in range(3000)]
+    with DB(path, page_size=PS) as db:
+        with db.update() as tx:
+            b = tx.create_bucket(b"b")
+            for k in keys:
+                b.put(k, b"1")
+        with db.update() as tx:
+            b = tx.bucket(b"b")
+            for value in (b"2", b"3"):
+                for k in keys:
+                    b.put(k, value)
+                assert len(b) == len(keys)
+                assert list(b.items()) == [(k, value) for k in keys]
+        with db.view() as tx:
+            assert list(tx.bucket(b"b").items()) == [(k, b"3") for k in keys]
