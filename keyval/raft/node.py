@@ -48,6 +48,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from keyval.raft.core import Config, RaftCore, Ready, Role
+from keyval.raft.entrycache import EntryCache
 from keyval.raft.messages import Message, MsgType
 from keyval.raft.readindex import ReadState
 from keyval.raft.records import Entry, HardState, Snapshot
@@ -123,7 +124,11 @@ class Node:
             state_machine.restore(snap.data)
             self.applied = snap.index
         self._replay()
-        self.core = RaftCore(config, storage, rng or random.Random(), applied=self.applied)
+        # The core reads the log through a cache of what this node wrote last: it applies
+        # (and sends) those entries moments later, and a WAL read each time is on the path
+        # of every write.
+        self._cache = EntryCache(storage)
+        self.core = RaftCore(config, self._cache, rng or random.Random(), applied=self.applied)
         self._log_bytes = self._measure_log()
         with self._lock:
             self._process()
@@ -325,6 +330,7 @@ class Node:
         st = self.storage
         if rd.snapshot is not None:
             st.save_snapshot(rd.snapshot)
+            self._cache.clear()
             self._log_bytes = self._measure_log()
         if rd.hard_state is not None:
             self._newest_hs = rd.hard_state
@@ -362,6 +368,7 @@ class Node:
 
     def _wrote(self, hs: HardState | None, entries: tuple[Entry, ...], replaces: bool) -> None:
         """Bookkeeping after a write; ``replaces``: the entries replaced a suffix of the log."""
+        self._cache.wrote(entries)
         if hs is not None:
             self._durable_hs = hs
         if replaces:
