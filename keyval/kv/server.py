@@ -9,8 +9,9 @@ state machine's pending batch when it is due.
 
 The path of a write, and which thread does what (each hand-off between threads costs tens of
 microseconds, as much as the rest of the work): when no other write is being proposed, the
-client connection's thread proposes it (the leader sends the append to its followers at once,
-from that thread), writes the leader's own log (``Node.persist``, the node's lock released
+client connection's thread proposes it (the leader sends the append at once, from that
+thread, to the one follower a quorum needs, and to the other on its next tick: see
+keyval.raft.pacing), writes the leader's own log (``Node.persist``, the node's lock released
 meanwhile) and goes back to reading its socket; the thread that learns the entry is
 committed (usually the reader of a follower's acknowledgement) applies it and writes the
 answer to the client's socket itself. Writes that arrive while a batch is being proposed wait
@@ -102,6 +103,7 @@ class Server:
             rng=random.Random(),
             max_raft_state=max_raft_state,
             on_persist_needed=self._persist_needed,
+            pace_followers=True,
         )
         self.service = KVService(self.node, self.state_machine)
         self._stop = threading.Event()

@@ -26,6 +26,11 @@ applied and answered, and new proposals are sent on; a ready that must write any
 new term, a snapshot, entries as a follower) waits until that write has landed, so writes
 reach storage in the order the core asked for them.
 
+With ``pace_followers``, a leader's appends and heartbeats go at once only to the followers a
+quorum needs and to the others on the next tick, a tick's worth in one go
+(:mod:`keyval.raft.pacing`): the commit never waited for those, and each write they take
+separately costs the machine a wake-up, a step and an fsync.
+
 After applying, if the Raft state (log plus hard state) exceeds ``max_raft_state`` bytes, the
 state machine is snapshotted at the applied index and the log compacted.
 
@@ -50,6 +55,7 @@ from typing import Protocol
 from keyval.raft.core import Config, RaftCore, Ready, Role
 from keyval.raft.entrycache import EntryCache
 from keyval.raft.messages import Message, MsgType
+from keyval.raft.pacing import QuorumPacer
 from keyval.raft.readindex import ReadState
 from keyval.raft.records import Entry, HardState, Snapshot
 
@@ -93,15 +99,19 @@ class Node:
         on_apply: Callable[[Entry, object], None] | None = None,
         on_read: Callable[[ReadState], None] | None = None,
         on_persist_needed: Callable[[], None] | None = None,
+        pace_followers: bool = False,
     ) -> None:
         """``storage`` has the SPEC RaftStorage API (MemoryStorage or RaftStorage);
         ``on_apply(entry, result)`` runs after each applied entry; ``on_read(state)`` once a
         ReadIndex read may be served (the state machine has applied ``state.index``);
         ``on_persist_needed()`` (under the lock), if given, when a leader left new entries for
-        :meth:`persist` (see the module docstring)."""
+        :meth:`persist` (see the module docstring); ``pace_followers``: a leader sends at once
+        only to the followers a quorum needs, to the others on the next tick
+        (:mod:`keyval.raft.pacing`)."""
         self.storage = storage
         self.state_machine = state_machine
-        self._send = send
+        self._pacer = QuorumPacer(lambda: self.core, send) if pace_followers else None
+        self._send = self._pacer.send if self._pacer is not None else send
         self.max_raft_state = max_raft_state
         self.on_apply = on_apply
         self.on_read = on_read
@@ -139,6 +149,8 @@ class Node:
         with self._lock:
             self.core.tick()
             self._process()
+            if self._pacer is not None:
+                self._pacer.flush()
 
     def step(self, msg: Message) -> None:
         with self._lock:
