@@ -87,6 +87,26 @@ class DurableStateMachine(StateMachine, Protocol):
     def applied_index(self) -> int: ...
 
 
+def _coalesce_acks(msgs: tuple[Message, ...]) -> tuple[Message, ...] | list[Message]:
+    """``msgs`` with, of the accepting append responses to one leader in one term, only the
+    one with the highest index (where it stood). A follower that stepped a batch of appends
+    (a paced one gets a tick's worth at once) acknowledges each; within a term the leader's
+    log only grows, so the highest acknowledgement says all the others do, and the leader
+    steps one message instead of many. Dropping the others is what losing them would do."""
+    best: dict[tuple[int, int], Message] = {}
+    acks = 0
+    for m in msgs:
+        if m.type is MsgType.APP_RESP and not m.reject:
+            acks += 1
+            key = (m.to, m.term)
+            if key not in best or m.index > best[key].index:
+                best[key] = m
+    if acks == len(best):
+        return msgs
+    keep = {id(m) for m in best.values()}
+    return [m for m in msgs if m.type is not MsgType.APP_RESP or m.reject or id(m) in keep]
+
+
 class Node:
     def __init__(
         self,
@@ -334,7 +354,7 @@ class Node:
         for m in early:
             self._send(m)
         self._persist(rd)
-        for m in rd.messages:
+        for m in _coalesce_acks(rd.messages):
             if not early or m.type is not MsgType.APP:
                 self._send(m)
         self._apply(rd)

@@ -148,3 +148,36 @@ def test_commits_go_on_when_the_immediate_follower_stops_answering():
     c.deliver_all()  # and is now sent to at once: committed without a tick
     assert c.leader.commit_index == later
     assert c.storages[other].last_index == later
+
+
+def test_a_paced_follower_acknowledges_a_ticks_worth_once():
+    """The appends of one tick, stepped together (as one read brings them), are written with
+    one fsync and acknowledged with one message: the highest."""
+    c = PacedCluster()
+    last = 0
+    for k in range(5):
+        last = c.leader.propose(b"put %d" % k)
+    c.deliver_all()
+    paced = next(i for i in (2, 3) if c.storages[i].last_index < last)
+    c.leader.tick()
+    batch = [m for m in c.outbox if m.to == paced]
+    assert len([m for m in batch if m.type is MsgType.APP]) > 1
+    c.outbox[:] = [m for m in c.outbox if m.to != paced]
+    c.nodes[paced].step_many(batch)
+    acks = [m for m in c.outbox if m.frm == paced and m.type is MsgType.APP_RESP]
+    assert [(a.index, a.reject) for a in acks] == [(last, False)]
+    c.deliver_all()
+    assert c.storages[paced].last_index == last
+
+
+def test_coalesced_acks_keep_rejects_and_other_terms():
+    from keyval.raft.node import _coalesce_acks
+
+    def ack(index, term=2, reject=False, to=1):
+        return Message(MsgType.APP_RESP, to, 3, term, index=index, reject=reject)
+
+    heartbeat = Message(MsgType.HEARTBEAT_RESP, 1, 3, 2, context=b"r")
+    msgs = (ack(5), ack(7), ack(4, reject=True), heartbeat, ack(6), ack(3, term=1))
+    assert list(_coalesce_acks(msgs)) == [ack(7), ack(4, reject=True), heartbeat, ack(3, term=1)]
+    single = (ack(5),)
+    assert _coalesce_acks(single) is single
