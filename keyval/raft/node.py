@@ -132,6 +132,7 @@ class Node:
         self.state_machine = state_machine
         self._pacer = QuorumPacer(lambda: self.core, send) if pace_followers else None
         self._send = self._pacer.send if self._pacer is not None else send
+        self._stall_mark = 0  # see nudge()
         self.max_raft_state = max_raft_state
         self.on_apply = on_apply
         self.on_read = on_read
@@ -171,6 +172,27 @@ class Node:
             self._process()
             if self._pacer is not None:
                 self._pacer.flush()
+                self._stall_mark = 0
+
+    def nudge(self) -> None:
+        """With ``pace_followers``: called by the owner between ticks, every few milliseconds.
+        A leader whose entries that were uncommitted at the previous call still are sends at
+        once what it holds for the paced followers: the followers a quorum needed are late
+        (a busy machine, a slow disk), and a paced one can stand in for them without waiting
+        for the next tick."""
+        if self._pacer is None:
+            return
+        with self._lock:
+            if not self._pacer.held:
+                self._stall_mark = 0
+                return
+            committed = self.core.log.committed
+            if self._stall_mark and committed < self._stall_mark:
+                self._pacer.flush()
+                self._stall_mark = 0
+            else:
+                last = self.core.log.last_index()
+                self._stall_mark = last if last > committed else 0
 
     def step(self, msg: Message) -> None:
         with self._lock:

@@ -9,7 +9,10 @@ the highest match index (the most up to date, which are the ones answering), tie
 id, and holds the messages for the others until :meth:`flush`, which the node calls on every
 tick: those followers get all the entries of a tick in one read, one fsync and one round of
 acknowledgements. A follower that stops answering falls behind in match index and so is
-replaced among the immediate ones by one that answers, within a tick or two.
+replaced among the immediate ones by one that answers, within a tick or two. A follower that
+is only late (a busy machine) is covered sooner: the node's owner calls
+:meth:`~keyval.raft.node.Node.nudge` every few milliseconds between ticks, and a leader whose
+entries stayed uncommitted from one nudge to the next flushes what it holds.
 
 What it keeps (Raft's safety never depends on when a message arrives; this is only about when
 it leaves): messages to one follower go out in the order the core made them (a follower's

@@ -181,3 +181,26 @@ def test_coalesced_acks_keep_rejects_and_other_terms():
     assert list(_coalesce_acks(msgs)) == [ack(7), ack(4, reject=True), heartbeat, ack(3, term=1)]
     single = (ack(5),)
     assert _coalesce_acks(single) is single
+
+
+def test_a_nudge_sends_what_is_held_when_the_quorum_is_late():
+    """Entries still uncommitted from one nudge to the next: the paced follower gets them at
+    once (it stands in for the late one) instead of on the next tick; entries that commit in
+    time are not flushed by a nudge."""
+    c = PacedCluster()
+    first = c.leader.propose(b"in time")
+    c.deliver_all()
+    c.leader.nudge()
+    c.leader.nudge()
+    assert c.leader.commit_index == first
+    paced = next(i for i in (2, 3) if c.storages[i].last_index < first)
+    c.down.add(5 - paced)  # the immediate follower stops answering
+    index = c.leader.propose(b"late")
+    c.deliver_all()
+    c.leader.nudge()  # marks the uncommitted entries
+    c.deliver_all()
+    assert c.leader.commit_index < index
+    c.leader.nudge()  # still uncommitted: flush
+    c.deliver_all()
+    assert c.leader.commit_index == index
+    assert c.storages[paced].last_index == index
