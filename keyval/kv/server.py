@@ -49,7 +49,7 @@ from keyval.raft.storage import RaftStorage
 log = logging.getLogger("keyval.kv.server")
 
 TICK_SECONDS = 0.01
-NUDGES_PER_TICK = 5  # Node.nudge every 2 ms: a late quorum is helped by a paced follower
+NUDGES_PER_TICK = 10  # Node.nudge every 1 ms: a late quorum is helped by a paced follower
 ELECTION_TICKS = 15  # a follower waits 150-300 ms without a leader before it campaigns
 HEARTBEAT_TICKS = 3
 POLL_SECONDS = 0.1  # how long a thread waiting for work may take to notice close()
