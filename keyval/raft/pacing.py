@@ -17,8 +17,9 @@ entries stayed uncommitted from one nudge to the next flushes what it holds.
 What it keeps (Raft's safety never depends on when a message arrives; this is only about when
 it leaves): messages to one follower go out in the order the core made them (a follower's
 held messages are flushed before anything newer goes to it); anything but an append or a
-heartbeat (a snapshot chunk, a read index answer) goes at once, after what is held for that
-follower; a node that is not the leader holds nothing. Messages are held at most one tick.
+plain heartbeat (a snapshot chunk, a read index answer, the heartbeat of a ReadIndex round,
+which a read waits for) goes at once, after what is held for that follower; a node that is
+not the leader holds nothing. Messages are held at most one tick.
 
 Thread safety: none of its own; the node calls it under its lock.
 """
@@ -48,7 +49,8 @@ class QuorumPacer:
 
     def send(self, m: Message) -> None:
         core = self._core()
-        if core.role is Role.LEADER and m.type in _PACED and not self._immediate(core, m.to):
+        paced = m.type in _PACED and not m.context  # a ReadIndex round's heartbeat goes now
+        if core.role is Role.LEADER and paced and not self._immediate(core, m.to):
             self._held.setdefault(m.to, []).append(m)
             return
         held = self._held.pop(m.to, None)
