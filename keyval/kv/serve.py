@@ -10,6 +10,12 @@ import threading
 
 from keyval.kv.protocol import parse_peers
 
+# How long a thread that wants the GIL waits before the holder is made to drop it (Python's
+# default is 5 ms). A node's threads hold the GIL for long stretches only off the write path
+# (the state machine's batch commit, a snapshot); with the default, a reader thread woken by a
+# follower's acknowledgement, or a client's connection thread, could wait that long behind one.
+SWITCH_INTERVAL = 0.0005
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="keyval serve", description=__doc__.split(":")[0])
@@ -34,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from keyval.kv.server import Server
 
+    sys.setswitchinterval(SWITCH_INTERVAL)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

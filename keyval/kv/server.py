@@ -9,8 +9,9 @@ state machine's pending batch when it is due.
 
 The path of a write, and which thread does what (each hand-off between threads costs tens of
 microseconds, as much as the rest of the work): when no other write is being proposed, the
-client connection's thread proposes it (the leader sends the append to its followers at once,
-from that thread), writes the leader's own log (``Node.persist``, the node's lock released
+client connection's thread proposes it (the leader sends the append at once, from that
+thread, to the one follower a quorum needs, and to the other on its next tick: see
+keyval.raft.pacing), writes the leader's own log (``Node.persist``, the node's lock released
 meanwhile) and goes back to reading its socket; the thread that learns the entry is
 committed (usually the reader of a follower's acknowledgement) applies it and writes the
 answer to the client's socket itself. Writes that arrive while a batch is being proposed wait
@@ -48,6 +49,7 @@ from keyval.raft.storage import RaftStorage
 log = logging.getLogger("keyval.kv.server")
 
 TICK_SECONDS = 0.01
+NUDGES_PER_TICK = 10  # Node.nudge every 1 ms: a late quorum is helped by a paced follower
 ELECTION_TICKS = 15  # a follower waits 150-300 ms without a leader before it campaigns
 HEARTBEAT_TICKS = 3
 POLL_SECONDS = 0.1  # how long a thread waiting for work may take to notice close()
@@ -102,6 +104,7 @@ class Server:
             rng=random.Random(),
             max_raft_state=max_raft_state,
             on_persist_needed=self._persist_needed,
+            pace_followers=True,
         )
         self.service = KVService(self.node, self.state_machine)
         self._stop = threading.Event()
@@ -143,7 +146,14 @@ class Server:
         self.close()
 
     def _tick_loop(self) -> None:
-        while not self._stop.wait(TICK_SECONDS):
+        nudges = 0
+        while not self._stop.wait(TICK_SECONDS / NUDGES_PER_TICK):
+            nudges += 1
+            if nudges < NUDGES_PER_TICK:
+                if self.node.is_leader:  # a racy read: only a leader holds anything back
+                    self._nudge()
+                continue
+            nudges = 0
             try:
                 self.node.tick()
                 self._expire_requests()
@@ -151,6 +161,13 @@ class Server:
             except Exception:  # a failed fsync is fatal for this node: stop serving
                 log.exception("node %d: tick failed; stopping", self.node_id)
                 self._stop.set()
+
+    def _nudge(self) -> None:
+        try:
+            self.node.nudge()
+        except Exception:  # sends only; a failure here is a bug, and fatal as in tick
+            log.exception("node %d: nudge failed; stopping", self.node_id)
+            self._stop.set()
 
     def _write_loop(self) -> None:
         """The write thread: proposes the writes that arrived while another thread was

@@ -26,6 +26,11 @@ applied and answered, and new proposals are sent on; a ready that must write any
 new term, a snapshot, entries as a follower) waits until that write has landed, so writes
 reach storage in the order the core asked for them.
 
+With ``pace_followers``, a leader's appends and heartbeats go at once only to the followers a
+quorum needs and to the others on the next tick, a tick's worth in one go
+(:mod:`keyval.raft.pacing`): the commit never waited for those, and each write they take
+separately costs the machine a wake-up, a step and an fsync.
+
 After applying, if the Raft state (log plus hard state) exceeds ``max_raft_state`` bytes, the
 state machine is snapshotted at the applied index and the log compacted.
 
@@ -48,7 +53,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from keyval.raft.core import Config, RaftCore, Ready, Role
+from keyval.raft.entrycache import EntryCache
 from keyval.raft.messages import Message, MsgType
+from keyval.raft.pacing import QuorumPacer
 from keyval.raft.readindex import ReadState
 from keyval.raft.records import Entry, HardState, Snapshot
 
@@ -80,6 +87,26 @@ class DurableStateMachine(StateMachine, Protocol):
     def applied_index(self) -> int: ...
 
 
+def _coalesce_acks(msgs: tuple[Message, ...]) -> tuple[Message, ...] | list[Message]:
+    """``msgs`` with, of the accepting append responses to one leader in one term, only the
+    one with the highest index (where it stood). A follower that stepped a batch of appends
+    (a paced one gets a tick's worth at once) acknowledges each; within a term the leader's
+    log only grows, so the highest acknowledgement says all the others do, and the leader
+    steps one message instead of many. Dropping the others is what losing them would do."""
+    best: dict[tuple[int, int], Message] = {}
+    acks = 0
+    for m in msgs:
+        if m.type is MsgType.APP_RESP and not m.reject:
+            acks += 1
+            key = (m.to, m.term)
+            if key not in best or m.index > best[key].index:
+                best[key] = m
+    if acks == len(best):
+        return msgs
+    keep = {id(m) for m in best.values()}
+    return [m for m in msgs if m.type is not MsgType.APP_RESP or m.reject or id(m) in keep]
+
+
 class Node:
     def __init__(
         self,
@@ -92,15 +119,20 @@ class Node:
         on_apply: Callable[[Entry, object], None] | None = None,
         on_read: Callable[[ReadState], None] | None = None,
         on_persist_needed: Callable[[], None] | None = None,
+        pace_followers: bool = False,
     ) -> None:
         """``storage`` has the SPEC RaftStorage API (MemoryStorage or RaftStorage);
         ``on_apply(entry, result)`` runs after each applied entry; ``on_read(state)`` once a
         ReadIndex read may be served (the state machine has applied ``state.index``);
         ``on_persist_needed()`` (under the lock), if given, when a leader left new entries for
-        :meth:`persist` (see the module docstring)."""
+        :meth:`persist` (see the module docstring); ``pace_followers``: a leader sends at once
+        only to the followers a quorum needs, to the others on the next tick
+        (:mod:`keyval.raft.pacing`)."""
         self.storage = storage
         self.state_machine = state_machine
-        self._send = send
+        self._pacer = QuorumPacer(lambda: self.core, send) if pace_followers else None
+        self._send = self._pacer.send if self._pacer is not None else send
+        self._stall_mark = 0  # see nudge()
         self.max_raft_state = max_raft_state
         self.on_apply = on_apply
         self.on_read = on_read
@@ -123,7 +155,11 @@ class Node:
             state_machine.restore(snap.data)
             self.applied = snap.index
         self._replay()
-        self.core = RaftCore(config, storage, rng or random.Random(), applied=self.applied)
+        # The core reads the log through a cache of what this node wrote last: it applies
+        # (and sends) those entries moments later, and a WAL read each time is on the path
+        # of every write.
+        self._cache = EntryCache(storage)
+        self.core = RaftCore(config, self._cache, rng or random.Random(), applied=self.applied)
         self._log_bytes = self._measure_log()
         with self._lock:
             self._process()
@@ -134,6 +170,29 @@ class Node:
         with self._lock:
             self.core.tick()
             self._process()
+            if self._pacer is not None:
+                self._pacer.flush()
+                self._stall_mark = 0
+
+    def nudge(self) -> None:
+        """With ``pace_followers``: called by the owner between ticks, every few milliseconds.
+        A leader whose entries that were uncommitted at the previous call still are sends at
+        once what it holds for the paced followers: the followers a quorum needed are late
+        (a busy machine, a slow disk), and a paced one can stand in for them without waiting
+        for the next tick."""
+        if self._pacer is None:
+            return
+        with self._lock:
+            if not self._pacer.held:
+                self._stall_mark = 0
+                return
+            committed = self.core.log.committed
+            if self._stall_mark and committed < self._stall_mark:
+                self._pacer.flush()
+                self._stall_mark = 0
+            else:
+                last = self.core.log.last_index()
+                self._stall_mark = last if last > committed else 0
 
     def step(self, msg: Message) -> None:
         with self._lock:
@@ -281,8 +340,8 @@ class Node:
                 self.on_change()
 
     def _process_as_leader(self) -> bool:
-        """One ready of a leader that leads durably; False when it held nothing but entries
-        left for :meth:`persist` (nothing more to do now)."""
+        """One ready of a leader that leads durably; False when it left its entries for
+        :meth:`persist` (nothing more to do now)."""
         core = self.core
         rd = core.ready()
         self._send_and_apply(rd)
@@ -294,7 +353,10 @@ class Node:
             # again once its write has landed, and asks for a persist if any are left.
             if self.on_persist_needed is not None and not self._persisting:
                 self.on_persist_needed()
-            return bool(rd.messages or rd.committed_entries or rd.read_states or rd.hard_state)
+            # Nothing else can be ready: the core changes only when it is called, and this
+            # ready's messages, commits and reads are done. Looking again would only build a
+            # ready of the same unwritten entries (a propose's cost, on its critical path).
+            return False
         core.advance(rd)
         self._maybe_compact()
         return True
@@ -314,7 +376,7 @@ class Node:
         for m in early:
             self._send(m)
         self._persist(rd)
-        for m in rd.messages:
+        for m in _coalesce_acks(rd.messages):
             if not early or m.type is not MsgType.APP:
                 self._send(m)
         self._apply(rd)
@@ -325,6 +387,7 @@ class Node:
         st = self.storage
         if rd.snapshot is not None:
             st.save_snapshot(rd.snapshot)
+            self._cache.clear()
             self._log_bytes = self._measure_log()
         if rd.hard_state is not None:
             self._newest_hs = rd.hard_state
@@ -362,6 +425,7 @@ class Node:
 
     def _wrote(self, hs: HardState | None, entries: tuple[Entry, ...], replaces: bool) -> None:
         """Bookkeeping after a write; ``replaces``: the entries replaced a suffix of the log."""
+        self._cache.wrote(entries)
         if hs is not None:
             self._durable_hs = hs
         if replaces:

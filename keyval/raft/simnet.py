@@ -85,6 +85,7 @@ class SimNet:
         max_raft_state: int | None = None,
         observer: Callable[[SimNet], None] | None = None,
         on_start: Callable[[int, Node], None] | None = None,
+        pace_followers: bool = False,
     ) -> None:
         """``n`` nodes with ids 1..n. ``config`` holds :class:`~keyval.raft.core.Config` fields
         (besides id and peers); ``storage_factory(id)`` makes a node's storage (default
@@ -92,7 +93,8 @@ class SimNet:
         uses (default: the same object, which is what an in-memory store models; a durable
         store closes ``old`` and opens its directory again, so recovery really runs);
         ``observer(net)`` runs after every event (safety checkers); ``on_start(id, node)``
-        after each (re)start of a node (to attach a service to it)."""
+        after each (re)start of a node (to attach a service to it); ``pace_followers`` as for
+        :class:`~keyval.raft.node.Node` (the TCP server runs its nodes with it)."""
         self.seed = seed
         self.rng = random.Random(seed)
         self.ids = tuple(range(1, n + 1))
@@ -106,6 +108,7 @@ class SimNet:
         self.max_raft_state = max_raft_state
         self.observer = observer
         self.on_start = on_start
+        self.pace_followers = pace_followers
         self.now = 0  # simulated milliseconds
         self._queue: list[tuple[int, int, Callable[[], None]]] = []
         self._seq = 0
@@ -144,6 +147,7 @@ class SimNet:
             send=self._transmit,
             rng=node_rng,
             max_raft_state=self.max_raft_state,
+            pace_followers=self.pace_followers,
         )
         if self.on_start is not None:
             self.on_start(i, self.nodes[i])

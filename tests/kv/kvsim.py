@@ -310,6 +310,7 @@ class Cluster:
         request_timeout_ms: int = REQUEST_TIMEOUT_MS,
         tick_ms: int = 50,
         config: dict | None = None,
+        pace_followers: bool = False,
     ) -> None:
         self.seed = seed
         self.dir = tmp_path
@@ -340,6 +341,7 @@ class Cluster:
             state_machine_factory=self._machine,
             on_start=self._attach,
             observer=self._observe if max_raft_state is not None else None,
+            pace_followers=pace_followers,
             **options,
         )
 

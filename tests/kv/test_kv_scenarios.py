@@ -98,10 +98,12 @@ def test_basic_operations_of_one_client(make):
     c.check_linearizable()
 
 
-def test_one_client_is_fast(make):
+@pytest.mark.parametrize("paced", [False, True], ids=["unpaced", "paced"])
+def test_one_client_is_fast(make, paced):
     """1,000 sequential appends, each well under 33 ms of simulated time: a write must not
-    wait for a heartbeat (100 ms) to be replicated or committed."""
-    c = make(3)
+    wait for a heartbeat (100 ms) to be replicated or committed. Paced (as the TCP server
+    runs its nodes), a write must not wait for a tick either."""
+    c = make(3, pace_followers=paced)
     c.wait_leader()
     ck = c.client()
     c.put(ck, b"k", b"")
@@ -217,6 +219,12 @@ def test_many_partitions(make):
     many_partitions(make(5), clients=5, rounds=10)
 
 
+def test_many_partitions_paced(make):
+    """As the TCP server runs its nodes: leaders send to the followers beyond a quorum once a
+    tick (keyval.raft.pacing)."""
+    many_partitions(make(5, unreliable=True, pace_followers=True), clients=5, rounds=10)
+
+
 @pytest.mark.torture
 @pytest.mark.parametrize("run", range(8))
 def test_many_partitions_unreliable_torture(make, run):
@@ -243,6 +251,10 @@ def crash_under_load(c: Cluster, clients: int, rounds: int) -> None:
 
 def test_crash_of_every_server_during_load(make):
     crash_under_load(make(5), clients=5, rounds=5)
+
+
+def test_crash_of_every_server_during_load_paced(make):
+    crash_under_load(make(3, durable_raft=True, pace_followers=True), clients=5, rounds=5)
 
 
 @pytest.mark.torture
@@ -323,10 +335,17 @@ def test_all_faults_combined_15_clients_7_servers_random_keys(make):
     all_faults_combined(make(7, unreliable=True), rounds=4)
 
 
+def test_all_faults_combined_paced(make):
+    all_faults_combined(make(7, unreliable=True, pace_followers=True), rounds=4)
+
+
 @pytest.mark.torture
 @pytest.mark.parametrize("run", range(8))
 def test_all_faults_combined_torture(make, run):
-    all_faults_combined(make(7, unreliable=True, durable_raft=run % 2 == 1), rounds=10)
+    all_faults_combined(
+        make(7, unreliable=True, durable_raft=run % 2 == 1, pace_followers=run % 4 >= 2),
+        rounds=10,
+    )
 
 
 # -- snapshots ----------------------------------------------------------------------------------
