@@ -11,6 +11,12 @@ merges underfull nodes and ``spill`` splits by size into pages, allocates them a
 
 A branch's ``vals`` are its children: page ids (ints) or, in a dirty branch, dirty ``Node``s.
 A leaf's ``vals`` are bytes, :class:`OverflowRef` or :class:`BucketHeader`.
+
+A clean node holds its entries in tuples, a dirty one in lists. Why: the page cache keeps tens of
+thousands of clean nodes, and lists are always tracked by the cyclic garbage collector, which
+then walked every key of every cached node on each full collection (a 1,000-put transaction
+over 1M keys spent more time in the collector than in its puts). A tuple of bytes or ints is
+untracked by the collector's first pass, so cached nodes cost it almost nothing.
 """
 
 from __future__ import annotations
@@ -89,9 +95,9 @@ class Node:
         if ptype == TYPE_LEAF:
             keys, vals = decode_leaf_body(buf, HEADER_SIZE, count, end, path, offset)
             plain = all(type(v) is bytes for v in vals)
-            return cls(True, keys, vals, pgid, span, plain=plain)
+            return cls(True, tuple(keys), tuple(vals), pgid, span, plain=plain)
         keys, children = decode_branch_body(buf, HEADER_SIZE, count, end, path, offset)
-        return cls(False, keys, children, pgid, span)
+        return cls(False, tuple(keys), tuple(children), pgid, span)
 
 
 def route(keys: list[bytes], key: bytes) -> int:
@@ -373,9 +379,12 @@ def _seal(
         span = span_for(HEADER_SIZE + len(body), page_size)
         pgid = tx._allocate(span)
         page = build_page(pgid, ptype, len(keys), body, page_size)
+    # Clean from here on: entries in tuples (see the module docstring).
     if reuse is None:
-        reuse = Node(leaf, keys, vals, pgid, span, plain=plain)
+        reuse = Node(leaf, tuple(keys), tuple(vals), pgid, span, plain=plain)
     else:
+        reuse.keys = tuple(keys)
+        reuse.vals = tuple(vals)
         reuse.pgid = pgid
         reuse.span = span
         reuse.dirty = False
