@@ -48,9 +48,14 @@ from .page import (
     max_inline_value,
     span_for,
 )
+from .pagemap import PY_EXPORTS
 
 if TYPE_CHECKING:
     from .tx import Tx
+
+# A new list of an iterable's items for a dirty node, untracked by the garbage collector
+# (csrc/db/pynode.c says why that is safe: a dirty node's lists are never part of a cycle).
+dirty_list = PY_EXPORTS.get("dirty_list", list)
 
 # A dirty node with more entries than this is halved at once during the transaction, so an
 # insert never moves more than a few KiB of list (a bulk load into one node would be O(n^2)).
@@ -84,7 +89,9 @@ class Node:
         self.plain = plain
 
     def dirty_copy(self) -> Node:
-        return Node(self.leaf, list(self.keys), list(self.vals), dirty=True, plain=self.plain)
+        return Node(
+            self.leaf, dirty_list(self.keys), dirty_list(self.vals), dirty=True, plain=self.plain
+        )
 
     @classmethod
     def decode(
