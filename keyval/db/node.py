@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 # (csrc/db/pynode.c says why that is safe: a dirty node's lists are never part of a cycle).
 dirty_list = PY_EXPORTS.get("dirty_list", list)
 
+# _pieces of a plain leaf in C (csrc/db/pysplit.c), or None without the extension.
+_leaf_cuts = PY_EXPORTS.get("leaf_cuts")
+
 # A dirty node with more entries than this is halved at once during the transaction, so an
 # insert never moves more than a few KiB of list (a bulk load into one node would be O(n^2)).
 SPLIT_ENTRIES = 1024
@@ -252,6 +255,16 @@ def _pieces(
     node: Node, page_size: int, fill: float, max_inline: int, size: int
 ) -> list[tuple[int, int]]:
     """Index ranges of the pages ``node`` (``size`` bytes encoded) is cut into."""
+    if _leaf_cuts is not None and node.leaf and node.plain:
+        return _leaf_cuts(node.keys, node.vals, page_size, int(page_size * fill), MIN_ENTRIES)
+    return _py_pieces(node, page_size, fill, max_inline, size)
+
+
+def _py_pieces(
+    node: Node, page_size: int, fill: float, max_inline: int, size: int
+) -> list[tuple[int, int]]:
+    """:func:`_pieces` in Python: every node without the extension, and the nodes that are
+    not plain leaves; the reference the C cuts are tested against."""
     n = len(node.keys)
     if n <= MIN_ENTRIES or size <= page_size:
         return [(0, n)]
