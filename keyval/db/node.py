@@ -123,7 +123,14 @@ def split_in_memory(node: Node, path: list[tuple[Node, int]]) -> Node | None:
     """
     while len(node.keys) > SPLIT_ENTRIES:
         mid = len(node.keys) // 2
-        right = Node(node.leaf, node.keys[mid:], node.vals[mid:], dirty=True, plain=node.plain)
+        # untracked lists, as dirty_copy's: a bulk load's whole dirty tree is made here
+        right = Node(
+            node.leaf,
+            dirty_list(node.keys[mid:]),
+            dirty_list(node.vals[mid:]),
+            dirty=True,
+            plain=node.plain,
+        )
         del node.keys[mid:]
         del node.vals[mid:]
         if not path:
