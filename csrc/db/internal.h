@@ -95,6 +95,10 @@ void db_seal(uint8_t *out, size_t used, size_t run, uint32_t page_size, uint64_t
 
 /* Add pyencode.c's functions to the dict ns (a PyObject *), with the GIL held: 0 or -1. */
 int db_py_add_encoders(void *ns);
+/* Add pynode.c's functions to the dict ns (a PyObject *), with the GIL held: 0 or -1. */
+int db_py_add_node_functions(void *ns);
+/* Add pysplit.c's functions to the dict ns (a PyObject *), with the GIL held: 0 or -1. */
+int db_py_add_split_functions(void *ns);
 
 /* Largest entry count a run of len bytes of the given type can hold. */
 static inline size_t db_max_count(uint32_t type, size_t len)

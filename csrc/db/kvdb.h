@@ -128,8 +128,10 @@ int64_t kvdb_encode_branch(uint8_t *out, size_t cap, uint32_t page_size, uint64_
 
 /* Put the C base class of keyval.db's Bucket (csrc/db/pylookup.c) into the dict ns (a
  * PyObject *, passed as a pointer) as "CLookup", and the plain leaf encoders of
- * csrc/db/pyencode.c as "leaf_size" and "encode_leaf". 0, or -1 if that failed. Takes the GIL
- * itself; the one function here that uses the Python API. */
+ * csrc/db/pyencode.c as "leaf_size" and "encode_leaf", csrc/db/pynode.c's "dirty_list" and
+ * csrc/db/pysplit.c's "leaf_cuts".
+ * 0, or -1 if that failed. Takes the GIL itself; the one function here that uses the Python
+ * API. */
 int kvdb_py_export(void *ns);
 
 #endif

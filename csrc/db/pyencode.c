@@ -12,6 +12,9 @@
  *   branch_size(keys) -> header, element table and key bytes of a branch (a rebalance asks
  *                        for the size of every changed node)
  *   encode_leaf(pgid, keys, vals, page_size) -> bytearray: the sealed run at pgid
+ *   encode_branch(pgid, keys, children, page_size) -> bytearray: the same for a branch whose
+ *                        children are all page ids (ints; a negative or too large one is
+ *                        OverflowError), as a commit seals branches after their children
  *
  * Keys and values must be exactly bytes (TypeError), lists of one length (ValueError), keys
  * at most 65535 bytes and values below 4 GiB (ValueError, as the format's fields). Uses only
@@ -149,6 +152,85 @@ static PyObject *py_encode_leaf(PyObject *module, PyObject *const *args, Py_ssiz
     return out;
 }
 
+static PyObject *py_encode_branch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "encode_branch(pgid, keys, children, page_size)");
+        return NULL;
+    }
+    unsigned long long pgid = PyLong_AsUnsignedLongLong(args[0]);
+    if (pgid == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    long page_size = PyLong_AsLong(args[3]);
+    if (page_size == -1 && PyErr_Occurred())
+        return NULL;
+    if (page_size < 512 || page_size > 65536 || (page_size & (page_size - 1))) {
+        PyErr_SetString(PyExc_ValueError, "a page size is a power of two from 512 to 65536");
+        return NULL;
+    }
+    PyObject *keys = args[1], *children = args[2];
+    if (!PyList_CheckExact(keys) || !PyList_CheckExact(children)) {
+        PyErr_SetString(PyExc_TypeError, "a branch's keys and children are lists");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_Size(keys);
+    if (PyList_Size(children) != n) {
+        PyErr_SetString(PyExc_ValueError, "a branch has as many children as keys");
+        return NULL;
+    }
+    if ((uint64_t)n > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "branch cannot be encoded: more children than the format holds");
+        return NULL;
+    }
+    size_t data = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *k = PyList_GetItem(keys, i), *c = PyList_GetItem(children, i);
+        if (!PyBytes_CheckExact(k) || !PyLong_CheckExact(c)) {
+            PyErr_SetString(PyExc_TypeError, "a branch holds bytes keys and int page ids");
+            return NULL;
+        }
+        Py_ssize_t kl = PyBytes_Size(k);
+        if (kl > UINT16_MAX) {
+            PyErr_SetString(PyExc_ValueError, "branch key cannot be encoded: over 65535 bytes");
+            return NULL;
+        }
+        data += (size_t)kl;
+    }
+    size_t ps = (size_t)page_size;
+    size_t start = DB_HEADER_SIZE + DB_BRANCH_ELEMENT * (size_t)n;
+    size_t used = start + data;
+    size_t span = used <= ps ? 1 : (used + ps - 1) / ps;
+    if (span - 1 > UINT32_MAX || span > (size_t)PY_SSIZE_T_MAX / ps) {
+        PyErr_SetString(PyExc_ValueError, "branch cannot be encoded: larger than the format holds");
+        return NULL;
+    }
+    size_t run = span * ps;
+    PyObject *out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)run);
+    if (out == NULL)
+        return NULL;
+    uint8_t *p = (uint8_t *)PyByteArray_AsString(out);
+    uint8_t *e = p + DB_HEADER_SIZE;
+    uint8_t *d = p + start;
+    for (Py_ssize_t i = 0; i < n; i++, e += DB_BRANCH_ELEMENT) {
+        /* The lists were checked above and nothing ran since (no Python code). */
+        char *kp;
+        Py_ssize_t kl;
+        unsigned long long child = PyLong_AsUnsignedLongLong(PyList_GetItem(children, i));
+        if ((child == (unsigned long long)-1 && PyErr_Occurred()) ||
+            PyBytes_AsStringAndSize(PyList_GetItem(keys, i), &kp, &kl) < 0) {
+            Py_DECREF(out); /* a negative or too large page id: OverflowError */
+            return NULL;
+        }
+        db_put16(e, (uint16_t)kl);
+        db_put64(e + 2, (uint64_t)child);
+        memcpy(d, kp, (size_t)kl);
+        d += kl;
+    }
+    db_seal(p, used, run, (uint32_t)ps, pgid, DB_TYPE_BRANCH, (uint32_t)n);
+    return out;
+}
+
 static PyMethodDef encoders[] = {
     {"leaf_size", (PyCFunction)(void (*)(void))py_leaf_size, METH_FASTCALL,
      "leaf_size(keys, vals) -> bytes a plain leaf of these entries takes before padding"},
@@ -156,6 +238,8 @@ static PyMethodDef encoders[] = {
      "branch_size(keys) -> bytes a branch with these keys takes before padding"},
     {"encode_leaf", (PyCFunction)(void (*)(void))py_encode_leaf, METH_FASTCALL,
      "encode_leaf(pgid, keys, vals, page_size) -> bytearray: the sealed plain leaf run"},
+    {"encode_branch", (PyCFunction)(void (*)(void))py_encode_branch, METH_FASTCALL,
+     "encode_branch(pgid, keys, children, page_size) -> bytearray: the sealed branch run"},
     {NULL, NULL, 0, NULL},
 };
 

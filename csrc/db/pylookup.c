@@ -386,6 +386,10 @@ int kvdb_py_export(void *namespace)
     rc = PyDict_SetItemString(ns, "CLookup", type);
     if (rc == 0)
         rc = db_py_add_encoders(ns);
+    if (rc == 0)
+        rc = db_py_add_node_functions(ns);
+    if (rc == 0)
+        rc = db_py_add_split_functions(ns);
 out:
     Py_XDECREF(type);
     if (rc < 0)

@@ -259,10 +259,8 @@ class Cursor:
                 i = bisect_left(keys, start, 0, j)
                 done = True
             if i < j:
-                ks = keys[i:j]
-                vs = node.vals[i:j]
-                ks.reverse()
-                vs.reverse()
+                ks = keys[i:j][::-1]  # slices of a list or (clean node) a tuple
+                vs = node.vals[i:j][::-1]
                 last = ks[-1]
                 for k, v in zip(ks, vs, strict=True):
                     t = type(v)

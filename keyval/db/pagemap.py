@@ -54,9 +54,10 @@ else:
 
 
 def _python_exports() -> dict:
-    """What the C side makes with the Python API (csrc/db/pylookup.c, pyencode.c): ``CLookup``,
-    the C base class of Bucket, and the plain leaf encoders ``leaf_size`` and ``encode_leaf``
-    (used by :mod:`.encode`). Empty without the extension.
+    """What the C side makes with the Python API (csrc/db/pylookup.c, pyencode.c, pynode.c,
+    pysplit.c): ``CLookup``, the C base class of Bucket, the plain leaf encoders ``leaf_size``
+    and ``encode_leaf`` (used by :mod:`.encode`), ``dirty_list`` and ``leaf_cuts`` (used by
+    :mod:`.node`). Empty without the extension.
 
     CLookup's ``get`` and ``put`` run in C and call the subclass's ``_get`` / ``_put`` for
     every case they do not take themselves; ``_c_bind(PageMap.address, root)`` turns C gets

@@ -36,6 +36,11 @@ LEAF_ENCODERS = [
     pytest.param((encode.leaf_parts, encode.encode_leaf), id="lists"),
     pytest.param((encode.packed_leaf_parts, encode.encode_packed_leaf), id="packed"),
 ]
+# The same two for branches.
+BRANCH_ENCODERS = [
+    pytest.param((encode.branch_parts, encode.encode_branch), id="lists"),
+    pytest.param((encode.packed_branch_parts, encode.encode_packed_branch), id="packed"),
+]
 
 
 @pytest.mark.parametrize("leaf_encoder", LEAF_ENCODERS)
@@ -76,21 +81,24 @@ def test_branch_size_refuses_what_is_not_a_list_of_bytes(keys):
         encode.branch_size(keys)
 
 
+@pytest.mark.parametrize("branch_encoder", BRANCH_ENCODERS)
 @settings(max_examples=300, deadline=None)
 @given(keys=keys_st, data=st.data(), page_size=page_sizes, pgid=st.integers(2, 2**64 - 1))
-def test_branch_pages_are_those_of_the_python_codec(keys, data, page_size, pgid):
+def test_branch_pages_are_those_of_the_python_codec(branch_encoder, keys, data, page_size, pgid):
+    parts, encode_branch = branch_encoder
     children = [data.draw(st.integers(0, 2**64 - 1)) for _ in keys]
     expected = build_page(
         pgid, TYPE_BRANCH, len(keys), encode_branch_body(keys, children), page_size
     )
-    got = encode.encode_branch(pgid, encode.branch_parts(keys), children, page_size)
+    got = encode_branch(pgid, parts(keys), children, page_size)
     assert got == expected
     if encode.branch_size is not None:
         assert encode.branch_size(keys) == 32 + len(encode_branch_body(keys, children))
 
 
+@pytest.mark.parametrize("branch_encoder", BRANCH_ENCODERS)
 @pytest.mark.parametrize("leaf_encoder", LEAF_ENCODERS)
-def test_a_key_too_long_for_the_format_is_refused_by_both_codecs(leaf_encoder):
+def test_a_key_too_long_for_the_format_is_refused_by_both_codecs(leaf_encoder, branch_encoder):
     parts, encode_leaf = leaf_encoder
     keys, vals = [b"k" * 65536], [b"v"]
     with pytest.raises(struct.error):
@@ -99,13 +107,39 @@ def test_a_key_too_long_for_the_format_is_refused_by_both_codecs(leaf_encoder):
         encode_leaf(5, parts(keys, vals), 65536)
     with pytest.raises(struct.error):
         encode_branch_body(keys, [3])
+    branch_parts, encode_branch = branch_encoder
     with pytest.raises(ValueError, match="cannot be encoded"):
-        encode.encode_branch(5, encode.branch_parts(keys), [3], 4096 * 32)
+        encode_branch(5, branch_parts(keys), [3], 65536)
 
 
-def test_children_must_match_keys():
+@pytest.mark.parametrize("branch_encoder", BRANCH_ENCODERS)
+def test_children_must_match_keys(branch_encoder):
+    parts, encode_branch = branch_encoder
     with pytest.raises(ValueError, match="2 keys, 1 children"):
-        encode.encode_branch(5, encode.branch_parts([b"a", b"b"]), [3], 512)
+        encode_branch(5, parts([b"a", b"b"]), [3], 512)
+
+
+@pytest.mark.parametrize(
+    ("keys", "children", "error"),
+    [
+        ([b"a", b"b"], [3, "4"], TypeError),  # a child that is not a page id
+        ([b"a", b"b"], [3, 4.0], TypeError),
+        ([b"a", b"b"], [3, -1], OverflowError),  # page ids are u64
+        ([b"a", b"b"], [3, 2**64], OverflowError),
+        ([b"a", bytearray(b"b")], [3, 4], TypeError),
+        ((b"a", b"b"), [3, 4], TypeError),  # the lists of a dirty node, nothing else
+        ([b"a", b"b"], (3, 4), TypeError),
+        ([b"a", b"b"], [3], ValueError),
+    ],
+)
+def test_the_list_branch_encoder_refuses_what_is_not_a_branch(keys, children, error):
+    encode_branch = encode.PY_EXPORTS_ENCODE_BRANCH
+    if encode_branch is None:
+        pytest.skip("no Python-API encoder in this build")
+    with pytest.raises(error):
+        encode_branch(5, keys, children, 512)
+    with pytest.raises(ValueError, match="page size"):
+        encode_branch(5, [b"a"], [3], 1000)
 
 
 def raw_leaf(out: bytearray, packed: bytes, lens: list[int], page_size: int = 512) -> int:
