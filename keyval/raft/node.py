@@ -130,7 +130,11 @@ class Node:
         (:mod:`keyval.raft.pacing`)."""
         self.storage = storage
         self.state_machine = state_machine
-        self._pacer = QuorumPacer(lambda: self.core, send) if pace_followers else None
+        self._pacer = (
+            QuorumPacer(lambda: self.core, send, merge_bytes=config.max_msg_bytes)
+            if pace_followers
+            else None
+        )
         self._send = self._pacer.send if self._pacer is not None else send
         self._stall_mark = 0  # see nudge()
         self.max_raft_state = max_raft_state

@@ -21,11 +21,19 @@ plain heartbeat (a snapshot chunk, a read index answer, the heartbeat of a ReadI
 which a read waits for) goes at once, after what is held for that follower; a node that is
 not the leader holds nothing. Messages are held at most one tick.
 
+On :meth:`flush`, consecutive held appends to one follower that continue each other (the next
+one's previous entry is the last entry of the one before, in the same term) go out as one
+append carrying all their entries and the newest commit index, up to ``merge_bytes`` of entry
+data: what the core would have sent had it made them together, and the follower takes the
+same log from it. A tick's worth of single-entry appends (one client's puts) then costs the
+leader one encode and one write instead of one each, and the follower one decode and one step.
+
 Thread safety: none of its own; the node calls it under its lock.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from keyval.raft.core import RaftCore, Role
@@ -37,9 +45,15 @@ _PACED = frozenset({MsgType.APP, MsgType.HEARTBEAT})
 class QuorumPacer:
     """Routes the messages of ``core`` to ``send``, holding some (see the module docstring)."""
 
-    def __init__(self, core: Callable[[], RaftCore], send: Callable[[Message], None]) -> None:
+    def __init__(
+        self,
+        core: Callable[[], RaftCore],
+        send: Callable[[Message], None],
+        merge_bytes: int = 64 * 1024,
+    ) -> None:
         self._core = core  # the node creates its core after this: look it up each time
         self._send = send
+        self._merge_bytes = merge_bytes
         self._held: dict[int, list[Message]] = {}
 
     @property
@@ -60,11 +74,11 @@ class QuorumPacer:
         self._send(m)
 
     def flush(self) -> None:
-        """Sends everything held, in order per follower."""
+        """Sends everything held, in order per follower, consecutive appends merged."""
         if self._held:
             held, self._held = self._held, {}
             for msgs in held.values():
-                for m in msgs:
+                for m in merge_appends(msgs, self._merge_bytes):
                     self._send(m)
 
     @staticmethod
@@ -77,3 +91,35 @@ class QuorumPacer:
             if p != core.id and p != to and (pr.match > mine or (pr.match == mine and p < to)):
                 ahead += 1
         return ahead < core.quorum - 1
+
+
+def merge_appends(msgs: list[Message], max_bytes: int) -> list[Message]:
+    """``msgs`` (to one follower, in the order made) with each run of appends that continue
+    one another merged into one, of at most ``max_bytes`` of entry data (see the module
+    docstring). Anything else, and an append that does not continue the one before it (a
+    probe, another term), stays as it is, in its place."""
+    if len(msgs) < 2:
+        return msgs
+    out: list[Message] = []
+    size = 0  # entry data in out[-1], when it is an append that may grow
+    for m in msgs:
+        prev = out[-1] if out else None
+        if m.type is MsgType.APP and m.entries:
+            more = sum(len(e.data) for e in m.entries)
+            if (
+                prev is not None
+                and prev.type is MsgType.APP
+                and prev.entries
+                and prev.term == m.term
+                and prev.entries[-1].index == m.index
+                and prev.entries[-1].term == m.log_term
+                and size + more <= max_bytes
+            ):
+                out[-1] = dataclasses.replace(
+                    prev, entries=prev.entries + m.entries, commit=max(prev.commit, m.commit)
+                )
+                size += more
+                continue
+            size = more
+        out.append(m)
+    return out

@@ -17,7 +17,8 @@ from keyval.raft.core import Config, Role
 from keyval.raft.memory import MemoryStorage
 from keyval.raft.messages import Message, MsgType
 from keyval.raft.node import Node
-from keyval.raft.pacing import QuorumPacer
+from keyval.raft.pacing import QuorumPacer, merge_appends
+from keyval.raft.records import Entry
 from keyval.raft.simnet import NullStateMachine
 
 IDS = (1, 2, 3)
@@ -88,13 +89,13 @@ def test_a_node_that_does_not_lead_holds_nothing():
 class PacedCluster:
     """Three nodes with ``pace_followers``; the test delivers what they send."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_msg_bytes: int = 64 * 1024) -> None:
         self.storages = {i: MemoryStorage() for i in IDS}
         self.outbox: list[Message] = []
         self.down: set[int] = set()
         self.nodes = {
             i: Node(
-                Config(id=i, peers=IDS),
+                Config(id=i, peers=IDS, max_msg_bytes=max_msg_bytes),
                 self.storages[i],
                 NullStateMachine(),
                 send=self.outbox.append,
@@ -154,8 +155,9 @@ def test_commits_go_on_when_the_immediate_follower_stops_answering():
 
 def test_a_paced_follower_acknowledges_a_ticks_worth_once():
     """The appends of one tick, stepped together (as one read brings them), are written with
-    one fsync and acknowledged with one message: the highest."""
-    c = PacedCluster()
+    one fsync and acknowledged with one message: the highest. (Appends too big to merge, so
+    that the tick's worth is several.)"""
+    c = PacedCluster(max_msg_bytes=len(b"put 0"))
     last = 0
     for k in range(5):
         last = c.leader.propose(b"put %d" % k)
@@ -170,6 +172,59 @@ def test_a_paced_follower_acknowledges_a_ticks_worth_once():
     assert [(a.index, a.reject) for a in acks] == [(last, False)]
     c.deliver_all()
     assert c.storages[paced].last_index == last
+
+
+def test_a_ticks_worth_of_appends_goes_out_as_one():
+    c = PacedCluster()
+    last = 0
+    for k in range(5):
+        last = c.leader.propose(b"put %d" % k)
+    c.deliver_all()
+    paced = next(i for i in (2, 3) if c.storages[i].last_index < last)
+    first = c.storages[paced].last_index + 1
+    c.leader.tick()
+    apps = [m for m in c.outbox if m.to == paced and m.type is MsgType.APP]
+    assert len(apps) == 1
+    assert [e.index for e in apps[0].entries] == list(range(first, last + 1))
+    c.deliver_all()
+    assert c.storages[paced].last_index == last
+    assert c.storages[paced].entries(first, last + 1) == c.storages[1].entries(first, last + 1)
+
+
+def _entry_app(to, prev, prev_term, entries, term=2, commit=0):
+    """An append after (``prev``, ``prev_term``) of ``entries`` ((index, term, data) each)."""
+    return Message(
+        MsgType.APP,
+        to,
+        1,
+        term,
+        log_term=prev_term,
+        index=prev,
+        entries=tuple(Entry(i, t, d) for i, t, d in entries),
+        commit=commit,
+    )
+
+
+def test_merge_appends_only_merges_appends_that_continue_each_other():
+    a = _entry_app(3, 4, 1, [(5, 2, b"a")], commit=4)
+    b = _entry_app(3, 5, 2, [(6, 2, b"b"), (7, 2, b"c")], commit=5)
+    c = _entry_app(3, 7, 2, [(8, 2, b"d")], commit=6)
+    merged = _entry_app(3, 4, 1, [(5, 2, b"a"), (6, 2, b"b"), (7, 2, b"c"), (8, 2, b"d")], commit=6)
+    assert merge_appends([a, b, c], 64) == [merged]
+    heartbeat = Message(MsgType.HEARTBEAT, 3, 1, 2, commit=5)
+    assert merge_appends([a, heartbeat, b], 64) == [a, heartbeat, b]  # order kept
+    gap = _entry_app(3, 6, 2, [(7, 2, b"c")])  # does not continue a (a probe's retry)
+    assert merge_appends([a, gap], 64) == [a, gap]
+    newer = _entry_app(3, 5, 2, [(6, 3, b"b")], term=3)  # another term
+    assert merge_appends([a, newer], 64) == [a, newer]
+    probe = _entry_app(3, 5, 2, [])
+    assert merge_appends([probe, b], 64) == [probe, b]
+    # At most max_bytes of entry data per append: the rest starts a new one.
+    assert merge_appends([a, b, c], 3) == [
+        _entry_app(3, 4, 1, [(5, 2, b"a"), (6, 2, b"b"), (7, 2, b"c")], commit=5),
+        c,
+    ]
+    assert merge_appends([a, b, c], 1) == [a, b, c]
 
 
 def test_coalesced_acks_keep_rejects_and_other_terms():
