@@ -231,7 +231,7 @@ static PyObject *py_encode_branch(PyObject *module, PyObject *const *args, Py_ss
     return out;
 }
 
-static PyMethodDef encoders[] = {
+PyMethodDef db_py_encoders[] = {
     {"leaf_size", (PyCFunction)(void (*)(void))py_leaf_size, METH_FASTCALL,
      "leaf_size(keys, vals) -> bytes a plain leaf of these entries takes before padding"},
     {"branch_size", (PyCFunction)(void (*)(void))py_branch_size, METH_FASTCALL,
@@ -242,18 +242,3 @@ static PyMethodDef encoders[] = {
      "encode_branch(pgid, keys, children, page_size) -> bytearray: the sealed branch run"},
     {NULL, NULL, 0, NULL},
 };
-
-int db_py_add_encoders(void *namespace)
-{
-    PyObject *ns = namespace;
-    for (PyMethodDef *def = encoders; def->ml_name != NULL; def++) {
-        PyObject *f = PyCFunction_NewEx(def, NULL, NULL);
-        if (f == NULL)
-            return -1;
-        int rc = PyDict_SetItemString(ns, def->ml_name, f);
-        Py_DECREF(f);
-        if (rc < 0)
-            return -1;
-    }
-    return 0;
-}

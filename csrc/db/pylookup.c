@@ -359,6 +359,23 @@ static PyType_Spec lookup_spec = {
     .slots = lookup_slots,
 };
 
+extern PyMethodDef db_py_encoders[], db_py_node_functions[], db_py_split_functions[];
+
+/* Adds a NULL-terminated table of functions to the dict ns: 0 or -1. */
+static int add_functions(PyObject *ns, PyMethodDef *defs)
+{
+    for (PyMethodDef *def = defs; def->ml_name != NULL; def++) {
+        PyObject *f = PyCFunction_NewEx(def, NULL, NULL);
+        if (f == NULL)
+            return -1;
+        int rc = PyDict_SetItemString(ns, def->ml_name, f);
+        Py_DECREF(f);
+        if (rc < 0)
+            return -1;
+    }
+    return 0;
+}
+
 int kvdb_py_export(void *namespace)
 {
     /* cffi calls this like any other function of the module; take the GIL whether or not the
@@ -385,11 +402,11 @@ int kvdb_py_export(void *namespace)
         goto out;
     rc = PyDict_SetItemString(ns, "CLookup", type);
     if (rc == 0)
-        rc = db_py_add_encoders(ns);
+        rc = add_functions(ns, db_py_encoders);
     if (rc == 0)
-        rc = db_py_add_node_functions(ns);
+        rc = add_functions(ns, db_py_node_functions);
     if (rc == 0)
-        rc = db_py_add_split_functions(ns);
+        rc = add_functions(ns, db_py_split_functions);
 out:
     Py_XDECREF(type);
     if (rc < 0)

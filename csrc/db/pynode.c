@@ -31,24 +31,9 @@ static PyObject *py_dirty_list(PyObject *module, PyObject *arg)
     return out;
 }
 
-static PyMethodDef node_functions[] = {
+PyMethodDef db_py_node_functions[] = {
     {"dirty_list", py_dirty_list, METH_O,
      "dirty_list(iterable) -> list of its items, untracked by the garbage collector (for a "
      "dirty node's entries, which can never be part of a reference cycle)"},
     {NULL, NULL, 0, NULL},
 };
-
-int db_py_add_node_functions(void *namespace)
-{
-    PyObject *ns = namespace;
-    for (PyMethodDef *def = node_functions; def->ml_name != NULL; def++) {
-        PyObject *f = PyCFunction_NewEx(def, NULL, NULL);
-        if (f == NULL)
-            return -1;
-        int rc = PyDict_SetItemString(ns, def->ml_name, f);
-        Py_DECREF(f);
-        if (rc < 0)
-            return -1;
-    }
-    return 0;
-}

@@ -135,24 +135,9 @@ done:
     return out;
 }
 
-static PyMethodDef split_functions[] = {
+PyMethodDef db_py_split_functions[] = {
     {"leaf_cuts", (PyCFunction)(void (*)(void))py_leaf_cuts, METH_FASTCALL,
      "leaf_cuts(keys, vals, page_size, threshold, min_entries) -> [(a, b), ...]: the entries "
      "of each page a plain leaf is cut into at commit (keyval/db/node.py's _pieces)"},
     {NULL, NULL, 0, NULL},
 };
-
-int db_py_add_split_functions(void *namespace)
-{
-    PyObject *ns = namespace;
-    for (PyMethodDef *def = split_functions; def->ml_name != NULL; def++) {
-        PyObject *f = PyCFunction_NewEx(def, NULL, NULL);
-        if (f == NULL)
-            return -1;
-        int rc = PyDict_SetItemString(ns, def->ml_name, f);
-        Py_DECREF(f);
-        if (rc < 0)
-            return -1;
-    }
-    return 0;
-}
