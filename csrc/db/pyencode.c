@@ -91,6 +91,23 @@ static PyObject *py_branch_size(PyObject *module, PyObject *const *args, Py_ssiz
     return PyLong_FromSize_t(DB_HEADER_SIZE + DB_BRANCH_ELEMENT * (size_t)n + total);
 }
 
+/* An encoder's page id and page size arguments: 0, or -1 with an exception set. */
+static int page_args(PyObject *pgid_arg, PyObject *size_arg, unsigned long long *pgid,
+                     long *page_size)
+{
+    *pgid = PyLong_AsUnsignedLongLong(pgid_arg);
+    if (*pgid == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    *page_size = PyLong_AsLong(size_arg);
+    if (*page_size == -1 && PyErr_Occurred())
+        return -1;
+    if (*page_size < 512 || *page_size > 65536 || (*page_size & (*page_size - 1))) {
+        PyErr_SetString(PyExc_ValueError, "a page size is a power of two from 512 to 65536");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *py_encode_leaf(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
@@ -98,16 +115,10 @@ static PyObject *py_encode_leaf(PyObject *module, PyObject *const *args, Py_ssiz
         PyErr_SetString(PyExc_TypeError, "encode_leaf(pgid, keys, vals, page_size)");
         return NULL;
     }
-    unsigned long long pgid = PyLong_AsUnsignedLongLong(args[0]);
-    if (pgid == (unsigned long long)-1 && PyErr_Occurred())
+    unsigned long long pgid;
+    long page_size;
+    if (page_args(args[0], args[3], &pgid, &page_size) < 0)
         return NULL;
-    long page_size = PyLong_AsLong(args[3]);
-    if (page_size == -1 && PyErr_Occurred())
-        return NULL;
-    if (page_size < 512 || page_size > 65536 || (page_size & (page_size - 1))) {
-        PyErr_SetString(PyExc_ValueError, "a page size is a power of two from 512 to 65536");
-        return NULL;
-    }
     PyObject *keys = args[1], *vals = args[2];
     Py_ssize_t n;
     size_t data;
@@ -159,16 +170,10 @@ static PyObject *py_encode_branch(PyObject *module, PyObject *const *args, Py_ss
         PyErr_SetString(PyExc_TypeError, "encode_branch(pgid, keys, children, page_size)");
         return NULL;
     }
-    unsigned long long pgid = PyLong_AsUnsignedLongLong(args[0]);
-    if (pgid == (unsigned long long)-1 && PyErr_Occurred())
+    unsigned long long pgid;
+    long page_size;
+    if (page_args(args[0], args[3], &pgid, &page_size) < 0)
         return NULL;
-    long page_size = PyLong_AsLong(args[3]);
-    if (page_size == -1 && PyErr_Occurred())
-        return NULL;
-    if (page_size < 512 || page_size > 65536 || (page_size & (page_size - 1))) {
-        PyErr_SetString(PyExc_ValueError, "a page size is a power of two from 512 to 65536");
-        return NULL;
-    }
     PyObject *keys = args[1], *children = args[2];
     if (!PyList_CheckExact(keys) || !PyList_CheckExact(children)) {
         PyErr_SetString(PyExc_TypeError, "a branch's keys and children are lists");
