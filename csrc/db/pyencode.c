@@ -91,6 +91,19 @@ static PyObject *py_branch_size(PyObject *module, PyObject *const *args, Py_ssiz
     return PyLong_FromSize_t(DB_HEADER_SIZE + DB_BRANCH_ELEMENT * (size_t)n + total);
 }
 
+/* A bytearray of whole pages for a run of `used` bytes, left for the encoder to fill (`what`
+ * names the page kind in the error): NULL with ValueError when the format cannot hold it. */
+static PyObject *new_run(size_t used, size_t ps, const char *what, size_t *run)
+{
+    size_t span = used <= ps ? 1 : (used + ps - 1) / ps;
+    if (span - 1 > UINT32_MAX || span > (size_t)PY_SSIZE_T_MAX / ps) {
+        PyErr_Format(PyExc_ValueError, "%s cannot be encoded: larger than the format holds", what);
+        return NULL;
+    }
+    *run = span * ps;
+    return PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)*run);
+}
+
 /* An encoder's page id and page size arguments: 0, or -1 with an exception set. */
 static int page_args(PyObject *pgid_arg, PyObject *size_arg, unsigned long long *pgid,
                      long *page_size)
@@ -128,16 +141,8 @@ static PyObject *py_encode_leaf(PyObject *module, PyObject *const *args, Py_ssiz
         PyErr_SetString(PyExc_ValueError, "leaf cannot be encoded: more entries than the format holds");
         return NULL;
     }
-    size_t ps = (size_t)page_size;
-    size_t start = DB_HEADER_SIZE + DB_LEAF_ELEMENT * (size_t)n;
-    size_t used = start + data;
-    size_t span = used <= ps ? 1 : (used + ps - 1) / ps;
-    if (span - 1 > UINT32_MAX || span > (size_t)PY_SSIZE_T_MAX / ps) {
-        PyErr_SetString(PyExc_ValueError, "leaf cannot be encoded: larger than the format holds");
-        return NULL;
-    }
-    size_t run = span * ps;
-    PyObject *out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)run);
+    size_t start = DB_HEADER_SIZE + DB_LEAF_ELEMENT * (size_t)n, used = start + data, run;
+    PyObject *out = new_run(used, (size_t)page_size, "leaf", &run);
     if (out == NULL)
         return NULL;
     uint8_t *p = (uint8_t *)PyByteArray_AsString(out);
@@ -159,7 +164,7 @@ static PyObject *py_encode_leaf(PyObject *module, PyObject *const *args, Py_ssiz
         memcpy(d + kl, vp, (size_t)vl);
         d += kl + vl;
     }
-    db_seal(p, used, run, (uint32_t)ps, pgid, DB_TYPE_LEAF, (uint32_t)n);
+    db_seal(p, used, run, (uint32_t)page_size, pgid, DB_TYPE_LEAF, (uint32_t)n);
     return out;
 }
 
@@ -202,16 +207,8 @@ static PyObject *py_encode_branch(PyObject *module, PyObject *const *args, Py_ss
         }
         data += (size_t)kl;
     }
-    size_t ps = (size_t)page_size;
-    size_t start = DB_HEADER_SIZE + DB_BRANCH_ELEMENT * (size_t)n;
-    size_t used = start + data;
-    size_t span = used <= ps ? 1 : (used + ps - 1) / ps;
-    if (span - 1 > UINT32_MAX || span > (size_t)PY_SSIZE_T_MAX / ps) {
-        PyErr_SetString(PyExc_ValueError, "branch cannot be encoded: larger than the format holds");
-        return NULL;
-    }
-    size_t run = span * ps;
-    PyObject *out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)run);
+    size_t start = DB_HEADER_SIZE + DB_BRANCH_ELEMENT * (size_t)n, used = start + data, run;
+    PyObject *out = new_run(used, (size_t)page_size, "branch", &run);
     if (out == NULL)
         return NULL;
     uint8_t *p = (uint8_t *)PyByteArray_AsString(out);
@@ -232,7 +229,7 @@ static PyObject *py_encode_branch(PyObject *module, PyObject *const *args, Py_ss
         memcpy(d, kp, (size_t)kl);
         d += kl;
     }
-    db_seal(p, used, run, (uint32_t)ps, pgid, DB_TYPE_BRANCH, (uint32_t)n);
+    db_seal(p, used, run, (uint32_t)page_size, pgid, DB_TYPE_BRANCH, (uint32_t)n);
     return out;
 }
 
