@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from keyval.raft.records import Entry, HardState, Snapshot
+from keyval.raft.records import Entry, HardState, Snapshot, cut_to_bytes
 
 DEFAULT_MAX_ENTRIES = 4096
 DEFAULT_MAX_BYTES = 8 * 2**20
@@ -105,14 +105,7 @@ class EntryCache:
         k = lo - self._first
         cached = lo < hi and k >= 0 and hi - self._first <= len(self._entries)
         if cached and self._in_storage(lo, hi - 1):
-            out = self._entries[k : hi - self._first]
-            if max_bytes is not None:
-                size = 0
-                for n, e in enumerate(out):
-                    size += len(e.data)
-                    if size >= max_bytes:
-                        return out[: n + 1]
-            return out
+            return cut_to_bytes(self._entries[k : hi - self._first], max_bytes)
         return self.storage.entries(lo, hi, max_bytes)
 
     def _in_storage(self, lo: int, hi: int) -> bool:

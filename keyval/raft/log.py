@@ -14,7 +14,7 @@ the snapshot; the driver replays ``applied+1 .. committed`` on restart.
 
 from __future__ import annotations
 
-from keyval.raft.records import Entry, Snapshot
+from keyval.raft.records import Entry, Snapshot, cut_to_bytes
 
 
 class Compacted(Exception):
@@ -88,13 +88,7 @@ class RaftLog:
             out.extend(self.storage.entries(lo, min(hi, self._offset)))
         if hi > self._offset:
             out.extend(self._unstable[max(lo, self._offset) - self._offset : hi - self._offset])
-        if max_bytes is not None:
-            size = 0
-            for k, e in enumerate(out):
-                size += len(e.data)
-                if size >= max_bytes:
-                    return out[: k + 1]
-        return out
+        return cut_to_bytes(out, max_bytes)
 
     def find_conflict(self, entries: tuple[Entry, ...] | list[Entry]) -> int:
         """Index of the first of ``entries`` that is missing or differs in term; 0 if none."""

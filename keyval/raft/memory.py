@@ -26,7 +26,7 @@ from __future__ import annotations
 from itertools import pairwise
 
 from keyval.errors import ClosedError, LogCompacted, LogUnavailable
-from keyval.raft.records import Entry, HardState, Snapshot
+from keyval.raft.records import Entry, HardState, Snapshot, cut_to_bytes
 
 __all__ = ["LogCompacted", "LogUnavailable", "MemoryStorage"]
 
@@ -83,14 +83,7 @@ class MemoryStorage:
             raise LogUnavailable(f"index {hi - 1} is past the last index {self.last_index}")
         if lo >= hi:
             return []
-        out = self._entries[lo - self._offset : hi - self._offset]
-        if max_bytes is not None:
-            size = 0
-            for n, e in enumerate(out, 1):
-                size += len(e.data)
-                if size >= max_bytes:
-                    return out[:n]
-        return out
+        return cut_to_bytes(self._entries[lo - self._offset : hi - self._offset], max_bytes)
 
     def save(self, hard_state: HardState | None = None, entries: list[Entry] = ()) -> None:
         """Entries then hard state, as one call (the durable store makes it one fsync)."""

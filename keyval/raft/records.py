@@ -2,7 +2,8 @@
 
 Shared by :mod:`keyval.raft.storage` (which persists them) and the consensus core (which
 produces and consumes them); they carry no behaviour. Immutable, so a value handed to storage
-or to the network can never change under it.
+or to the network can never change under it. ``cut_to_bytes`` is the one size rule every log
+applies to a read of entries.
 """
 
 from __future__ import annotations
@@ -36,3 +37,15 @@ class Snapshot:
     index: int
     term: int
     data: bytes = b""
+
+
+def cut_to_bytes(entries: list[Entry], max_bytes: int | None) -> list[Entry]:
+    """``entries`` up to and including the one whose data brings the total to ``max_bytes``
+    (so at least one entry, however big); all of them when ``max_bytes`` is None."""
+    if max_bytes is not None:
+        size = 0
+        for n, e in enumerate(entries, 1):
+            size += len(e.data)
+            if size >= max_bytes:
+                return entries[:n]
+    return entries
