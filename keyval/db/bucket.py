@@ -286,7 +286,7 @@ class Bucket(_Base):
         keys.insert(i, key)
         leaf.vals.insert(i, value)
         if len(keys) > SPLIT_ENTRIES:
-            new_root = split_in_memory(leaf, path)
+            new_root = split_in_memory(leaf, path, key)
             if new_root is not None:
                 self._node = new_root
         return True
@@ -408,7 +408,7 @@ class Bucket(_Base):
         node.vals.insert(i, value)
         self._count += 1
         if len(keys) > SPLIT_ENTRIES:
-            new_root = split_in_memory(node, path)
+            new_root = split_in_memory(node, path, key)
             if new_root is not None:
                 self._node = new_root
 
@@ -423,7 +423,7 @@ class Bucket(_Base):
             i = route(node.keys, key)
             path.append((node, i))
             node = node.vals[i]
-        new_root = split_in_memory(node, path)
+        new_root = split_in_memory(node, path, key)
         if new_root is not None:
             self._node = new_root
 

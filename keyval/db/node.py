@@ -69,7 +69,7 @@ MIN_ENTRIES = 2
 
 
 class Node:
-    __slots__ = ("dirty", "keys", "leaf", "pgid", "plain", "span", "vals")
+    __slots__ = ("dirty", "keys", "leaf", "packed", "pgid", "plain", "span", "vals")
 
     def __init__(
         self,
@@ -90,6 +90,8 @@ class Node:
         # A leaf whose values are all bytes short enough to stay in the leaf: scans zip it
         # directly, and sizes and encodings take C-speed paths. Writes keep it up to date.
         self.plain = plain
+        # Left whole by an append at its end (see split_in_memory): spilled into full pages.
+        self.packed = False
 
     def dirty_copy(self) -> Node:
         return Node(
@@ -116,13 +118,22 @@ def route(keys: list[bytes], key: bytes) -> int:
     return i if i > 0 else 0
 
 
-def split_in_memory(node: Node, path: list[tuple[Node, int]]) -> Node | None:
-    """Halve ``node`` and its ancestors on ``path`` while they exceed SPLIT_ENTRIES.
+def split_in_memory(node: Node, path: list[tuple[Node, int]], key: bytes) -> Node | None:
+    """Split ``node``, into which ``key`` was just inserted, and its ancestors on ``path``
+    while they exceed SPLIT_ENTRIES.
+
+    A node that overflowed because an entry was appended at its end (ascending keys: a sorted
+    bulk load, a log, time series) keeps everything but that entry and is marked ``packed``:
+    nothing will be inserted among its keys again, so spill fills its pages to the brim, as
+    B-trees split at the insertion point in that case (LMDB, SQLite). Any other overflow
+    halves the node, and spill leaves its pages at the bucket's fill factor, room for the
+    inserts around them.
 
     Returns a new root if the root itself was split, else None.
     """
+    at_end = node.keys[-1] == key
     while len(node.keys) > SPLIT_ENTRIES:
-        mid = len(node.keys) // 2
+        mid = len(node.keys) - 1 if at_end else len(node.keys) // 2
         # untracked lists, as dirty_copy's: a bulk load's whole dirty tree is made here
         right = Node(
             node.leaf,
@@ -133,11 +144,13 @@ def split_in_memory(node: Node, path: list[tuple[Node, int]]) -> Node | None:
         )
         del node.keys[mid:]
         del node.vals[mid:]
+        node.packed = at_end
         if not path:
             return Node(False, [node.keys[0], right.keys[0]], [node, right], dirty=True)
         parent, i = path.pop()
         parent.keys.insert(i + 1, right.keys[0])
         parent.vals.insert(i + 1, right)
+        at_end = i + 2 == len(parent.keys)
         node = parent
     return None
 
@@ -353,7 +366,7 @@ def spill(tx: Tx, node: Node, fill: float) -> list[tuple[bytes, int]]:
         # node itself becomes the clean cached one, since nothing changes it after its spill.
         return [_seal(tx, node, node.keys, node.vals, page_size, node, parts)]
     out = []
-    for a, b in _pieces(node, page_size, fill, max_inline, size):
+    for a, b in _pieces(node, page_size, 1.0 if node.packed else fill, max_inline, size):
         keys = node.keys[a:b]
         vals = node.vals[a:b]
         out.append(_seal(tx, node, keys, vals, page_size, None, _c_parts(node, keys, vals)))

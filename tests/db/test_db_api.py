@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -363,16 +364,41 @@ def test_update_inside_update_of_same_thread_raises(db):
 
 
 def test_fill_factor_one_packs_ascending_keys_tighter(tmp_path):
+    # Small transactions: no node outgrows SPLIT_ENTRIES, so only the fill factor decides.
     leaves = {}
     for fill_factor in (0.5, 1.0):
         with DB(str(tmp_path / f"{fill_factor}.db"), page_size=512) as db:
-            with db.update() as tx:
-                b = tx.create_bucket(b"b")
-                b.fill_factor = fill_factor
-                for i in range(3000):
-                    b.put(b"%08d" % i, b"v" * 20)
+            for t in range(30):
+                with db.update() as tx:
+                    b = tx.create_bucket(b"b") if t == 0 else tx.bucket(b"b")
+                    b.fill_factor = fill_factor
+                    for i in range(100 * t, 100 * (t + 1)):
+                        b.put(b"%08d" % i, b"v" * 20)
             leaves[fill_factor] = db.stats()["leaf_pages"]
     assert leaves[1.0] < leaves[0.5] * 0.7
+
+
+def test_one_big_ascending_load_packs_pages_full_at_the_default_fill(tmp_path):
+    """Keys appended in order in one transaction (a sorted bulk load) fill their pages, as
+    B-trees that split at the insertion point do; the same keys in random order do not."""
+    keys = [b"%08d" % i for i in range(20_000)]
+    leaves = {}
+    for order in ("ascending", "random"):
+        if order == "random":
+            random.Random(7).shuffle(keys)
+        path = str(tmp_path / f"{order}.db")
+        with DB(path, page_size=512) as db:
+            with db.update() as tx:
+                b = tx.create_bucket(b"b")
+                for k in keys:
+                    b.put(k, b"v" * 20)
+            leaves[order] = db.stats()["leaf_pages"]
+            with db.view() as tx:
+                assert [k for k, _ in tx.bucket(b"b").items()] == sorted(keys)
+        assert check_file(path) == []
+    # 20,000 entries of 8 + 20 bytes and an element header each: ~13 to a full 512 B page.
+    assert leaves["ascending"] < 20_000 / 13 * 1.1
+    assert leaves["random"] > leaves["ascending"] * 1.5
 
 
 def test_deleting_everything_collapses_the_tree(db, path):

@@ -35,7 +35,7 @@ def test_one_key_commit_after_mass_delete_costs_what_it_costs_on_a_fresh_file(tm
             with db.update() as tx:
                 b = tx.create_bucket(b"b", exist_ok=True)
                 for i in range(10_000):
-                    b.put(b"%d-%06d" % (part, i), b"v" * 24)
+                    b.put(b"%d-%06d" % (part, i), b"v" * 64)
         for part in range(4):
             with db.update() as tx:
                 b = tx.bucket(b"b")
