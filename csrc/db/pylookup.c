@@ -34,7 +34,7 @@ enum { MAX_KEY = 32 * 1024, MAX_DEPTH = 64 };
 
 /* Interned names, made by kvdb_py_export. */
 static PyObject *fallback_name, *put_fallback_name, *split_name, *s_node, *s_leaf, *s_keys,
-    *s_vals, *s_dirty, *s_mods, *s_count;
+    *s_vals, *s_dirty, *s_mods, *s_count, *s_unbalanced;
 static PyObject *node_type; /* keyval.db.node.Node, from _c_put_on; kept for good */
 
 /* type(self).<name>(self, *args, **kwargs): the function is found on the type (no bound method
@@ -233,10 +233,14 @@ static int fast_put(lookup_object *o, PyObject *self, PyObject *key, PyObject *v
             goto out;
         }
         if (plen == klen && memcmp(p, k, (size_t)klen) == 0) {
-            if (!PyBytes_CheckExact(PyList_GetItem(vals, i)))
+            PyObject *old = PyList_GetItem(vals, i); /* borrowed */
+            if (!PyBytes_CheckExact(old))
                 goto out; /* a nested bucket (an error) or an overflow run to free */
             rc = -1;
             if (bump(self, s_mods) < 0)
+                goto out;
+            /* A shorter value may leave the leaf underfull: commit must look (Bucket._spill). */
+            if (vlen < PyBytes_Size(old) && PyObject_SetAttr(self, s_unbalanced, Py_True) < 0)
                 goto out;
             Py_INCREF(value);
             PyList_SetItem(vals, i, value); /* steals value, drops the old one */
@@ -392,7 +396,8 @@ int kvdb_py_export(void *namespace)
         } names[] = {{&fallback_name, "_get"}, {&put_fallback_name, "_put"},
                      {&split_name, "_split_after_put"}, {&s_node, "_node"}, {&s_leaf, "leaf"},
                      {&s_keys, "keys"}, {&s_vals, "vals"}, {&s_dirty, "dirty"},
-                     {&s_mods, "_mods"}, {&s_count, "_count"}};
+                     {&s_mods, "_mods"}, {&s_count, "_count"},
+                     {&s_unbalanced, "_unbalanced"}};
         for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
             if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
                 goto out;

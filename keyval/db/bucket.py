@@ -105,6 +105,7 @@ class Bucket(_Base):
         "_parent",
         "_root",
         "_tx",
+        "_unbalanced",
         "fill_factor",
     )
 
@@ -120,6 +121,11 @@ class Bucket(_Base):
         self._dirty = False
         self._deleted = False
         self._mods = 0
+        # Whether a node of this bucket may have shrunk in this transaction (a delete, a
+        # shorter value, a split): only then can commit find underfull nodes to merge, so only
+        # then does it walk the changed tree for them (bbolt's "unbalanced" mark). Puts that
+        # insert or keep sizes leave it False, and their commit skips the walk.
+        self._unbalanced = False
         self.fill_factor = DEFAULT_FILL_FACTOR
         # The page map while lookups may run in C: the tree is all committed pages (no dirty
         # node, not inline), the bucket is not deleted and the transaction is open. Whatever
@@ -280,12 +286,20 @@ class Bucket(_Base):
             old = leaf.vals[i]
             if type(old) is BucketHeader:
                 raise BucketExists(f"{key!r} is a nested bucket, not a key")
+            if (
+                type(old) is not bytes
+                or type(value) is not bytes
+                or len(value) < len(old)
+                or len(value) > self._tx._db._max_inline
+            ):
+                self._unbalanced = True  # the entry may have shrunk
             self._drop_value(old)
             leaf.vals[i] = value
             return False
         keys.insert(i, key)
         leaf.vals.insert(i, value)
         if len(keys) > SPLIT_ENTRIES:
+            self._unbalanced = True
             new_root = split_in_memory(leaf, path, key)
             if new_root is not None:
                 self._node = new_root
@@ -402,12 +416,16 @@ class Bucket(_Base):
                 if type(old) is BucketHeader:
                     raise BucketExists(f"{key!r} is a nested bucket, not a key")
                 self._drop_value(old)
+                self._unbalanced = True
+            elif len(value) < len(old) or len(value) > tx._db._max_inline:
+                self._unbalanced = True  # shorter, or moved out to an overflow run
             node.vals[i] = value
             return
         keys.insert(i, key)
         node.vals.insert(i, value)
         self._count += 1
         if len(keys) > SPLIT_ENTRIES:
+            self._unbalanced = True
             new_root = split_in_memory(node, path, key)
             if new_root is not None:
                 self._node = new_root
@@ -417,6 +435,7 @@ class Bucket(_Base):
 
     def _split_after_put(self, key: bytes) -> None:
         """The C put's split: the leaf of ``key`` outgrew SPLIT_ENTRIES (its path is dirty)."""
+        self._unbalanced = True
         node = self._node
         path = []
         while not node.leaf:
@@ -442,6 +461,7 @@ class Bucket(_Base):
         self._drop_value(leaf.vals[i])
         del leaf.keys[i], leaf.vals[i]
         self._count -= 1
+        self._unbalanced = True
         return True
 
     def __getitem__(self, key: bytes) -> bytes:
@@ -546,6 +566,7 @@ class Bucket(_Base):
         _path, leaf = self._leaf_for_write(name)
         i = bisect_left(leaf.keys, name)
         del leaf.keys[i], leaf.vals[i]
+        self._unbalanced = True
 
     def buckets(self) -> Iterator[bytes]:
         """Names of the nested buckets, ascending."""
@@ -604,9 +625,12 @@ class Bucket(_Base):
                 header = child._spill()
                 _path, leaf = self._leaf_for_write(name)
                 leaf.vals[bisect_left(leaf.keys, name)] = header
+                self._unbalanced = True  # an inline bucket's header may have shrunk
         node = self._node
         if node is not None and node.dirty:
-            node = rebalance(tx, node)
+            if self._unbalanced:
+                node = rebalance(tx, node)
+                self._unbalanced = False
             if self._parent is not None:
                 header = inline_header(node, self._count, tx._db.page_size)
                 if header is not None:

@@ -378,6 +378,51 @@ def test_fill_factor_one_packs_ascending_keys_tighter(tmp_path):
     assert leaves[1.0] < leaves[0.5] * 0.7
 
 
+def _leaf_pages_after(path: str, change) -> tuple[int, int]:
+    """Leaf pages of a 4,000-key bucket (values of 200 B, in the leaves) before and after
+    ``change(bucket, keys)`` in one later transaction; the file is checked after."""
+    keys = [b"%08d" % i for i in range(4_000)]
+    with DB(path) as db:
+        with db.update() as tx:
+            b = tx.create_bucket(b"b")
+            for k in keys:
+                b.put(k, b"v" * 200)
+        before = db.stats()["leaf_pages"]
+        with db.update() as tx:
+            change(tx.bucket(b"b"), keys)
+        after = db.stats()["leaf_pages"]
+    assert check_file(path) == []
+    return before, after
+
+
+def test_deleting_most_keys_merges_their_leaves(tmp_path):
+    def delete_nine_in_ten(b, keys):
+        for i, k in enumerate(keys):
+            if i % 10:
+                b.delete(k)
+
+    before, after = _leaf_pages_after(str(tmp_path / "d.db"), delete_nine_in_ten)
+    # Merging stops once a leaf is a quarter full: ~5 of the 400 keys left per leaf.
+    assert after <= before // 3
+
+
+@pytest.mark.parametrize("first_touch", ["shorter", "same size"])
+def test_shorter_values_merge_their_leaves(tmp_path, first_touch):
+    """Overwrites with shorter values leave leaves underfull, and commit merges them, whichever
+    put path shrank them: the first put into a clean leaf runs in Python, the later ones into
+    the now dirty leaf in C (with "same size", only the C puts shrink anything)."""
+
+    def shorten(b, keys):
+        if first_touch == "same size":
+            for k in keys:
+                b.put(k, b"v" * 200)
+        for k in keys:
+            b.put(k, b"s")
+
+    before, after = _leaf_pages_after(str(tmp_path / "s.db"), shorten)
+    assert after <= before // 4
+
+
 def test_one_big_ascending_load_packs_pages_full_at_the_default_fill(tmp_path):
     """Keys appended in order in one transaction (a sorted bulk load) fill their pages, as
     B-trees that split at the insertion point do; the same keys in random order do not."""
