@@ -1,14 +1,16 @@
 """csrc/db/pynode.c's dirty_list: the list a dirty node holds its entries in, which the garbage
 collector does not track. It must be an ordinary list with the items of its argument, refuse
-what list() refuses, and stay a working list under every mutation a write transaction makes."""
+what list() refuses, and stay a working list under every mutation a write transaction makes.
+The same for clean_tuple (a clean node's tuples) and for the Node objects themselves."""
 
 import gc
+import weakref
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keyval.db.node import Node, dirty_list
+from keyval.db.node import Node, clean_tuple, dirty_list
 from keyval.db.pagemap import PY_EXPORTS
 
 pytestmark = pytest.mark.skipif("dirty_list" not in PY_EXPORTS, reason="no C extension")
@@ -55,3 +57,40 @@ def test_dirty_copy_of_a_clean_node_is_untracked_and_equal():
     assert not gc.is_tracked(dirty.keys) and not gc.is_tracked(dirty.vals)
     dirty.keys.append(b"c")
     assert clean.keys == (b"a", b"b")
+
+
+@given(items)
+def test_clean_tuple_is_tuple_of_its_items_untracked(values):
+    out = clean_tuple(values)
+    assert type(out) is tuple
+    assert out == tuple(values)
+    assert clean_tuple(iter(values)) == out
+    if values:
+        assert not gc.is_tracked(out)
+
+
+def test_clean_tuple_refuses_non_iterables():
+    with pytest.raises(TypeError):
+        clean_tuple(5)
+
+
+def test_nodes_are_untracked_and_freed_by_reference_counting():
+    leaf = Node(True, [b"k"], [b"v"], dirty=True, plain=True)
+    branch = Node(False, [b"k"], [leaf], dirty=True)
+    assert not gc.is_tracked(leaf) and not gc.is_tracked(branch)
+    assert not gc.is_tracked(branch.dirty_copy())
+
+    class Probe:  # stands in for a value; weakly referenceable, unlike bytes
+        pass
+
+    probe = Probe()
+    alive = weakref.ref(probe)
+    tree = Node(False, [b"k"], [Node(True, [b"k"], [probe], dirty=True)], dirty=True)
+    del probe
+    assert alive() is not None
+    gc.disable()
+    try:
+        del tree
+        assert alive() is None  # freed at once, without the collector
+    finally:
+        gc.enable()
