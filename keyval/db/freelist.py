@@ -238,7 +238,7 @@ class Freelist:
         for slot, pgid in sorted(new.items()):
             if pgid:
                 body = self._chunk_body(slot)
-                count = sum(bin(b).count("1") for b in body if b)
+                count = int.from_bytes(body, "little").bit_count()
                 page = build_page(
                     pgid, TYPE_CHUNK, count, CHUNK_SLOT.pack(slot) + body, self.page_size
                 )
