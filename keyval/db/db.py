@@ -381,7 +381,15 @@ class DB:
         except BaseException as e:
             self._failed = e
             raise
-        hot = self._hot
+        # The pages this commit freed hold no node the newer transactions can reach: their
+        # cached nodes go now, not when the page is reused (maybe thousands of commits later),
+        # so dead nodes do not crowd live ones out of the cache. An older reader that still
+        # needs one reads it again from its page, unchanged until it is reused.
+        hot, cold = self._hot, self._cold
+        for pgid, span in tx._freed:
+            for p in range(pgid, pgid + span):
+                hot.pop(p, None)
+                cold.pop(p, None)
         for pgid, _, _, node in runs:
             if node is not None:
                 hot[pgid] = node

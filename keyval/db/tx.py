@@ -137,6 +137,8 @@ class Tx:
         """Steps 1-2 of the protocol: all pages to write, and the meta that makes them live."""
         db = self._db
         freelist = db._freelist
+        # shrink(): lowest pages first, so that the tail empties out (see Freelist.allocate).
+        freelist.lowest_first = self._force_commit
         header = self._root._spill()
         for pgid, span in self._freed:
             freelist.pend(self.txid, pgid, span)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from keyval.db import DB
 from keyval.db.check import check_file
+from keyval.db.freelist import WINDOW_PAGES, Freelist
 
 PS = 512
 
@@ -87,3 +91,51 @@ def test_freelist_spanning_several_chunks_round_trips(tmp_path):
     with DB(path) as db:
         assert db.stats()["free_pages"] == expected["free_pages"] + expected["pending_pages"]
     assert check_file(path) == []
+
+
+def _window_counts(fl: Freelist) -> bytes:
+    step = WINDOW_PAGES // 8
+    return bytes(
+        int.from_bytes(fl.bits[i : i + step], "little").bit_count()
+        for i in range(0, len(fl.bits), step)
+    )
+
+
+def _freelist_with(free_pages) -> Freelist:
+    fl = Freelist(4096)
+    for p in free_pages:
+        fl.pend(1, p, 1)
+    fl.release_all()
+    return fl
+
+
+def test_single_pages_come_side_by_side_from_a_window_with_many_free():
+    """Scattered free pages low in the file, one free stretch higher up: a commit's pages
+    come from the stretch, consecutive, so that they go out in one write; shrink()'s
+    commits still take the lowest pages, to empty the tail."""
+    scattered = list(range(10, 2000, 7))
+    stretch = list(range(5000, 5000 + 4 * WINDOW_PAGES))
+    fl = _freelist_with(scattered + stretch)
+    got = [fl.allocate(1, 10_000)[0] for _ in range(300)]
+    assert got == stretch[:300]
+    assert _window_counts(fl) == bytes(fl.window_counts)
+    fl.write(2, 10_000)  # the end of a commit
+    fl.lowest_first = True
+    assert [fl.allocate(1, 10_000)[0] for _ in range(3)] == scattered[:3]
+
+
+@given(st.lists(st.tuples(st.sampled_from(["free", "alloc", "run", "trim"]), st.integers(0, 3000))))
+def test_window_counts_follow_the_bitmap(ops):
+    fl = Freelist(4096)
+    hwm = 3001
+    for op, p in ops:
+        if op == "free" and not (fl.bits[p >> 3 : (p >> 3) + 1] or b"\0")[0] & (1 << (p & 7)):
+            fl.pend(1, p, 1)
+            fl.release_all()
+        elif op == "alloc":
+            _, hwm = fl.allocate(1, hwm)
+        elif op == "run":
+            _, hwm = fl.allocate(1 + p % 5, hwm)
+        elif op == "trim":
+            hwm = fl.trim_tail(hwm)
+        assert bytes(fl.window_counts).rstrip(b"\0") == _window_counts(fl).rstrip(b"\0")
