@@ -8,6 +8,10 @@ does not change the bitmap, so a commit rewrites only the chunks in which pages 
 allocated or freed, plus the small root: its cost does not grow with the number of free pages
 (bbolt rewrites its whole freelist on every commit).
 
+Allocation (see :meth:`Freelist.allocate`): a commit's single pages are the free pages of one
+128-page window after another, so that they lie side by side and go out in few writes; runs
+and shrink()'s commits take the lowest free pages, so that the tail of the file empties out.
+
 Not thread-safe by itself: the database calls it only from the one writer, and reads
 ``pending`` for statistics under its own lock.
 """

@@ -15,8 +15,10 @@ A leaf's ``vals`` are bytes, :class:`OverflowRef` or :class:`BucketHeader`.
 A clean node holds its entries in tuples, a dirty one in lists. Why: the page cache keeps tens of
 thousands of clean nodes, and lists are always tracked by the cyclic garbage collector, which
 then walked every key of every cached node on each full collection (a 1,000-put transaction
-over 1M keys spent more time in the collector than in its puts). A tuple of bytes or ints is
-untracked by the collector's first pass, so cached nodes cost it almost nothing.
+over 1M keys spent more time in the collector than in its puts). With the extension, the
+tuples, the dirty lists and the Node objects themselves are untracked from birth
+(``clean_tuple``, ``dirty_list``, ``untrack``: csrc/db/pynode.c says why that is safe), so
+the collector never walks the tree at all.
 """
 
 from __future__ import annotations
