@@ -200,6 +200,7 @@ class Cursor:
     def _iter_forward(self, start: bytes | None, stop: bytes | None) -> Iterator:
         bucket = self._bucket
         read_overflow = bucket._tx._read_overflow
+        load = bucket._tx._load
         if start is None:
             self._descend(self._reset(), True)
         else:
@@ -238,6 +239,21 @@ class Cursor:
                     continue
             elif done:
                 return
+            # The next leaf is nearly always the next child of the same parent: step to it
+            # directly, without unwinding and rebuilding the path (a scan's cost per leaf).
+            stack = self._stack
+            if len(stack) > 1:
+                parent_frame = stack[-2]
+                parent = parent_frame[0]
+                j = parent_frame[1] + 1
+                if j < len(parent.vals):
+                    child = parent.vals[j]
+                    if type(child) is int:
+                        child = load(child)
+                    if child.leaf:
+                        parent_frame[1] = j
+                        stack[-1] = [child, 0]
+                        continue
             if not self._next_leaf():
                 return
 
