@@ -62,6 +62,8 @@ dirty_list = PY_EXPORTS.get("dirty_list", list)
 clean_tuple = PY_EXPORTS.get("clean_tuple", tuple)
 # And for the Node objects themselves (csrc/db/pynode.c says why).
 _untrack = PY_EXPORTS.get("untrack")
+# A leaf body whose values are all in the leaf, in C (None: the Python codec decodes it).
+_decode_plain_leaf = PY_EXPORTS.get("decode_plain_leaf")
 
 # _pieces of a plain leaf in C (csrc/db/pysplit.c), or None without the extension.
 _leaf_cuts = PY_EXPORTS.get("leaf_cuts")
@@ -121,6 +123,10 @@ class Node:
         offset = pgid * page_size
         end = span * page_size
         if ptype == TYPE_LEAF:
+            if _decode_plain_leaf is not None:
+                cut = _decode_plain_leaf(buf, HEADER_SIZE, count, end)
+                if cut is not None:
+                    return cls(True, cut[0], cut[1], pgid, span, plain=True)
             keys, vals = decode_leaf_body(buf, HEADER_SIZE, count, end, path, offset)
             plain = all(type(v) is bytes for v in vals)
             return cls(True, clean_tuple(keys), clean_tuple(vals), pgid, span, plain=plain)

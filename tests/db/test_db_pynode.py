@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from keyval.db.node import Node, clean_tuple, dirty_list
+from keyval.db.page import OverflowRef, decode_leaf_body, encode_leaf_body
 from keyval.db.pagemap import PY_EXPORTS
 
 pytestmark = pytest.mark.skipif("dirty_list" not in PY_EXPORTS, reason="no C extension")
@@ -94,3 +95,36 @@ def test_nodes_are_untracked_and_freed_by_reference_counting():
         assert alive() is None  # freed at once, without the collector
     finally:
         gc.enable()
+
+
+decode_plain_leaf = PY_EXPORTS.get("decode_plain_leaf")
+leaf_entries = st.lists(
+    st.tuples(st.binary(min_size=1, max_size=40), st.binary(max_size=300)), max_size=40
+).map(lambda es: sorted(dict(es).items()))
+
+
+@given(leaf_entries, st.integers(0, 16))
+def test_decode_plain_leaf_cuts_what_the_python_codec_cuts(entries, lead):
+    keys = [k for k, _ in entries]
+    vals = [v for _, v in entries]
+    buf = b"\xaa" * lead + encode_leaf_body(keys, vals, True)
+    got = decode_plain_leaf(buf, lead, len(keys), len(buf))
+    assert got == (tuple(keys), tuple(vals))
+    assert not keys or not (gc.is_tracked(got[0]) or gc.is_tracked(got[1]))
+    assert decode_leaf_body(buf, lead, len(keys), len(buf), None, None) == (keys, vals)
+
+
+@given(st.binary(max_size=200), st.integers(-5, 60), st.integers(-5, 60), st.integers(-5, 260))
+def test_decode_plain_leaf_leaves_anything_doubtful_to_the_python_codec(buf, start, count, end):
+    """Garbage never crashes it: it answers None, or the entries the Python codec finds."""
+    got = decode_plain_leaf(buf, start, count, end)
+    if got is None:
+        return
+    assert 0 <= start <= end <= len(buf)
+    keys, vals = decode_leaf_body(buf, start, count, end, None, None)
+    assert got == (tuple(keys), tuple(vals))
+
+
+def test_decode_plain_leaf_leaves_overflow_and_bucket_values_to_the_python_codec():
+    body = encode_leaf_body([b"a", b"b"], [b"x", OverflowRef(9, 5000)], False)
+    assert decode_plain_leaf(body, 0, 2, len(body)) is None
