@@ -217,6 +217,8 @@ class Freelist:
         if floor is None:
             floor = self._window_floor = max(WINDOW_MIN_FREE, max(counts, default=0) // 2)
             self._window_from = 0
+        elif self._window_from >= len(counts):
+            return False  # none left this commit: do not search again for every page
         marks = _WINDOW_MARKS.get(floor)
         if marks is None:
             marks = _WINDOW_MARKS[floor] = bytes(int(c >= floor) for c in range(256))

@@ -460,6 +460,7 @@ def _seal(
     else:
         reuse.keys = clean_tuple(keys)
         reuse.vals = clean_tuple(vals)
+        reuse.dirty_kids = None
         reuse.pgid = pgid
         reuse.span = span
         reuse.dirty = False
