@@ -243,12 +243,17 @@ class DB:
         buf, _, count = self._read_run(pgid, (ptype,))
         return buf, count, len(buf) // self.page_size - 1
 
-    def _load_node(self, pgid: int) -> Node:
+    def _load_node(self, pgid: int, cmap: PageMap | None = None) -> Node:
+        """The node of page ``pgid``, from the cache or read and decoded; ``cmap``: the
+        calling transaction's page map, read from when it has the page (no system call)."""
         node = self._hot.get(pgid)
         if node is None:
             node = self._cold.pop(pgid, None)
             if node is None:
-                buf, ptype, count = self._read_run(pgid, (TYPE_LEAF, TYPE_BRANCH))
+                run = cmap.read_node_run(pgid) if cmap is not None else None
+                if run is None:
+                    run = self._read_run(pgid, (TYPE_LEAF, TYPE_BRANCH))
+                buf, ptype, count = run
                 span = len(buf) // self.page_size
                 node = Node.decode(buf, pgid, ptype, count, span, self.page_size, self.path)
             self._hot[pgid] = node

@@ -31,6 +31,7 @@ from .page import (
     LEAF_ELEMENT,
     OVERFLOW_REF,
     TYPE_BRANCH,
+    TYPE_LEAF,
     OverflowRef,
     decode_bucket_header,
 )
@@ -75,6 +76,8 @@ def _python_exports() -> dict:
 PY_EXPORTS = _python_exports()
 CLookup = PY_EXPORTS.get("CLookup")
 
+_NODE_TYPES = (TYPE_LEAF, TYPE_BRANCH)
+
 # Address space reserved per open database (not memory: pages are read from the page cache on
 # demand). A file larger than half of it maps twice its size instead.
 MAP_BYTES = 1 << 36
@@ -115,6 +118,17 @@ class PageMap:
 
     def forget(self, pgid: int, span: int) -> None:
         lib.kvdb_map_forget(self.handle, pgid, span)
+
+    def read_node_run(self, pgid: int) -> tuple[bytes, int, int] | None:
+        """A leaf or branch run verified in the map, as DB._read_run gives it (buffer, type,
+        count), copied out; None for anything else, valid or not (the caller then reads the
+        page with pread, and reports what is wrong with it). No system call, and the checksum
+        is computed once per page while it stays unchanged, not on every read."""
+        res = ffi.new("kvdb_result *")
+        if lib.kvdb_page(self.handle, pgid, res) != lib.KVDB_OK or res.type not in _NODE_TYPES:
+            return None
+        start = pgid * self.page_size
+        return self.buf[start : start + res.span * self.page_size], res.type, res.count
 
     def tree(self, root: int):
         """A ``kvdb_tree`` for lookups in the tree at ``root``; one per bucket and transaction

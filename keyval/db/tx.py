@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from functools import partial
 from typing import TYPE_CHECKING
 
 from keyval.errors import ReadOnlyError, TxClosedError
@@ -50,9 +51,10 @@ class Tx:
         self.txid = meta.txid + 1 if writable else meta.txid
         self._closed = False
         self._thread = threading.get_ident()
-        self._load = db._load_node
-        # The page map for C lookups (None: Python paths only).
+        # The page map for C lookups and node reads (None: Python paths only). Its own, not
+        # the database's latest: a map is unmapped once no transaction holds it.
         self._map = db._map
+        self._load = partial(db._load_node, cmap=self._map)
         self._freed: list[tuple[int, int]] = []
         self._runs: list[tuple[int, int, list, Node | None]] = []
         self._hwm = meta.hwm

@@ -10,6 +10,7 @@ import pytest
 
 from keyval.db import DB
 from keyval.db.check import check_file
+from keyval.db.node import Node
 from keyval.errors import (
     BucketExists,
     BucketNotFound,
@@ -537,15 +538,15 @@ def test_sync_false_commits_are_visible_after_reopen(path):
         assert len(dump(db)[b"b"]["kv"]) == 100
 
 
-def test_a_tree_that_fits_the_cache_is_read_once_however_it_is_walked(tmp_path):
+def test_a_tree_that_fits_the_cache_is_read_once_however_it_is_walked(tmp_path, monkeypatch):
     path = str(tmp_path / "c.db")
     with DB(path, page_size=512) as db:
         fill(db, 3_000, value=lambda i: b"v" * 40)
         pages = db.stats()["leaf_pages"] + db.stats()["branch_pages"]
+    reads = []
+    decode = Node.decode
+    monkeypatch.setattr(Node, "decode", lambda *a: reads.append(a[1]) or decode(*a))
     with DB(path, cache_pages=pages + 10) as db:
-        reads = []
-        read_run = db._read_run
-        db._read_run = lambda *a: reads.append(a[0]) or read_run(*a)
         for _ in range(3):
             with db.view() as tx:
                 assert sum(1 for _ in tx.bucket(b"b").items()) == 3_000
