@@ -67,7 +67,7 @@ class Freelist:
         # and the first window still to look at; the free pages of the current window from
         # _window_at on. lowest_first: shrink()'s commits, which want the tail emptied instead.
         self._window_floor: int | None = None
-        self._window_from = 0
+        self._window_from = self._window_end = 0
         self._window: list[int] = []
         self._window_at = 0
         self.lowest_first = False
@@ -211,20 +211,27 @@ class Freelist:
         pages (1,000 random puts over 1M keys) over ~1,470 places in the file, so it made
         that many writes and its fsync had to reach them all. Taking every free page of a
         window with many puts them side by side: half as many writes in the steady state.
-        Finding one costs two C-speed passes over the window counts, a byte per 128 pages."""
+        Finding one costs two C-speed passes over the window counts, a byte per 128 pages.
+
+        The free tail of the file (the windows past its last page in use) is left alone, as
+        lowest-first allocation leaves it: that is what shrink() gives back."""
         counts = self.window_counts
         floor = self._window_floor
         if floor is None:
-            floor = self._window_floor = max(WINDOW_MIN_FREE, max(counts, default=0) // 2)
+            # The tail: the windows from the one holding the last page in use (a bit not set).
+            in_use = len(self.bits.rstrip(b"\xff"))  # bytes up to the last one with a 0 bit
+            self._window_end = min(len(counts), max(0, in_use * 8 - 1) // WINDOW_PAGES)
+            below = counts[: self._window_end]
+            floor = self._window_floor = max(WINDOW_MIN_FREE, max(below, default=0) // 2)
             self._window_from = 0
-        elif self._window_from >= len(counts):
+        elif self._window_from >= self._window_end:
             return False  # none left this commit: do not search again for every page
         marks = _WINDOW_MARKS.get(floor)
         if marks is None:
             marks = _WINDOW_MARKS[floor] = bytes(int(c >= floor) for c in range(256))
-        w = counts.translate(marks).find(1, self._window_from)
+        w = counts.translate(marks).find(1, self._window_from, self._window_end)
         if w < 0:
-            self._window_from = len(counts)
+            self._window_from = self._window_end
             return False
         self._window_from = w + 1
         lo = w << WINDOW_SHIFT

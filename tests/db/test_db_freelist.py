@@ -101,8 +101,11 @@ def _window_counts(fl: Freelist) -> bytes:
     )
 
 
-def _freelist_with(free_pages) -> Freelist:
+def _freelist_with(free_pages, hwm: int = 10_000) -> Freelist:
+    """Pages below ``hwm`` not in ``free_pages`` are in use."""
     fl = Freelist(4096)
+    fl._set(hwm - 1)  # the bitmap covers the whole file ...
+    fl._clear(hwm - 1)  # ... and its last page is in use
     for p in free_pages:
         fl.pend(1, p, 1)
     fl.release_all()
@@ -139,3 +142,13 @@ def test_window_counts_follow_the_bitmap(ops):
         elif op == "trim":
             hwm = fl.trim_tail(hwm)
         assert bytes(fl.window_counts).rstrip(b"\0") == _window_counts(fl).rstrip(b"\0")
+
+
+def test_the_free_tail_of_the_file_is_left_for_shrink():
+    """Free pages scattered low in the file and a free tail after the last page in use: a
+    commit takes the scattered ones, so that shrink() can still give the tail back."""
+    scattered = list(range(10, 2000, 7))
+    fl = _freelist_with(scattered + list(range(4000, 10_000)))
+    got = [fl.allocate(1, 10_000)[0] for _ in range(100)]
+    assert all(p < 2000 for p in got)
+    assert fl.trim_tail(10_000) == 4000
