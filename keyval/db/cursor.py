@@ -78,6 +78,17 @@ class Cursor:
     def _next_leaf(self) -> bool:
         """Move the stack to the start of the next leaf; False at the end of the tree."""
         stack = self._stack
+        # Nearly always the next child of the same parent: step to it without unwinding and
+        # rebuilding the path (a scan's cost per leaf).
+        if len(stack) > 1:
+            frame = stack[-2]
+            j = frame[1] + 1
+            if j < len(frame[0].vals):
+                child = self._child(frame[0], j)
+                if child.leaf:
+                    frame[1] = j
+                    stack[-1] = [child, 0]
+                    return True
         stack.pop()
         while stack:
             frame = stack[-1]
@@ -200,7 +211,6 @@ class Cursor:
     def _iter_forward(self, start: bytes | None, stop: bytes | None) -> Iterator:
         bucket = self._bucket
         read_overflow = bucket._tx._read_overflow
-        load = bucket._tx._load
         if start is None:
             self._descend(self._reset(), True)
         else:
@@ -239,21 +249,6 @@ class Cursor:
                     continue
             elif done:
                 return
-            # The next leaf is nearly always the next child of the same parent: step to it
-            # directly, without unwinding and rebuilding the path (a scan's cost per leaf).
-            stack = self._stack
-            if len(stack) > 1:
-                parent_frame = stack[-2]
-                parent = parent_frame[0]
-                j = parent_frame[1] + 1
-                if j < len(parent.vals):
-                    child = parent.vals[j]
-                    if type(child) is int:
-                        child = load(child)
-                    if child.leaf:
-                        parent_frame[1] = j
-                        stack[-1] = [child, 0]
-                        continue
             if not self._next_leaf():
                 return
 

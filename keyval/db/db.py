@@ -283,6 +283,10 @@ class DB:
     def _evict(self, pgid: int, span: int) -> None:
         if self._map is not None:
             self._map.forget(pgid, span)
+        self._uncache(pgid, span)
+
+    def _uncache(self, pgid: int, span: int) -> None:
+        """Drop the cached nodes of a page run (the map keeps its checks: see _commit)."""
         hot, cold = self._hot, self._cold
         for p in range(pgid, pgid + span):
             hot.pop(p, None)
@@ -399,12 +403,11 @@ class DB:
         # The pages this commit freed hold no node the newer transactions can reach: their
         # cached nodes go now, not when the page is reused (maybe thousands of commits later),
         # so dead nodes do not crowd live ones out of the cache. An older reader that still
-        # needs one reads it again from its page, unchanged until it is reused.
-        hot, cold = self._hot, self._cold
+        # needs one reads it again from its page, unchanged until it is reused. (Not _evict:
+        # the map may forget a page only once no reader can reach it.)
         for pgid, span in tx._freed:
-            for p in range(pgid, pgid + span):
-                hot.pop(p, None)
-                cold.pop(p, None)
+            self._uncache(pgid, span)
+        hot = self._hot
         for pgid, _, _, node in runs:
             if node is not None:
                 hot[pgid] = node
