@@ -20,7 +20,10 @@
 #define Py_LIMITED_API 0x030B0000
 #include <Python.h>
 
+#include <structmember.h>
+
 #include "internal.h"
+#include "pynode.h"
 
 typedef struct {
     PyObject_HEAD
@@ -28,13 +31,20 @@ typedef struct {
     uint64_t root;
     Py_ssize_t split_entries; /* 0: no puts in C now; Bucket._put answers */
     Py_ssize_t max_value;     /* the longest value a put in C stores (in the leaf) */
+    /* Bucket's fields that a put changes (Bucket._node etc.), read and written here without
+     * attribute lookups, which were a fifth of an ascending bulk load's puts. Python objects in
+     * T_OBJECT_EX members, as __slots__ makes, so that the interpreter's specialized attribute
+     * access still applies to them in Bucket's Python methods. */
+    PyObject *node;       /* _node: the bucket's root node in this transaction, or None */
+    PyObject *mods;       /* _mods: changes made in this transaction (an int) */
+    PyObject *count;      /* _count: keys in the bucket (an int) */
+    PyObject *unbalanced; /* _unbalanced: whether a node may have shrunk (Bucket._spill) */
 } lookup_object;
 
 enum { MAX_KEY = 32 * 1024, MAX_DEPTH = 64 };
 
 /* Interned names, made by kvdb_py_export. */
-static PyObject *fallback_name, *put_fallback_name, *split_name, *s_node, *s_leaf, *s_keys,
-    *s_vals, *s_dirty, *s_mods, *s_count, *s_unbalanced;
+static PyObject *fallback_name, *put_fallback_name, *split_name;
 static PyObject *node_type; /* keyval.db.node.Node, from _c_put_on; kept for good */
 
 /* type(self).<name>(self, *args, **kwargs): the function is found on the type (no bound method
@@ -137,51 +147,35 @@ static Py_ssize_t bisect(PyObject *keys, const char *k, Py_ssize_t klen, int rig
     return lo;
 }
 
-/* self.<name> += 1 */
-static int bump(PyObject *self, PyObject *name)
+/* *slot += 1 for an int field; -1 with an exception if it is not one. */
+static int increment(PyObject **slot)
 {
-    PyObject *v = PyObject_GetAttr(self, name);
-    if (v == NULL)
+    Py_ssize_t v = *slot == NULL ? -1 : PyLong_AsSsize_t(*slot);
+    if (v == -1 && (*slot == NULL || PyErr_Occurred())) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_AttributeError, "a bucket counter is not set");
         return -1;
-    Py_ssize_t n = PyLong_AsSsize_t(v);
-    Py_DECREF(v);
-    if (n == -1 && PyErr_Occurred())
+    }
+    PyObject *next = PyLong_FromSsize_t(v + 1), *was = *slot;
+    if (next == NULL)
         return -1;
-    PyObject *w = PyLong_FromSsize_t(n + 1);
-    if (w == NULL)
-        return -1;
-    int rc = PyObject_SetAttr(self, name, w);
-    Py_DECREF(w);
-    return rc;
+    *slot = next;
+    Py_DECREF(was);
+    return 0;
 }
 
-/* node.<name> as a new reference if it is exactly a list, else NULL (no exception set). */
-static PyObject *node_list(PyObject *node, PyObject *name)
+/* node as a dirty Node (its leaf field says which kind), or NULL if it is not something a put
+ * in C may change: a clean node (Bucket._put copies it first), or not a Node at all. */
+static db_node_object *dirty_node(PyObject *node)
 {
-    PyObject *v = PyObject_GetAttr(node, name);
-    if (v == NULL) {
-        PyErr_Clear();
+    if (node == NULL || (PyObject *)Py_TYPE(node) != node_type)
         return NULL;
-    }
-    if (!PyList_CheckExact(v)) {
-        Py_DECREF(v);
+    db_node_object *n = (db_node_object *)node;
+    if (n->dirty != Py_True || n->keys == NULL || n->vals == NULL ||
+        !PyList_CheckExact(n->keys) || !PyList_CheckExact(n->vals) ||
+        PyList_Size(n->keys) != PyList_Size(n->vals))
         return NULL;
-    }
-    return v;
-}
-
-/* Is node a dirty Node (1: leaf, 0: branch), or not something to put into here (-1)? */
-static int dirty_node(PyObject *node)
-{
-    if ((PyObject *)Py_TYPE(node) != node_type)
-        return -1;
-    PyObject *dirty = PyObject_GetAttr(node, s_dirty), *leaf = PyObject_GetAttr(node, s_leaf);
-    int rc = dirty == Py_True ? leaf == Py_True : -1;
-    if (dirty == NULL || leaf == NULL)
-        PyErr_Clear();
-    Py_XDECREF(dirty);
-    Py_XDECREF(leaf);
-    return rc;
+    return n;
 }
 
 /* 1: done; 0: not handled, nothing changed (Bucket._put takes it); -1: error raised. */
@@ -193,82 +187,65 @@ static int fast_put(lookup_object *o, PyObject *self, PyObject *key, PyObject *v
         return -1;
     if (klen == 0 || klen > MAX_KEY || vlen > o->max_value)
         return 0; /* the Python path refuses the key, or stores the value in an overflow run */
-    int rc = 0;
-    PyObject *keys = NULL, *vals = NULL;
-    PyObject *node = PyObject_GetAttr(self, s_node);
-    if (node == NULL) {
-        PyErr_Clear();
+    /* Borrowed references all the way down: nothing below runs Python code until the leaf
+     * is changed, so the tree cannot change under them. */
+    db_node_object *node = dirty_node(o->node);
+    for (int depth = 0; node != NULL && node->leaf != Py_True; depth++) {
+        if (depth == MAX_DEPTH || PyList_Size(node->vals) == 0)
+            return 0;
+        Py_ssize_t i = bisect(node->keys, k, klen, 1);
+        if (i < 0)
+            return 0;
+        node = dirty_node(PyList_GetItem(node->vals, i > 0 ? i - 1 : 0));
+    }
+    if (node == NULL || node->leaf != Py_True)
         return 0;
-    }
-    for (int depth = 0;; depth++) {
-        int leaf = dirty_node(node);
-        if (leaf < 0 || depth == MAX_DEPTH)
-            goto out;
-        keys = node_list(node, s_keys);
-        vals = node_list(node, s_vals);
-        if (keys == NULL || vals == NULL || PyList_Size(keys) != PyList_Size(vals))
-            goto out;
-        if (leaf)
-            break;
-        Py_ssize_t i = bisect(keys, k, klen, 1);
-        if (i < 0 || PyList_Size(vals) == 0)
-            goto out;
-        PyObject *child = PyList_GetItem(vals, i > 0 ? i - 1 : 0); /* borrowed */
-        Py_INCREF(child);
-        Py_DECREF(node);
-        Py_CLEAR(keys);
-        Py_CLEAR(vals);
-        node = child;
-    }
+    PyObject *keys = node->keys, *vals = node->vals;
     Py_ssize_t n = PyList_Size(keys);
     Py_ssize_t i = bisect(keys, k, klen, 0);
     if (i < 0)
-        goto out;
+        return 0;
     if (i < n) {
         char *p;
         Py_ssize_t plen;
         PyObject *there = PyList_GetItem(keys, i);
         if (PyBytes_AsStringAndSize(there, &p, &plen) < 0) {
             PyErr_Clear();
-            goto out;
+            return 0;
         }
         if (plen == klen && memcmp(p, k, (size_t)klen) == 0) {
             PyObject *old = PyList_GetItem(vals, i); /* borrowed */
             if (!PyBytes_CheckExact(old))
-                goto out; /* a nested bucket (an error) or an overflow run to free */
-            rc = -1;
-            if (bump(self, s_mods) < 0)
-                goto out;
+                return 0; /* a nested bucket (an error) or an overflow run to free */
+            if (increment(&o->mods) < 0)
+                return -1;
             /* A shorter value may leave the leaf underfull: commit must look (Bucket._spill). */
-            if (vlen < PyBytes_Size(old) && PyObject_SetAttr(self, s_unbalanced, Py_True) < 0)
-                goto out;
+            if (vlen < PyBytes_Size(old) && o->unbalanced != Py_True) {
+                PyObject *was = o->unbalanced;
+                Py_INCREF(Py_True);
+                o->unbalanced = Py_True;
+                Py_XDECREF(was);
+            }
             Py_INCREF(value);
             PyList_SetItem(vals, i, value); /* steals value, drops the old one */
-            rc = 1;
-            goto out;
+            return 1;
         }
     }
-    rc = -1;
-    if (bump(self, s_mods) < 0 || PyList_Insert(keys, i, key) < 0)
-        goto out;
+    if (increment(&o->mods) < 0 || PyList_Insert(keys, i, key) < 0)
+        return -1;
     if (PyList_Insert(vals, i, value) < 0) {
         PySequence_DelItem(keys, i); /* out of memory: leave the leaf as it was */
-        goto out;
+        return -1;
     }
-    if (bump(self, s_count) < 0)
-        goto out;
+    if (increment(&o->count) < 0)
+        return -1;
     if (n + 1 > o->split_entries) {
         PyObject *r = PyObject_CallMethodObjArgs(self, split_name, key, NULL);
         if (r == NULL)
-            goto out;
+            return -1;
         Py_DECREF(r);
     }
-    rc = 1;
-out:
-    Py_XDECREF(node);
-    Py_XDECREF(keys);
-    Py_XDECREF(vals);
-    return rc;
+    return 1;
 }
 
 static PyObject *bucket_put(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -298,8 +275,10 @@ static PyObject *bucket_put_on(PyObject *self, PyObject *const *args, Py_ssize_t
     if ((split == -1 || max_value == -1) && PyErr_Occurred())
         return NULL;
     if (split > 0) {
-        if (!PyType_Check(args[0])) {
-            PyErr_SetString(PyExc_TypeError, "_c_put_on: node_type must be a type");
+        /* The put reads nodes as CNode's struct: only its subclasses will do. */
+        if (!PyType_Check(args[0]) || db_node_base == NULL ||
+            !PyType_IsSubtype((PyTypeObject *)args[0], (PyTypeObject *)db_node_base)) {
+            PyErr_SetString(PyExc_TypeError, "_c_put_on: node_type must be a subclass of CNode");
             return NULL;
         }
         if (node_type == NULL) {
@@ -350,9 +329,35 @@ static PyMethodDef lookup_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyMemberDef lookup_members[] = {
+    {"_node", T_OBJECT_EX, offsetof(lookup_object, node), 0, "the root node in this transaction"},
+    {"_mods", T_OBJECT_EX, offsetof(lookup_object, mods), 0, "changes in this transaction"},
+    {"_count", T_OBJECT_EX, offsetof(lookup_object, count), 0, "keys in the bucket"},
+    {"_unbalanced", T_OBJECT_EX, offsetof(lookup_object, unbalanced), 0,
+     "whether a node may have shrunk in this transaction"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+/* Bucket is a collector type; this base is not: its objects (a node tree, a bool) never refer
+ * back to a bucket, so no cycle passes through them. */
+static void lookup_dealloc(PyObject *self)
+{
+    lookup_object *o = (lookup_object *)self;
+    PyTypeObject *type = Py_TYPE(self);
+    Py_CLEAR(o->node);
+    Py_CLEAR(o->mods);
+    Py_CLEAR(o->count);
+    Py_CLEAR(o->unbalanced);
+    freefunc free = (freefunc)PyType_GetSlot(type, Py_tp_free);
+    free(self);
+    Py_DECREF(type); /* instances of a heap type hold a reference to it */
+}
+
 static PyType_Slot lookup_slots[] = {
     {Py_tp_doc, "keyval.db's C lookup path: the base class of Bucket."},
     {Py_tp_methods, lookup_methods},
+    {Py_tp_members, lookup_members},
+    {Py_tp_dealloc, lookup_dealloc},
     {0, NULL},
 };
 
@@ -394,10 +399,7 @@ int kvdb_py_export(void *namespace)
             PyObject **slot;
             const char *text;
         } names[] = {{&fallback_name, "_get"}, {&put_fallback_name, "_put"},
-                     {&split_name, "_split_after_put"}, {&s_node, "_node"}, {&s_leaf, "leaf"},
-                     {&s_keys, "keys"}, {&s_vals, "vals"}, {&s_dirty, "dirty"},
-                     {&s_mods, "_mods"}, {&s_count, "_count"},
-                     {&s_unbalanced, "_unbalanced"}};
+                     {&split_name, "_split_after_put"}};
         for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
             if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
                 goto out;
@@ -406,6 +408,10 @@ int kvdb_py_export(void *namespace)
     if (type == NULL)
         goto out;
     rc = PyDict_SetItemString(ns, "CLookup", type);
+    if (rc == 0 && db_node_base == NULL && (db_node_base = PyType_FromSpec(&db_node_spec)) == NULL)
+        rc = -1;
+    if (rc == 0)
+        rc = PyDict_SetItemString(ns, "CNode", db_node_base);
     if (rc == 0)
         rc = add_functions(ns, db_py_encoders);
     if (rc == 0)

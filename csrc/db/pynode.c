@@ -20,7 +20,6 @@
  *
  *   dirty_list(iterable) -> list: a new list of the items, untracked by the collector
  *   clean_tuple(iterable) -> tuple: a new tuple of the items, untracked by the collector
- *   untrack(node): the Node object itself, for the same reason
  *   decode_plain_leaf(buf, start, count, end) -> (keys, vals) | None
  *
  * decode_plain_leaf cuts a leaf body whose values are all stored in the leaf (the common
@@ -33,14 +32,119 @@
  * The Node objects too: the page cache holds ~100,000 of them and a commit adds ~1,500, so
  * full collections came every ~10 commits and each walked every cached node (~80 ms, 7 of a
  * 1,000-put commit's 42 ms on average). A node refers only to its lists or tuples, and those
- * only down the tree: no cycle can pass through one.
+ * only down the tree: no cycle can pass through one. So CNode, the C base class of Node that
+ * holds its fields (csrc/db/pynode.h), is not a collector type at all, and its Python subclass
+ * adds no fields and so is not one either. Its fields are what the C put path reads directly.
  *
  * Uses only the stable ABI of Python 3.11, as the rest of the module.
  */
 #define Py_LIMITED_API 0x030B0000
 #include <Python.h>
 
+#include <structmember.h>
+
 #include "internal.h"
+#include "pynode.h"
+
+PyObject *db_node_base;
+
+static void node_dealloc(PyObject *self)
+{
+    db_node_object *n = (db_node_object *)self;
+    PyTypeObject *type = Py_TYPE(self);
+    Py_CLEAR(n->leaf);
+    Py_CLEAR(n->keys);
+    Py_CLEAR(n->vals);
+    Py_CLEAR(n->pgid);
+    Py_CLEAR(n->span);
+    Py_CLEAR(n->dirty);
+    Py_CLEAR(n->plain);
+    Py_CLEAR(n->packed);
+    Py_CLEAR(n->dirty_kids);
+    freefunc free = (freefunc)PyType_GetSlot(type, Py_tp_free);
+    free(self);
+    Py_DECREF(type); /* instances of a heap type hold a reference to it */
+}
+
+/* T_OBJECT_EX, as __slots__ makes: the interpreter specializes attribute reads and writes of
+ * those members only (T_OBJECT fields took the generic path, 10% slower puts in Python). */
+
+/* Node(leaf, keys, vals, pgid=0, span=1, dirty=False, plain=False): the fields set, packed
+ * False and dirty_kids None, and the object taken out of the collector's view. A class made by
+ * a class statement is always a collector type, so the Python subclass's objects start
+ * tracked; since no field can lead back to the node (see above), they are untracked here. */
+static int node_init(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"leaf", "keys", "vals", "pgid", "span", "dirty", "plain", NULL};
+    PyObject *leaf, *keys, *vals, *pgid = NULL, *span = NULL, *dirty = Py_False,
+                                  *plain = Py_False;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOOO:Node", names, &leaf, &keys, &vals,
+                                     &pgid, &span, &dirty, &plain))
+        return -1;
+    /* New references from here on; 0 and 1 are CPython's cached small ints. */
+    pgid = pgid != NULL ? (Py_INCREF(pgid), pgid) : PyLong_FromLong(0);
+    span = span != NULL ? (Py_INCREF(span), span) : PyLong_FromLong(1);
+    if (pgid == NULL || span == NULL) {
+        Py_XDECREF(pgid);
+        Py_XDECREF(span);
+        return -1;
+    }
+    db_node_object *n = (db_node_object *)self;
+    PyObject *old[9] = {n->leaf, n->keys, n->vals, n->pgid, n->span,
+                        n->dirty, n->plain, n->packed, n->dirty_kids};
+    Py_INCREF(leaf);
+    Py_INCREF(keys);
+    Py_INCREF(vals);
+    Py_INCREF(dirty);
+    Py_INCREF(plain);
+    Py_INCREF(Py_False);
+    Py_INCREF(Py_None);
+    n->leaf = leaf;
+    n->keys = keys;
+    n->vals = vals;
+    n->pgid = pgid;
+    n->span = span;
+    n->dirty = dirty;
+    n->plain = plain;
+    n->packed = Py_False;
+    n->dirty_kids = Py_None;
+    for (int i = 0; i < 9; i++)
+        Py_XDECREF(old[i]);
+    if (PyObject_IS_GC(self))
+        PyObject_GC_UnTrack(self);
+    return 0;
+}
+
+#define NODE_FIELD(name, doc)                                                                  \
+    {#name, T_OBJECT_EX, offsetof(db_node_object, name), 0, doc}
+
+static PyMemberDef node_members[] = {
+    NODE_FIELD(leaf, "True for a leaf, False for a branch"),
+    NODE_FIELD(keys, "the keys: a list while dirty, a tuple once clean"),
+    NODE_FIELD(vals, "a leaf's values, a branch's children (page ids or dirty nodes)"),
+    NODE_FIELD(pgid, "the page the node was read from or sealed into (0: not yet)"),
+    NODE_FIELD(span, "pages of that run"),
+    NODE_FIELD(dirty, "changed in this write transaction"),
+    NODE_FIELD(plain, "a leaf whose values are all bytes kept in the leaf"),
+    NODE_FIELD(packed, "left whole by appends at its end (spilled into full pages)"),
+    NODE_FIELD(dirty_kids, "a dirty branch's indices of its dirty children, or None"),
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot node_slots[] = {
+    {Py_tp_doc, "The fields of keyval.db's Node, in C (see csrc/db/pynode.h)."},
+    {Py_tp_dealloc, node_dealloc},
+    {Py_tp_init, node_init},
+    {Py_tp_members, node_members},
+    {0, NULL},
+};
+
+PyType_Spec db_node_spec = {
+    .name = "keyval._db_cffi.CNode",
+    .basicsize = sizeof(db_node_object),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = node_slots,
+};
 
 static PyObject *py_dirty_list(PyObject *module, PyObject *arg)
 {
@@ -59,14 +163,6 @@ static PyObject *py_clean_tuple(PyObject *module, PyObject *arg)
     if (out != NULL && PyTuple_Size(out) > 0)
         PyObject_GC_UnTrack(out);
     return out;
-}
-
-static PyObject *py_untrack(PyObject *module, PyObject *arg)
-{
-    (void)module;
-    if (PyObject_IS_GC(arg))
-        PyObject_GC_UnTrack(arg);
-    Py_RETURN_NONE;
 }
 
 static PyObject *py_decode_plain_leaf(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -136,8 +232,6 @@ PyMethodDef db_py_node_functions[] = {
     {"clean_tuple", py_clean_tuple, METH_O,
      "clean_tuple(iterable) -> tuple of its items, untracked by the garbage collector (for a "
      "clean node's entries, under the same contract as dirty_list)"},
-    {"untrack", py_untrack, METH_O,
-     "untrack(node): take a Node out of the garbage collector's view (same contract)"},
     {"decode_plain_leaf", (PyCFunction)(void (*)(void))py_decode_plain_leaf, METH_FASTCALL,
      "decode_plain_leaf(buf, start, count, end) -> (keys, vals) tuples, or None when the "
      "Python codec must decode the leaf (see csrc/db/pynode.c)"},

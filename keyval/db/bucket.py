@@ -93,20 +93,18 @@ class Bucket(_Base):
     __slots__ = (
         "_children",
         "_cmap",
-        "_count",
         "_ctree",
         "_cvalue",
         "_deleted",
         "_dirty",
         "_header",
-        "_mods",
         "_name",
-        "_node",
         "_parent",
         "_root",
         "_tx",
-        "_unbalanced",
         "fill_factor",
+        # The fields a put changes are CLookup's (the C put path reads them directly).
+        *(() if _Base is not object else ("_count", "_mods", "_node", "_unbalanced")),
     )
 
     def __init__(self, tx: Tx, parent: Bucket | None, name: bytes, header: BucketHeader):

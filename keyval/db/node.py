@@ -16,9 +16,10 @@ A clean node holds its entries in tuples, a dirty one in lists. Why: the page ca
 thousands of clean nodes, and lists are always tracked by the cyclic garbage collector, which
 then walked every key of every cached node on each full collection (a 1,000-put transaction
 over 1M keys spent more time in the collector than in its puts). With the extension, the
-tuples, the dirty lists and the Node objects themselves are untracked from birth
-(``clean_tuple``, ``dirty_list``, ``untrack``: csrc/db/pynode.c says why that is safe), so
-the collector never walks the tree at all.
+tuples and the dirty lists are untracked from birth (``clean_tuple``, ``dirty_list``:
+csrc/db/pynode.c says why that is safe), and Node's fields live in a C base class that the
+collector does not know (``CNode``, which the C put path reads directly), so the collector
+never walks the tree at all.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ if TYPE_CHECKING:
 dirty_list = PY_EXPORTS.get("dirty_list", list)
 # The same for a clean node's tuples (csrc/db/pynode.c).
 clean_tuple = PY_EXPORTS.get("clean_tuple", tuple)
-# And for the Node objects themselves (csrc/db/pynode.c says why).
-_untrack = PY_EXPORTS.get("untrack")
+# Node's fields in C (csrc/db/pynode.h): no collector tracking, and direct reads by C puts.
+_NodeBase = PY_EXPORTS.get("CNode", object)
 # A leaf body whose values are all in the leaf, in C (None: the Python codec decodes it).
 _decode_plain_leaf = PY_EXPORTS.get("decode_plain_leaf")
 
@@ -76,37 +77,42 @@ SPLIT_ENTRIES = 1024
 MIN_ENTRIES = 2
 
 
-class Node:
-    __slots__ = ("dirty", "dirty_kids", "keys", "leaf", "packed", "pgid", "plain", "span", "vals")
+class Node(_NodeBase):
+    # The fields are CNode's when the extension is there; the same names as slots otherwise.
+    __slots__ = (
+        ()
+        if _NodeBase is not object
+        else ("dirty", "dirty_kids", "keys", "leaf", "packed", "pgid", "plain", "span", "vals")
+    )
 
-    def __init__(
-        self,
-        leaf: bool,
-        keys: list[bytes],
-        vals: list,
-        pgid: int = 0,
-        span: int = 1,
-        dirty: bool = False,
-        plain: bool = False,
-    ):
-        self.leaf = leaf
-        self.keys = keys
-        self.vals = vals
-        self.pgid = pgid
-        self.span = span
-        self.dirty = dirty
-        # A leaf whose values are all bytes short enough to stay in the leaf: scans zip it
-        # directly, and sizes and encodings take C-speed paths. Writes keep it up to date.
-        self.plain = plain
-        # Left whole by an append at its end (see split_in_memory): spilled into full pages.
-        self.packed = False
-        # A dirty branch's indices of the children child_for_write made dirty, while no entry
-        # was inserted or removed (None after that, or if unknown): spill then finds them
-        # without reading the type of each of the branch's hundreds of children, a cache miss
-        # each (a tenth of a 1,000-put commit).
-        self.dirty_kids: list[int] | None = None
-        if _untrack is not None:
-            _untrack(self)
+    if _NodeBase is object:  # without the extension: CNode's __init__ does this in C
+
+        def __init__(
+            self,
+            leaf: bool,
+            keys: list[bytes],
+            vals: list,
+            pgid: int = 0,
+            span: int = 1,
+            dirty: bool = False,
+            plain: bool = False,
+        ):
+            self.leaf = leaf
+            self.keys = keys
+            self.vals = vals
+            self.pgid = pgid
+            self.span = span
+            self.dirty = dirty
+            # A leaf whose values are all bytes short enough to stay in the leaf: scans zip it
+            # directly, and sizes and encodings take C-speed paths. Writes keep it up to date.
+            self.plain = plain
+            # Left whole by an append at its end (see split_in_memory): spilled into full pages.
+            self.packed = False
+            # A dirty branch's indices of the children child_for_write made dirty, while no entry
+            # was inserted or removed (None after that, or if unknown): spill then finds them
+            # without reading the type of each of the branch's hundreds of children, a cache miss
+            # each (a tenth of a 1,000-put commit).
+            self.dirty_kids: list[int] | None = None
 
     def dirty_copy(self) -> Node:
         copy = Node(

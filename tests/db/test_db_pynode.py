@@ -1,7 +1,8 @@
 """csrc/db/pynode.c's dirty_list: the list a dirty node holds its entries in, which the garbage
 collector does not track. It must be an ordinary list with the items of its argument, refuse
 what list() refuses, and stay a working list under every mutation a write transaction makes.
-The same for clean_tuple (a clean node's tuples) and for the Node objects themselves."""
+The same for clean_tuple (a clean node's tuples) and for the Node objects themselves, whose
+fields live in CNode, a C base class that the C put path reads directly."""
 
 import gc
 import weakref
@@ -95,6 +96,60 @@ def test_nodes_are_untracked_and_freed_by_reference_counting():
         assert alive() is None  # freed at once, without the collector
     finally:
         gc.enable()
+
+
+def test_node_fields_default_and_assign_like_slots():
+    node = Node(True, [b"k"], [b"v"])
+    assert (node.leaf, node.keys, node.vals, node.pgid, node.span) == (True, [b"k"], [b"v"], 0, 1)
+    assert (node.dirty, node.plain, node.packed, node.dirty_kids) == (False, False, False, None)
+    named = Node(leaf=False, keys=(b"a",), vals=(9,), pgid=7, span=3, dirty=True, plain=True)
+    assert (named.leaf, named.keys, named.vals, named.pgid, named.span) == (
+        False, (b"a",), (9,), 7, 3,
+    )  # fmt: skip
+    assert named.dirty is True and named.plain is True
+    for field, value in [("keys", (b"x",)), ("pgid", 12), ("packed", True), ("dirty_kids", [1])]:
+        setattr(named, field, value)
+        assert getattr(named, field) == value
+    with pytest.raises(AttributeError):
+        named.other = 1  # no __dict__: a node holds its nine fields and nothing else
+
+
+def test_node_init_refuses_bad_arguments_and_reinit_replaces_fields():
+    with pytest.raises(TypeError):
+        Node(True, [b"k"])
+    with pytest.raises(TypeError):
+        Node(True, [], [], 0, 1, False, False, "extra")
+    with pytest.raises(TypeError):
+        Node(True, [], [], colour=1)
+
+    class Probe:
+        pass
+
+    probe = Probe()
+    alive = weakref.ref(probe)
+    node = Node(True, [b"k"], [probe])
+    del probe
+    node.__init__(False, [], [])  # the old fields are released, not leaked
+    assert alive() is None and node.leaf is False and node.vals == []
+
+
+def test_c_puts_take_only_cnode_subclasses():
+    from keyval.db.pagemap import CLookup
+
+    class NotANode:
+        pass
+
+    class Lookup(CLookup):
+        pass
+
+    lookup = Lookup()
+    with pytest.raises(TypeError):
+        lookup._c_put_on(NotANode, 256, 100)
+    with pytest.raises(TypeError):
+        lookup._c_put_on(5, 256, 100)
+    lookup._c_put_on(None, 0, 0)  # off, whatever it is given as a type
+    with pytest.raises(AttributeError):
+        lookup._node  # unset until the subclass sets it, as a slot would be  # noqa: B018
 
 
 decode_plain_leaf = PY_EXPORTS.get("decode_plain_leaf")

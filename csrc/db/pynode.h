@@ -1,0 +1,28 @@
+/* The layout of keyval.db's Node objects (csrc/db/pynode.c's CNode, the base class of
+ * keyval/db/node.py's Node), shared with the C put path in csrc/db/pylookup.c.
+ *
+ * Every field is a Python object, as in the __slots__ class it replaces (NULL only before
+ * __init__, and an AttributeError if read then), so Python code sees no difference; C reads
+ * the fields without an attribute lookup. Include after Python.h. */
+#ifndef KEYVAL_DB_PYNODE_H
+#define KEYVAL_DB_PYNODE_H
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *leaf;       /* True: a leaf; False: a branch */
+    PyObject *keys;       /* list (dirty) or tuple (clean) of bytes */
+    PyObject *vals;       /* values (leaf) or children: page ids or dirty Nodes (branch) */
+    PyObject *pgid, *span;
+    PyObject *dirty;      /* True: changed in this transaction; keys and vals are lists */
+    PyObject *plain;      /* a leaf whose values are all bytes stored in the leaf */
+    PyObject *packed;     /* left whole by appends at its end */
+    PyObject *dirty_kids; /* a dirty branch's indices of its dirty children, or None */
+} db_node_object;
+
+/* The type object of CNode, made by kvdb_py_export; NULL before. */
+extern PyObject *db_node_base;
+
+/* CNode's type spec, for kvdb_py_export. */
+extern PyType_Spec db_node_spec;
+
+#endif
