@@ -381,14 +381,11 @@ static PyMemberDef lookup_members[] = {
 static void lookup_dealloc(PyObject *self)
 {
     lookup_object *o = (lookup_object *)self;
-    PyTypeObject *type = Py_TYPE(self);
     Py_CLEAR(o->node);
     Py_CLEAR(o->mods);
     Py_CLEAR(o->count);
     Py_CLEAR(o->unbalanced);
-    freefunc free = (freefunc)PyType_GetSlot(type, Py_tp_free);
-    free(self);
-    Py_DECREF(type); /* instances of a heap type hold a reference to it */
+    db_free_heap_object(self);
 }
 
 static PyType_Slot lookup_slots[] = {

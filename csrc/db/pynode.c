@@ -51,7 +51,6 @@ PyObject *db_node_base;
 static void node_dealloc(PyObject *self)
 {
     db_node_object *n = (db_node_object *)self;
-    PyTypeObject *type = Py_TYPE(self);
     Py_CLEAR(n->leaf);
     Py_CLEAR(n->keys);
     Py_CLEAR(n->vals);
@@ -61,9 +60,7 @@ static void node_dealloc(PyObject *self)
     Py_CLEAR(n->plain);
     Py_CLEAR(n->packed);
     Py_CLEAR(n->dirty_kids);
-    freefunc free = (freefunc)PyType_GetSlot(type, Py_tp_free);
-    free(self);
-    Py_DECREF(type); /* instances of a heap type hold a reference to it */
+    db_free_heap_object(self);
 }
 
 /* T_OBJECT_EX, as __slots__ makes: the interpreter specializes attribute reads and writes of

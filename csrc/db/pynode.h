@@ -19,6 +19,16 @@ typedef struct {
     PyObject *dirty_kids; /* a dirty branch's indices of its dirty children, or None */
 } db_node_object;
 
+/* The end of a tp_dealloc for an object of a heap type (CNode, CLookup and their Python
+ * subclasses): its memory freed by its type's tp_free, then its reference to the type dropped. */
+static inline void db_free_heap_object(PyObject *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    freefunc free = (freefunc)PyType_GetSlot(type, Py_tp_free);
+    free(self);
+    Py_DECREF(type);
+}
+
 /* The type object of CNode, made by kvdb_py_export; NULL before. */
 extern PyObject *db_node_base;
 
