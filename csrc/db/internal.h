@@ -93,9 +93,10 @@ static inline const db_branch *db_branch_cached(kvdb_map *m, uint64_t pgid)
 void db_seal(uint8_t *out, size_t used, size_t run, uint32_t page_size, uint64_t pgid,
              uint8_t type, uint32_t count);
 
-/* The Python functions of pyencode.c, pynode.c and pysplit.c are PyMethodDef tables named
- * db_py_encoders, db_py_node_functions and db_py_split_functions (declared where Python.h is
- * included: pylookup.c, whose kvdb_py_export adds them to the module's namespace). */
+/* The Python functions of pyencode.c, pynode.c, pysplit.c and pyspill.c are PyMethodDef
+ * tables named db_py_encoders, db_py_node_functions, db_py_split_functions and
+ * db_py_spill_functions (declared where Python.h is included: pylookup.c, whose
+ * kvdb_py_export adds them to the module's namespace). */
 
 /* Largest entry count a run of len bytes of the given type can hold. */
 static inline size_t db_max_count(uint32_t type, size_t len)

@@ -24,6 +24,7 @@
 #include <Python.h>
 
 #include "internal.h"
+#include "pycommit.h"
 
 /* Entry count and data bytes of a plain leaf, every item checked; -1 with an exception. */
 static int leaf_measure(PyObject *keys, PyObject *vals, Py_ssize_t *count, size_t *data)
@@ -104,14 +105,10 @@ static PyObject *new_run(size_t used, size_t ps, const char *what, size_t *run)
     return PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)*run);
 }
 
-/* An encoder's page id and page size arguments: 0, or -1 with an exception set. */
-static int page_args(PyObject *pgid_arg, PyObject *size_arg, unsigned long long *pgid,
-                     long *page_size)
+/* A page size argument: 0, or -1 with an exception set. */
+static int page_size_arg(PyObject *arg, long *page_size)
 {
-    *pgid = PyLong_AsUnsignedLongLong(pgid_arg);
-    if (*pgid == (unsigned long long)-1 && PyErr_Occurred())
-        return -1;
-    *page_size = PyLong_AsLong(size_arg);
+    *page_size = PyLong_AsLong(arg);
     if (*page_size == -1 && PyErr_Occurred())
         return -1;
     if (*page_size < 512 || *page_size > 65536 || (*page_size & (*page_size - 1))) {
@@ -119,6 +116,62 @@ static int page_args(PyObject *pgid_arg, PyObject *size_arg, unsigned long long 
         return -1;
     }
     return 0;
+}
+
+/* An encoder's page id and page size arguments: 0, or -1 with an exception set. */
+static int page_args(PyObject *pgid_arg, PyObject *size_arg, unsigned long long *pgid,
+                     long *page_size)
+{
+    *pgid = PyLong_AsUnsignedLongLong(pgid_arg);
+    if (*pgid == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    return page_size_arg(size_arg, page_size);
+}
+
+PyObject *db_encode_plain_leaf(unsigned long long pgid, PyObject *keys, PyObject *vals,
+                               Py_ssize_t a, Py_ssize_t b, size_t data, long page_size)
+{
+    Py_ssize_t n = b - a;
+    if ((uint64_t)n > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "leaf cannot be encoded: more entries than the format holds");
+        return NULL;
+    }
+    if (a < 0 || n < 0 || PyList_Size(keys) < b || PyList_Size(vals) < b) {
+        PyErr_SetString(PyExc_RuntimeError, "a leaf changed while it was being encoded");
+        return NULL;
+    }
+    size_t start = DB_HEADER_SIZE + DB_LEAF_ELEMENT * (size_t)n, used = start + data, run;
+    PyObject *out = new_run(used, (size_t)page_size, "leaf", &run);
+    if (out == NULL)
+        return NULL;
+    uint8_t *p = (uint8_t *)PyByteArray_AsString(out);
+    uint8_t *e = p + DB_HEADER_SIZE;
+    uint8_t *d = p + start;
+    for (Py_ssize_t i = a; i < b; i++, e += DB_LEAF_ELEMENT) {
+        PyObject *k = PyList_GetItem(keys, i), *v = PyList_GetItem(vals, i);
+        char *kp, *vp;
+        Py_ssize_t kl, vl;
+        if (!PyBytes_CheckExact(k) || !PyBytes_CheckExact(v) ||
+            PyBytes_AsStringAndSize(k, &kp, &kl) < 0 || PyBytes_AsStringAndSize(v, &vp, &vl) < 0 ||
+            kl > UINT16_MAX || (uint64_t)vl > UINT32_MAX ||
+            (size_t)kl + (size_t)vl > (size_t)(p + used - d))
+            goto changed;
+        e[0] = DB_FLAG_VALUE;
+        db_put16(e + 1, (uint16_t)kl);
+        db_put32(e + 3, (uint32_t)vl);
+        memcpy(d, kp, (size_t)kl);
+        memcpy(d + kl, vp, (size_t)vl);
+        d += kl + vl;
+    }
+    if (d != p + used)
+        goto changed;
+    db_seal(p, used, run, (uint32_t)page_size, pgid, DB_TYPE_LEAF, (uint32_t)n);
+    return out;
+changed:
+    Py_DECREF(out);
+    if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_RuntimeError, "a leaf changed while it was being encoded");
+    return NULL;
 }
 
 static PyObject *py_encode_leaf(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -132,40 +185,11 @@ static PyObject *py_encode_leaf(PyObject *module, PyObject *const *args, Py_ssiz
     long page_size;
     if (page_args(args[0], args[3], &pgid, &page_size) < 0)
         return NULL;
-    PyObject *keys = args[1], *vals = args[2];
     Py_ssize_t n;
     size_t data;
-    if (leaf_measure(keys, vals, &n, &data) < 0)
+    if (leaf_measure(args[1], args[2], &n, &data) < 0)
         return NULL;
-    if ((uint64_t)n > UINT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "leaf cannot be encoded: more entries than the format holds");
-        return NULL;
-    }
-    size_t start = DB_HEADER_SIZE + DB_LEAF_ELEMENT * (size_t)n, used = start + data, run;
-    PyObject *out = new_run(used, (size_t)page_size, "leaf", &run);
-    if (out == NULL)
-        return NULL;
-    uint8_t *p = (uint8_t *)PyByteArray_AsString(out);
-    uint8_t *e = p + DB_HEADER_SIZE;
-    uint8_t *d = p + start;
-    for (Py_ssize_t i = 0; i < n; i++, e += DB_LEAF_ELEMENT) {
-        /* The lists were checked by leaf_measure and nothing ran since (no Python code). */
-        PyObject *k = PyList_GetItem(keys, i), *v = PyList_GetItem(vals, i);
-        char *kp, *vp;
-        Py_ssize_t kl, vl;
-        if (PyBytes_AsStringAndSize(k, &kp, &kl) < 0 || PyBytes_AsStringAndSize(v, &vp, &vl) < 0) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        e[0] = DB_FLAG_VALUE;
-        db_put16(e + 1, (uint16_t)kl);
-        db_put32(e + 3, (uint32_t)vl);
-        memcpy(d, kp, (size_t)kl);
-        memcpy(d + kl, vp, (size_t)vl);
-        d += kl + vl;
-    }
-    db_seal(p, used, run, (uint32_t)page_size, pgid, DB_TYPE_LEAF, (uint32_t)n);
-    return out;
+    return db_encode_plain_leaf(pgid, args[1], args[2], 0, n, data, page_size);
 }
 
 static PyObject *py_encode_branch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)

@@ -403,7 +403,8 @@ static PyType_Spec lookup_spec = {
     .slots = lookup_slots,
 };
 
-extern PyMethodDef db_py_encoders[], db_py_node_functions[], db_py_split_functions[];
+extern PyMethodDef db_py_encoders[], db_py_node_functions[], db_py_split_functions[],
+    db_py_spill_functions[];
 
 /* Adds a NULL-terminated table of functions to the dict ns: 0 or -1. */
 static int add_functions(PyObject *ns, PyMethodDef *defs)
@@ -453,6 +454,8 @@ int kvdb_py_export(void *namespace)
         rc = add_functions(ns, db_py_node_functions);
     if (rc == 0)
         rc = add_functions(ns, db_py_split_functions);
+    if (rc == 0)
+        rc = add_functions(ns, db_py_spill_functions);
 out:
     Py_XDECREF(type);
     if (rc < 0)

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 
 #include "internal.h"
+#include "pycommit.h"
 
 /* Append (a, b) to out: 0 or -1. */
 static int add_range(PyObject *out, Py_ssize_t a, Py_ssize_t b)
@@ -33,63 +34,48 @@ static int add_range(PyObject *out, Py_ssize_t a, Py_ssize_t b)
     return rc;
 }
 
-static PyObject *py_leaf_cuts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+Py_ssize_t db_cut_plain_leaf(PyObject *keys, PyObject *vals, Py_ssize_t page_size,
+                             Py_ssize_t threshold, Py_ssize_t min_entries, Py_ssize_t **cuts_out,
+                             long long **cum_out)
 {
-    (void)module;
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "leaf_cuts(keys, vals, page_size, threshold, min_entries)");
-        return NULL;
-    }
-    PyObject *keys = args[0], *vals = args[1];
     if (!PyList_CheckExact(keys) || !PyList_CheckExact(vals)) {
         PyErr_SetString(PyExc_TypeError, "a leaf's keys and values are lists");
-        return NULL;
+        return -1;
     }
-    Py_ssize_t page_size = PyLong_AsSsize_t(args[2]), threshold = PyLong_AsSsize_t(args[3]),
-               min_entries = PyLong_AsSsize_t(args[4]);
-    if (PyErr_Occurred())
-        return NULL;
     if (page_size <= 0 || threshold < 0 || min_entries < 1) {
         PyErr_SetString(PyExc_ValueError,
                         "leaf_cuts: page_size and min_entries are positive, threshold is not negative");
-        return NULL;
+        return -1;
     }
     Py_ssize_t n = PyList_Size(keys);
     if (PyList_Size(vals) != n) {
         PyErr_SetString(PyExc_ValueError, "a leaf has as many values as keys");
-        return NULL;
+        return -1;
     }
     /* cum[i]: bytes of entries [0, i) (elements and data), as _pieces' running sums */
     long long *cum = malloc(sizeof *cum * (size_t)(n + 1));
-    if (cum == NULL)
-        return PyErr_NoMemory();
-    PyObject *out = NULL;
+    Py_ssize_t *cuts = malloc(sizeof *cuts * (size_t)(n + 2));
+    if (cum == NULL || cuts == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
     cum[0] = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *k = PyList_GetItem(keys, i), *v = PyList_GetItem(vals, i);
         if (!PyBytes_CheckExact(k) || !PyBytes_CheckExact(v)) {
             PyErr_SetString(PyExc_TypeError, "a plain leaf holds bytes keys and values");
-            goto done;
+            goto fail;
         }
         cum[i + 1] = cum[i] + DB_LEAF_ELEMENT + PyBytes_Size(k) + PyBytes_Size(v);
     }
-    out = PyList_New(0);
-    if (out == NULL)
-        goto done;
+    Py_ssize_t count = 0;
+    cuts[0] = 0;
     if (n <= min_entries || DB_HEADER_SIZE + cum[n] <= page_size) {
-        if (add_range(out, 0, n) < 0)
-            Py_CLEAR(out);
+        cuts[++count] = n;
         goto done;
     }
     /* Greedy cuts; cuts[j] the first entry of page j, cuts[count] == n. */
-    Py_ssize_t *cuts = malloc(sizeof *cuts * (size_t)(n + 2));
-    if (cuts == NULL) {
-        Py_CLEAR(out);
-        PyErr_NoMemory();
-        goto done;
-    }
-    Py_ssize_t count = 0, a = 0, i = 0;
-    cuts[0] = 0;
+    Py_ssize_t a = 0, i = 0;
     for (;;) {
         /* the largest i with cum[i] <= threshold - header + cum[a] (cum increases strictly) */
         long long limit = (long long)threshold - DB_HEADER_SIZE + cum[a];
@@ -124,13 +110,38 @@ static PyObject *py_leaf_cuts(PyObject *module, PyObject *const *args, Py_ssize_
                 cuts[count - 1] = cuts[count], count--;
         }
     }
-    for (Py_ssize_t j = 0; j < count; j++)
-        if (add_range(out, cuts[j], cuts[j + 1]) < 0) {
-            Py_CLEAR(out);
-            break;
-        }
-    free(cuts);
 done:
+    *cuts_out = cuts;
+    *cum_out = cum;
+    return count;
+fail:
+    free(cum);
+    free(cuts);
+    return -1;
+}
+
+static PyObject *py_leaf_cuts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "leaf_cuts(keys, vals, page_size, threshold, min_entries)");
+        return NULL;
+    }
+    Py_ssize_t page_size = PyLong_AsSsize_t(args[2]), threshold = PyLong_AsSsize_t(args[3]),
+               min_entries = PyLong_AsSsize_t(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_ssize_t *cuts;
+    long long *cum;
+    Py_ssize_t count =
+        db_cut_plain_leaf(args[0], args[1], page_size, threshold, min_entries, &cuts, &cum);
+    if (count < 0)
+        return NULL;
+    PyObject *out = PyList_New(0);
+    for (Py_ssize_t j = 0; out != NULL && j < count; j++)
+        if (add_range(out, cuts[j], cuts[j + 1]) < 0)
+            Py_CLEAR(out);
+    free(cuts);
     free(cum);
     return out;
 }

@@ -66,6 +66,9 @@ _NodeBase = PY_EXPORTS.get("CNode", object)
 # A leaf body whose values are all in the leaf, in C (None: the Python codec decodes it).
 _decode_plain_leaf = PY_EXPORTS.get("decode_plain_leaf")
 
+# spill's sealing of a branch's dirty plain leaves in C (csrc/db/pyspill.c), or None.
+_seal_leaves = PY_EXPORTS.get("seal_leaves")
+
 # _pieces of a plain leaf in C (csrc/db/pysplit.c), or None without the extension.
 _leaf_cuts = PY_EXPORTS.get("leaf_cuts")
 
@@ -386,7 +389,28 @@ def spill(tx: Tx, node: Node, fill: float) -> list[tuple[bytes, int]]:
             for _ in range(types.count(Node)):
                 at = types.index(Node, at + 1)
                 dirty.append(at)
-        for i in reversed(dirty):  # back to front, so splicing keeps earlier indices valid
+        # Back to front, so splicing keeps earlier indices valid. The dirty plain leaves are
+        # sealed in C, as this loop would (a bulk load seals tens of thousands); C stops at
+        # each other child, which the loop spills before handing the rest back.
+        threshold = int(page_size * fill)
+        end = len(dirty)
+        while end:
+            if _seal_leaves is not None:
+                end = _seal_leaves(
+                    keys,
+                    children,
+                    dirty,
+                    end,
+                    page_size,
+                    threshold,
+                    MIN_ENTRIES,
+                    tx._allocate,
+                    tx._runs,
+                )
+                if not end:
+                    break
+            end -= 1
+            i = dirty[end]
             pieces = spill(tx, children[i], fill)
             if len(pieces) == 1:
                 keys[i], children[i] = pieces[0]
