@@ -143,6 +143,7 @@ int kv_flush_locked(kv_wal *w, int sync, uint64_t target, int group)
         uint64_t upto = w->next_seq - 1;
         int fd = w->cur_fd;
         const char *path = w->segs[w->nsegs - 1].path;
+        uint64_t file_size = w->segs[w->nsegs - 1].size;
         w->buf = w->spare;
         w->spare = NULL;
         w->buf_len = 0;
@@ -150,7 +151,12 @@ int kv_flush_locked(kv_wal *w, int sync, uint64_t target, int group)
         pthread_mutex_unlock(&w->mu);
 
         uint64_t started = now_ns();
-        int e = len ? kv_io_pwrite(&w->io, fd, data, len, off) : 0;
+        /* Synced at once: straight to the device (direct.c); else into the page cache. */
+        int e = len && sync ? kv_direct_write(w, fd, path, data, len, off, file_size) : 0;
+        if (len && (!sync || e == KV_DIRECT_NO)) {
+            e = kv_io_pwrite(&w->io, fd, data, len, off);
+            kv_direct_forget_tail(w);
+        }
         const char *what = "write";
         if (!e && sync) {
             e = kv_io_fdatasync(&w->io, fd);
@@ -241,6 +247,7 @@ static int64_t append_direct_locked(kv_wal *w, unsigned type, unsigned flags, co
     pthread_mutex_unlock(&w->mu);
     /* Padding is left as it is: the file is zero there already. */
     int e = kv_io_pwritev2(&w->io, fd, hdr, sizeof hdr, data, len, off);
+    kv_direct_forget_tail(w);
     pthread_mutex_lock(&w->mu);
     w->io_busy = 0;
     pthread_cond_broadcast(&w->cv);

@@ -194,6 +194,7 @@ int kv_activate_prepared_locked(kv_wal *w, uint64_t id, uint64_t first_seq)
     w->nsegs++;
     if (w->cur_fd >= 0)
         close(w->cur_fd);
+    kv_direct_reset(w);
     w->cur_fd = fd;
     w->prep_state = KV_PREP_NONE;
     free(prep);

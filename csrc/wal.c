@@ -480,6 +480,7 @@ static void release_all(kv_wal *w)
     if (w->lockfd >= 0)
         close(w->lockfd); /* releases the flock */
     w->cur_fd = w->dirfd = w->lockfd = -1;
+    kv_direct_free(w);
     free(w->buf);
     free(w->spare);
     w->buf = w->spare = NULL;
@@ -559,6 +560,7 @@ kv_wal *kv_wal_open(const char *dir, const kv_options *opt, kv_error *err)
     pthread_condattr_destroy(&mono);
     w->dir = strdup(dir);
     w->dirfd = w->lockfd = w->cur_fd = -1;
+    kv_direct_init(w);
     w->flags = opt->flags;
     w->sync_mode = opt->sync_mode;
     w->sync_interval = opt->sync_interval;
@@ -834,6 +836,7 @@ int kv_wal_truncate_back(kv_wal *w, uint64_t seq)
         goto fail;
     /* Segments after the cut go newest first, then the tail of the one that keeps the cut is
      * zeroed; a crash in between is finished by the next open, from the bounds file. */
+    kv_direct_reset(w); /* the tail is rewritten below, maybe in another segment */
     size_t k = w->nsegs - 1;
     while (k > 0 && w->segs[k].first_seq > seq + 1)
         k--;
@@ -898,6 +901,7 @@ void kv_wal_stats(kv_wal *w, kv_stats *st)
     st->writes = __atomic_load_n(&w->io.writes, __ATOMIC_RELAXED);
     st->fsyncs = __atomic_load_n(&w->io.fsyncs, __ATOMIC_RELAXED);
     st->bytes_written = __atomic_load_n(&w->io.bytes_written, __ATOMIC_RELAXED);
+    st->direct_writes = __atomic_load_n(&w->direct_writes, __ATOMIC_RELAXED);
     st->torn_bytes = w->torn_bytes;
     st->torn_offset = w->torn_offset;
     st->prepared = w->prep_state == KV_PREP_READY;

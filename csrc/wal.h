@@ -69,6 +69,7 @@ typedef struct {
     uint64_t writes, fsyncs, bytes_written;
     uint64_t torn_bytes;    /* bytes cut off as a torn tail when the log was opened */
     int64_t torn_offset;    /* where, in the last segment; -1 if none */
+    uint64_t direct_writes; /* writes done through O_DIRECT (direct.c) */
     int prepared;           /* 1 when a pre-written segment is ready for the next rotation */
     int failed;             /* 1 when fail-stop */
 } kv_stats;

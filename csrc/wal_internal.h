@@ -1,7 +1,8 @@
 /* Internals shared by the units of the WAL: io.c (system calls, fault injection), segment.c
  * (files and headers), decoder.c (reading and verifying), repair.c (deciding torn tail versus
- * corruption), encoder.c (buffered append, group commit, rotation), prepare.c (segments written
- * ahead of use) and wal.c (open, close, truncation). */
+ * corruption), encoder.c (buffered append, group commit, rotation), direct.c (synced writes
+ * through O_DIRECT), prepare.c (segments written ahead of use) and wal.c (open, close,
+ * truncation). */
 #ifndef KEYVAL_WAL_INTERNAL_H
 #define KEYVAL_WAL_INTERNAL_H
 
@@ -123,11 +124,31 @@ struct kv_wal {
 
     kv_io io;
 
+    /* Synced writes through O_DIRECT (direct.c): the current segment's direct descriptor, its
+     * state, an aligned staging buffer, and a copy of the last partly written block. */
+    int dio_fd, dio_state;
+    unsigned char *dio_buf, *dio_tail;
+    size_t dio_cap;
+    uint64_t dio_tail_block; /* the block dio_tail copies, or UINT64_MAX */
+    uint64_t direct_writes;  /* counter, updated atomically */
+
     kv_error *findings;
     size_t nfindings, findings_cap;
     uint64_t torn_bytes;
     int64_t torn_offset;
 };
+
+/* direct.c. kv_direct_write returns 0 (written), an errno value (the write failed: fail-stop,
+ * as any write), or KV_DIRECT_NO: nothing was written, write it buffered. The caller owns the
+ * I/O (io_busy); kv_direct_reset is called under the mutex with none in flight, whenever the
+ * current segment's descriptor changes or its tail is rewritten by other means. */
+#define KV_DIRECT_NO (-1)
+void kv_direct_init(kv_wal *w);
+void kv_direct_reset(kv_wal *w);
+void kv_direct_forget_tail(kv_wal *w); /* after a buffered write to the current segment */
+void kv_direct_free(kv_wal *w);
+int kv_direct_write(kv_wal *w, int fd, const char *path, const unsigned char *data, size_t len,
+                    uint64_t off, uint64_t file_size);
 
 /* decoder.c */
 typedef enum { KV_STOP_END = 0, KV_STOP_ZERO = 1, KV_STOP_BAD = 2 } kv_stop;

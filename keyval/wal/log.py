@@ -327,7 +327,8 @@ class WAL:
         return seg, st.torn_offset, st.torn_bytes
 
     def stats(self) -> dict:
-        """Counters: segments, seq range, durable seq, bytes, writes, fsyncs, bytes written."""
+        """Counters: segments, seq range, durable seq, bytes, writes, fsyncs, bytes written,
+        and how many writes went straight to the device (O_DIRECT, see csrc/direct.c)."""
         st = self._stats()
         return {
             "segments": st.segments,
@@ -339,6 +340,7 @@ class WAL:
             "writes": st.writes,
             "fsyncs": st.fsyncs,
             "bytes_written": st.bytes_written,
+            "direct_writes": st.direct_writes,
             "next_segment_prepared": bool(st.prepared),
             "failed": bool(st.failed),
         }
