@@ -408,6 +408,9 @@ class DB:
         for pgid, span in tx._freed:
             self._uncache(pgid, span)
         hot = self._hot
+        for pgid, node in tx._written:
+            if node is not None:
+                hot[pgid] = node
         for pgid, _, _, node in runs:
             if node is not None:
                 hot[pgid] = node

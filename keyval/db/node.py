@@ -79,6 +79,9 @@ SPLIT_ENTRIES = 1024
 # A piece made by a split keeps at least this many entries when it can.
 MIN_ENTRIES = 2
 
+# Sealed runs a commit holds before it writes them (Tx._write_early): 8 MiB of 4 KiB pages.
+EARLY_WRITE_RUNS = 2048
+
 
 class Node(_NodeBase):
     # The fields are CNode's when the extension is there; the same names as slots otherwise.
@@ -417,6 +420,8 @@ def spill(tx: Tx, node: Node, fill: float) -> list[tuple[bytes, int]]:
             else:
                 keys[i : i + 1] = [k for k, _ in pieces]
                 children[i : i + 1] = [p for _, p in pieces]
+        if len(tx._runs) >= EARLY_WRITE_RUNS:
+            tx._write_early()
     n = len(node.keys)
     # Entries take at least 8 (leaf) or 11 (branch) bytes: a node sure not to fit one page is
     # cut into pieces without packing it whole first.

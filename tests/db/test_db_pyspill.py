@@ -239,3 +239,33 @@ def test_the_collector_state_is_restored():
     leaf = dirty_leaf([b"a"], [b"1"])
     seal_leaves([b"a"], [leaf], [0], 1, PAGE, PAGE, 2, Allocator(), [])
     assert gc.isenabled()
+
+
+def test_pages_written_early_make_the_same_file(tmp_path, monkeypatch):
+    """A commit that writes its sealed pages in batches while it spills (Tx._write_early)
+    writes the file a commit holding them all writes, and it checks clean and reads back."""
+    from keyval.db.check import check_file
+
+    rnd = random.Random(7)
+    keys = [b"k%08d" % i for i in range(6_000)]
+    rnd.shuffle(keys)
+    files = []
+    for name, limit in (("early", 3), ("whole", 10**9)):
+        monkeypatch.setattr(node, "EARLY_WRITE_RUNS", limit)
+        path = tmp_path / f"{name}.db"
+        sizes = random.Random(8)
+        with DB(str(path), page_size=512) as db:
+            for lo, hi in ((0, 4_000), (4_000, 6_000)):
+                with db.update() as tx:
+                    b = tx.create_bucket(b"b", exist_ok=True)
+                    for k in keys[lo:hi]:
+                        b.put(k, k * sizes.choice([1, 3, 40]))
+                    if lo:
+                        for k in keys[:1_000]:
+                            b.delete(k)
+        assert check_file(str(path)) == []
+        with DB(str(path), page_size=512) as db, db.view() as tx:
+            got = dict(tx.bucket(b"b").items())
+        assert sorted(got) == sorted(keys[1_000:])
+        files.append(path.read_bytes())
+    assert files[0] == files[1]
