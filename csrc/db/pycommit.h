@@ -4,6 +4,10 @@
 #ifndef KEYVAL_DB_PYCOMMIT_H
 #define KEYVAL_DB_PYCOMMIT_H
 
+/* A page size argument (a power of two from 512 to 65536, else ValueError): 0, or -1 with an
+ * exception set. pyencode.c. */
+int db_page_size_arg(PyObject *arg, long *page_size);
+
 /* The sealed run at pgid of entries [a, b) of a plain leaf's lists (exactly bytes, checked),
  * whose data (keys and values, without elements) the caller measured as data bytes; NULL with
  * an exception. Entries that no longer match that measure (Python code changed the lists in

@@ -105,8 +105,7 @@ static PyObject *new_run(size_t used, size_t ps, const char *what, size_t *run)
     return PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)*run);
 }
 
-/* A page size argument: 0, or -1 with an exception set. */
-static int page_size_arg(PyObject *arg, long *page_size)
+int db_page_size_arg(PyObject *arg, long *page_size)
 {
     *page_size = PyLong_AsLong(arg);
     if (*page_size == -1 && PyErr_Occurred())
@@ -118,14 +117,19 @@ static int page_size_arg(PyObject *arg, long *page_size)
     return 0;
 }
 
-/* An encoder's page id and page size arguments: 0, or -1 with an exception set. */
-static int page_args(PyObject *pgid_arg, PyObject *size_arg, unsigned long long *pgid,
-                     long *page_size)
+/* An encoder's four arguments (pgid, two lists, page_size; usage names them in the error):
+ * the page id and page size read, 0, or -1 with an exception set. */
+static int encoder_args(PyObject *const *args, Py_ssize_t nargs, const char *usage,
+                        unsigned long long *pgid, long *page_size)
 {
-    *pgid = PyLong_AsUnsignedLongLong(pgid_arg);
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    *pgid = PyLong_AsUnsignedLongLong(args[0]);
     if (*pgid == (unsigned long long)-1 && PyErr_Occurred())
         return -1;
-    return page_size_arg(size_arg, page_size);
+    return db_page_size_arg(args[3], page_size);
 }
 
 PyObject *db_encode_plain_leaf(unsigned long long pgid, PyObject *keys, PyObject *vals,
@@ -177,13 +181,10 @@ changed:
 static PyObject *py_encode_leaf(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "encode_leaf(pgid, keys, vals, page_size)");
-        return NULL;
-    }
     unsigned long long pgid;
     long page_size;
-    if (page_args(args[0], args[3], &pgid, &page_size) < 0)
+    if (encoder_args(args, nargs, "encode_leaf(pgid, keys, vals, page_size)", &pgid,
+                     &page_size) < 0)
         return NULL;
     Py_ssize_t n;
     size_t data;
@@ -195,13 +196,10 @@ static PyObject *py_encode_leaf(PyObject *module, PyObject *const *args, Py_ssiz
 static PyObject *py_encode_branch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "encode_branch(pgid, keys, children, page_size)");
-        return NULL;
-    }
     unsigned long long pgid;
     long page_size;
-    if (page_args(args[0], args[3], &pgid, &page_size) < 0)
+    if (encoder_args(args, nargs, "encode_branch(pgid, keys, children, page_size)", &pgid,
+                     &page_size) < 0)
         return NULL;
     PyObject *keys = args[1], *children = args[2];
     if (!PyList_CheckExact(keys) || !PyList_CheckExact(children)) {

@@ -205,15 +205,13 @@ static PyObject *py_seal_leaves(PyObject *module, PyObject *const *args, Py_ssiz
         PyErr_SetString(PyExc_ValueError, "a branch has as many children as keys");
         return NULL;
     }
+    long page_size;
+    if (db_page_size_arg(args[4], &page_size) < 0)
+        return NULL;
     Py_ssize_t end = PyLong_AsSsize_t(args[3]);
-    long page_size = PyLong_AsLong(args[4]);
     Py_ssize_t threshold = PyLong_AsSsize_t(args[5]), min_entries = PyLong_AsSsize_t(args[6]);
     if (PyErr_Occurred())
         return NULL;
-    if (page_size < 512 || page_size > 65536 || (page_size & (page_size - 1))) {
-        PyErr_SetString(PyExc_ValueError, "a page size is a power of two from 512 to 65536");
-        return NULL;
-    }
     if (end < 0 || end > PyList_Size(dirty)) {
         PyErr_SetString(PyExc_ValueError, "seal_leaves: end is within dirty");
         return NULL;
