@@ -258,12 +258,8 @@ static int fast_put(lookup_object *o, PyObject *self, PyObject *key, PyObject *v
             if (increment(&o->mods) < 0)
                 return -1;
             /* A shorter value may leave the leaf underfull: commit must look (Bucket._spill). */
-            if (vlen < PyBytes_Size(old) && o->unbalanced != Py_True) {
-                PyObject *was = o->unbalanced;
-                Py_INCREF(Py_True);
-                o->unbalanced = Py_True;
-                Py_XDECREF(was);
-            }
+            if (vlen < PyBytes_Size(old) && o->unbalanced != Py_True)
+                db_set_field(&o->unbalanced, Py_True);
             Py_INCREF(value);
             PyList_SetItem(vals, i, value); /* steals value, drops the old one */
             return 1;

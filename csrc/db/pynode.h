@@ -19,6 +19,16 @@ typedef struct {
     PyObject *dirty_kids; /* a dirty branch's indices of its dirty children, or None */
 } db_node_object;
 
+/* Points an object field (*field, holding a reference or NULL) at value, with a reference of
+ * its own; the old one is released last, so its deallocation sees the field already changed. */
+static inline void db_set_field(PyObject **field, PyObject *value)
+{
+    PyObject *old = *field;
+    Py_INCREF(value);
+    *field = value;
+    Py_XDECREF(old);
+}
+
 /* The end of a tp_dealloc for an object of a heap type (CNode, CLookup and their Python
  * subclasses): its memory freed by its type's tp_free, then its reference to the type dropped. */
 static inline void db_free_heap_object(PyObject *self)

@@ -35,15 +35,6 @@
 #include "pycommit.h"
 #include "pynode.h"
 
-/* Replaces *field's reference with a new one to value. */
-static void set_field(PyObject **field, PyObject *value)
-{
-    PyObject *old = *field;
-    Py_INCREF(value);
-    *field = value;
-    Py_XDECREF(old);
-}
-
 /* A clean node's tuple of list[a:b], untracked as clean_tuple's (csrc/db/pynode.c). */
 static PyObject *clean_slice(PyObject *list, Py_ssize_t a, Py_ssize_t b)
 {
@@ -116,12 +107,12 @@ static int seal_piece(db_node_object *node, Py_ssize_t a, Py_ssize_t b, const lo
     *pgid_out = pgid_obj;
     Py_INCREF(pgid_obj);
     if (reuse) { /* clean from here on, as spill's _seal leaves a node it reuses */
-        set_field(&node->keys, kt);
-        set_field(&node->vals, vt);
-        set_field(&node->dirty_kids, Py_None);
-        set_field(&node->pgid, pgid_obj);
-        set_field(&node->span, span_obj);
-        set_field(&node->dirty, Py_False);
+        db_set_field(&node->keys, kt);
+        db_set_field(&node->vals, vt);
+        db_set_field(&node->dirty_kids, Py_None);
+        db_set_field(&node->pgid, pgid_obj);
+        db_set_field(&node->span, span_obj);
+        db_set_field(&node->dirty, Py_False);
     }
     rc = 0;
 out:
