@@ -11,16 +11,20 @@ lost reply) the cluster applies it exactly once. The client finds the leader by 
 follower's NOT_LEADER answer names it) and retries until ``timeout`` seconds have passed, then
 raises :class:`~keyval.errors.Timeout`: the operation may or may not have taken effect.
 
-Thread-safe: each thread gets its own connections; sequence numbers come from one counter.
+Thread-safe: each thread has its own connections and its own session (a client id with its
+own sequence numbers). The cluster remembers one last sequence number per client id, so two
+threads numbering from one counter would have the later-numbered write's commit make the other
+look like an old retry: it would be acknowledged and never applied.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import random
+import os
 import threading
 import time
+import weakref
 
 from keyval.errors import KeyTooLarge, Timeout, ValueTooLarge
 from keyval.kv import protocol
@@ -43,26 +47,33 @@ class Client:
             raise ValueError("at least one server address is needed")
         self.servers = [protocol.parse_address(s.split("=", 1)[-1]) for s in servers]
         self.timeout = timeout
-        self.client_id = random.getrandbits(63) or 1
-        self._seqs = itertools.count(1)
         self._leader = 0  # index into servers of the one believed to lead
-        self._local = threading.local()
+        self._local = threading.local()  # this thread's session and connections
+        # Every live thread's connections, for close(); a thread's go with it when it ends.
+        self._all_conns: weakref.WeakSet[_Connections] = weakref.WeakSet()
+        self._all_conns_lock = threading.Lock()
+
+    @property
+    def client_id(self) -> int:
+        """The calling thread's client id (each thread has its own session)."""
+        return self._session()[0]
 
     # -- operations -------------------------------------------------------------------------
+    # ``timeout``: seconds for this call, retries included (default: the client's).
 
-    def put(self, key: bytes, value: bytes) -> None:
-        self._write(PUT, key, value)
+    def put(self, key: bytes, value: bytes, timeout: float | None = None) -> None:
+        self._write(PUT, key, value, timeout)
 
-    def append(self, key: bytes, value: bytes) -> None:
-        self._write(APPEND, key, value)
+    def append(self, key: bytes, value: bytes, timeout: float | None = None) -> None:
+        self._write(APPEND, key, value, timeout)
 
-    def delete(self, key: bytes) -> bool:
+    def delete(self, key: bytes, timeout: float | None = None) -> bool:
         """Deletes ``key``; whether it existed."""
-        return self._write(DELETE, key, b"")[:1] != bytes([NOT_FOUND])
+        return self._write(DELETE, key, b"", timeout)[:1] != bytes([NOT_FOUND])
 
-    def get(self, key: bytes) -> bytes | None:
+    def get(self, key: bytes, timeout: float | None = None) -> bytes | None:
         _check(key, b"")
-        body = self._call(bytes([protocol.READ]) + key)
+        body = self._call(bytes([protocol.READ]) + key, timeout)
         return body[1:] if body[:1] == b"\x01" else None
 
     def status(self) -> list[dict]:
@@ -82,9 +93,14 @@ class Client:
         return out
 
     def close(self) -> None:
-        for conn in getattr(self._local, "conns", {}).values():
-            conn.close()
-        self._local.conns = {}
+        """Closes every thread's connections (a later call opens new ones)."""
+        with self._all_conns_lock:
+            maps = list(self._all_conns)
+        for conns in maps:
+            for index in list(conns):
+                conn = conns.pop(index, None)
+                if conn is not None:
+                    conn.close()
 
     def __enter__(self) -> Client:
         return self
@@ -94,18 +110,32 @@ class Client:
 
     # -- the retry loop ---------------------------------------------------------------------
 
-    def _write(self, op: int, key: bytes, value: bytes) -> bytes:
-        _check(key, value)
-        seq = next(self._seqs)  # one C call: atomic under the GIL, no lock needed
-        return self._call(_WRITE + encode_command(op, self.client_id, seq, key, value))
+    def _session(self) -> tuple[int, itertools.count]:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            # From the OS, not the random module: a forked process must not repeat its
+            # parent's ids, or the cluster would take one's writes for the other's retries.
+            client_id = int.from_bytes(os.urandom(8), "little") >> 1 or 1
+            session = self._local.session = (client_id, itertools.count(1))
+        return session
 
-    def _call(self, request: bytes) -> bytes:
+    def _write(self, op: int, key: bytes, value: bytes, timeout: float | None) -> bytes:
+        _check(key, value)
+        client_id, seqs = self._session()
+        seq = next(seqs)
+        return self._call(_WRITE + encode_command(op, client_id, seq, key, value), timeout)
+
+    def _call(self, request: bytes, timeout: float | None = None) -> bytes:
+        if timeout is None:
+            timeout = self.timeout
+        elif not timeout > 0:
+            raise ValueError(f"timeout must be positive, not {timeout!r}")
         # The first attempt at the believed leader is the common case and on every operation's
         # critical path: no clock reads unless it fails.
         conns = getattr(self._local, "conns", None)
         conn = conns.get(self._leader) if conns else None
-        if conn is None or self.timeout < TRY_TIMEOUT:
-            return self._call_with_retries(request, time.monotonic(), None)
+        if conn is None or timeout < TRY_TIMEOUT:
+            return self._call_with_retries(request, time.monotonic(), None, timeout)
         started = time.monotonic()
         try:
             reply = conn.request(KIND_REQUEST, request, TRY_TIMEOUT)
@@ -114,19 +144,21 @@ class Client:
             reply = _RETRY
         if reply[0] == protocol.OK:
             return reply[1:]
-        return self._call_with_retries(request, started, reply)
+        return self._call_with_retries(request, started, reply, timeout)
 
-    def _call_with_retries(self, request: bytes, started: float, reply: bytes | None) -> bytes:
+    def _call_with_retries(
+        self, request: bytes, started: float, reply: bytes | None, timeout: float
+    ) -> bytes:
         """The retry loop; ``reply`` is the answer of a first attempt at the believed leader,
         already made (None if none was)."""
-        deadline = started + self.timeout
+        deadline = started + timeout
         tries = 0
         while True:
             target = self._leader
             if reply is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise Timeout(f"no server answered within {self.timeout} s")
+                    raise Timeout(f"no server answered within {timeout} s")
                 try:
                     conn = self._conn(target)
                     reply = conn.request(KIND_REQUEST, request, min(TRY_TIMEOUT, left))
@@ -153,7 +185,9 @@ class Client:
     def _conn(self, index: int) -> ClientConnection:
         conns = getattr(self._local, "conns", None)
         if conns is None:
-            conns = self._local.conns = {}
+            conns = self._local.conns = _Connections()
+            with self._all_conns_lock:
+                self._all_conns.add(conns)
         conn = conns.get(index)
         if conn is None:
             conn = conns[index] = ClientConnection(self.servers[index], timeout=1.0)
@@ -163,6 +197,16 @@ class Client:
         conn = getattr(self._local, "conns", {}).pop(index, None)
         if conn is not None:
             conn.close()
+
+
+class _Connections(dict):
+    """One thread's connections by server index: a dict that a WeakSet can hold, so equal
+    only to itself (two threads' empty dicts must stay two members)."""
+
+    __hash__ = object.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
 
 
 def _check(key: bytes, value: bytes) -> None:

@@ -6,7 +6,6 @@ import argparse
 import logging
 import signal
 import sys
-import threading
 
 from keyval.kv.protocol import parse_peers
 
@@ -41,15 +40,18 @@ def main(argv: list[str] | None = None) -> int:
     from keyval.kv.server import Server
 
     sys.setswitchinterval(SWITCH_INTERVAL)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         server = Server(args.id, peers, args.data, max_raft_state=args.max_raft_state)
     except (ValueError, OSError) as exc:
         print(f"keyval serve: {exc}", file=sys.stderr)
         return 1
+    # A signal stops the node as a failure does: either way the wait below ends.
+    signal.signal(signal.SIGTERM, lambda *_: server.stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: server.stopped.set())
     with server:
         print(f"node {args.id} serving on {peers[args.id][0]}:{peers[args.id][1]}", flush=True)
-        stop.wait()
+        server.stopped.wait()
+    if server.failure is not None:
+        print(f"keyval serve: node {args.id} stopped: {server.failure!r}", file=sys.stderr)
+        return 1
     return 0

@@ -32,14 +32,16 @@ import json
 import logging
 import os
 import random
+import sys
 import threading
 import time
 
+from keyval.db.page import MAX_KEY_SIZE
 from keyval.errors import MessageDecodeError, NotLeader
 from keyval.kv import protocol
 from keyval.kv.frames import KIND_RAFT
 from keyval.kv.service import KVService
-from keyval.kv.state import Command, KVStateMachine
+from keyval.kv.state import INVALID, Command, KVStateMachine
 from keyval.kv.transport import Transport
 from keyval.raft import messages
 from keyval.raft.core import Config
@@ -53,6 +55,7 @@ NUDGES_PER_TICK = 10  # Node.nudge every 1 ms: a late quorum is helped by a pace
 ELECTION_TICKS = 15  # a follower waits 150-300 ms without a leader before it campaigns
 HEARTBEAT_TICKS = 3
 POLL_SECONDS = 0.1  # how long a thread waiting for work may take to notice close()
+_INVALID = bytes([INVALID])
 REQUEST_TIMEOUT = 2.0  # a request not committed by then is answered RETRY (the client retries)
 
 
@@ -108,6 +111,7 @@ class Server:
         )
         self.service = KVService(self.node, self.state_machine)
         self._stop = threading.Event()
+        self.failure: BaseException | None = None  # what stopped the node (see _fail)
         self._ticker = threading.Thread(target=self._tick_loop, name=f"keyval-tick-{node_id}")
         self._writer = threading.Thread(target=self._write_loop, name=f"keyval-write-{node_id}")
         # Writes from all client connections meet here: those that arrive while a batch is
@@ -135,8 +139,14 @@ class Server:
                 thread.join(timeout=5)
         self.transport.close()
         with self.node.lock:
-            self.state_machine.close()
-            self.storage.close()
+            try:
+                self.state_machine.close()
+                self.storage.close()
+            except Exception:
+                if self.failure is None:
+                    raise
+                # Storage that stopped the node fails again on close: it was reported then.
+                log.warning("node %d: closing after its failure: %s", self.node_id, self.failure)
 
     def __enter__(self) -> Server:
         self.start()
@@ -144,6 +154,19 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @property
+    def stopped(self) -> threading.Event:
+        """Set by :meth:`close`, or when a failure stopped the node (``failure`` says which):
+        a node whose storage failed must not go on, and its process should exit."""
+        return self._stop
+
+    def _fail(self, what: str) -> None:
+        """In an ``except`` block: the node cannot go on (its storage failed, or a bug)."""
+        log.exception("node %d: %s failed; stopping", self.node_id, what)
+        if self.failure is None:
+            self.failure = sys.exc_info()[1]
+        self._stop.set()
 
     def _tick_loop(self) -> None:
         """Ticks the node every TICK_SECONDS; a leader is also nudged NUDGES_PER_TICK - 1 times
@@ -171,15 +194,13 @@ class Server:
                 self._expire_requests()
                 self.state_machine.flush_if_due()
             except Exception:  # a failed fsync is fatal for this node: stop serving
-                log.exception("node %d: tick failed; stopping", self.node_id)
-                self._stop.set()
+                self._fail("tick")
 
     def _nudge(self) -> None:
         try:
             self.node.nudge()
         except Exception:  # sends only; a failure here is a bug, and fatal as in tick
-            log.exception("node %d: nudge failed; stopping", self.node_id)
-            self._stop.set()
+            self._fail("nudge")
 
     def _write_loop(self) -> None:
         """The write thread: proposes the writes that arrived while another thread was
@@ -232,14 +253,12 @@ class Server:
                 except Exception as exc:  # storage failed: answer everyone, stop serving
                     for _, waiting in batch:
                         waiting(exc)
-                    log.exception("node %d: proposing failed; stopping", self.node_id)
-                    self._stop.set()
+                    self._fail("proposing")
                     return True
             try:
                 return self.node.persist() or bool(batch)
             except Exception:  # a failed fsync is fatal for this node: stop serving
-                log.exception("node %d: persisting failed; stopping", self.node_id)
-                self._stop.set()
+                self._fail("persisting")
                 return True
         finally:
             with self._writes_lock:
@@ -271,7 +290,11 @@ class Server:
                 continue
             msgs.append(msg)
         if msgs:
-            self.node.step_many(msgs)
+            try:
+                self.node.step_many(msgs)
+            except Exception:  # the messages were well formed: this node's storage failed
+                self._fail("stepping")
+                raise
 
     # -- client requests --------------------------------------------------------------------
 
@@ -286,6 +309,8 @@ class Server:
                 command = Command.decode(body)
                 return self._start(lambda done: self._write(command, done), respond, write=True)
             if op == protocol.READ:
+                if not 0 < len(body) <= MAX_KEY_SIZE:
+                    raise ValueError(f"keys must be 1 to {MAX_KEY_SIZE} bytes, not {len(body)}")
                 return self._start(lambda done: self.service.read(body, done), respond, write=False)
         except ValueError as exc:
             return bytes([protocol.BAD_REQUEST]) + str(exc).encode()
@@ -327,6 +352,8 @@ class Server:
         if isinstance(result, Exception):
             return bytes([protocol.RETRY]) + str(result).encode()
         if write:
+            if result[:1] == _INVALID:  # only a command no server checked gets this far
+                return bytes([protocol.BAD_REQUEST]) + result[1:]
             return bytes([protocol.OK]) + result
         return bytes([protocol.OK, 0 if result is None else 1]) + (result or b"")
 

@@ -15,13 +15,19 @@ the node replays the log after *a*.
 ::
 
     command (an entry's data)         reply
-      u8  op (PUT 1, APPEND 2, DELETE 3) u8  status (OK 0, NOT_FOUND 1)
-      u64 client id                      ... value (for GET)
+      u8  op (PUT 1, APPEND 2, DELETE 3) u8  status (OK 0, NOT_FOUND 1, INVALID 2)
+      u64 client id                      ... value (for GET), or why (INVALID)
       u64 sequence number (0 = none)
       u32 key length, key, value
 
     snapshot: "KVSNAP01" | u64 applied index | then records of
       u8 bucket (1 kv, 2 sessions) | u32 key length | key | u32 value length | value
+
+A key is 1 to MAX_KEY_SIZE bytes, and an APPEND may not grow a value past MAX_VALUE_SIZE.
+The server refuses a command that breaks the format or these limits before proposing it; one
+that reaches the log all the same (a server that did not check) is answered INVALID on every
+node alike and changes nothing, so it can never stop a node that applies it, now or on every
+restart after.
 
 An empty entry (a new leader's no-op) changes nothing but the applied index. Thread safety:
 apply/snapshot/restore come from the Raft driver (one at a time); :meth:`get` may run on
@@ -37,11 +43,12 @@ import time
 from dataclasses import dataclass
 
 from keyval.db import DB
+from keyval.db.page import MAX_KEY_SIZE, MAX_VALUE_SIZE
 from keyval.errors import CorruptionError
 from keyval.raft.records import Entry
 
 PUT, APPEND, DELETE = 1, 2, 3
-OK, NOT_FOUND = 0, 1
+OK, NOT_FOUND, INVALID = 0, 1, 2
 _COMMAND = struct.Struct("<BQQI")
 _SESSION = struct.Struct("<Q")
 _APPLIED = struct.Struct("<Q")
@@ -60,14 +67,17 @@ def encode_command(op: int, client: int, seq: int, key: bytes, value: bytes = b"
 
 
 def decode_command(data: bytes) -> tuple[int, int, int, bytes, bytes]:
-    """``(op, client, seq, key, value)`` of a command's entry data; ValueError if malformed.
-    A tuple, not a :class:`Command`: the state machine decodes every entry it applies."""
+    """``(op, client, seq, key, value)`` of a command's entry data; ValueError if malformed
+    or if the key is empty or longer than MAX_KEY_SIZE. A tuple, not a :class:`Command`: the
+    state machine decodes every entry it applies."""
     if len(data) < _COMMAND.size:
         raise ValueError(f"a command of {len(data)} bytes is too short")
     op, client, seq, klen = _COMMAND.unpack_from(data)
     end = _COMMAND.size + klen
     if op not in (PUT, APPEND, DELETE) or end > len(data):
         raise ValueError(f"malformed command (op {op}, key length {klen})")
+    if not 0 < klen <= MAX_KEY_SIZE:
+        raise ValueError(f"keys must be 1 to {MAX_KEY_SIZE} bytes, not {klen}")
     return op, client, seq, data[_COMMAND.size : end], data[end:]
 
 
@@ -163,7 +173,10 @@ class KVStateMachine:
         return replies
 
     def _apply_command(self, data: bytes) -> bytes:
-        op, client, seq, key, value = decode_command(data)
+        try:
+            op, client, seq, key, value = decode_command(data)
+        except ValueError as exc:
+            return bytes([INVALID]) + str(exc).encode()
         session_key = _SESSION.pack(client)
         if seq:
             last = self._session_locked(session_key)
@@ -173,7 +186,10 @@ class KVStateMachine:
             self._pending[key] = value
             reply = _OK
         elif op == APPEND:
-            self._pending[key] = (self._get_locked(key) or b"") + value
+            current = self._get_locked(key) or b""
+            if len(current) + len(value) > MAX_VALUE_SIZE:
+                return bytes([INVALID]) + b"the value would grow past %d bytes" % MAX_VALUE_SIZE
+            self._pending[key] = current + value
             reply = _OK
         else:
             current = self._get_locked(key)

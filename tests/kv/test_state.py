@@ -221,3 +221,33 @@ def test_reads_see_every_applied_entry_while_a_batch_is_written_to_the_db(tmp_pa
     assert again.get(b"k%d" % (2000 % 7)) == b"2000"
     assert again.session(1)[0] == 2000
     again.close()
+
+
+def test_a_command_the_db_cannot_hold_is_answered_invalid_and_changes_nothing(
+    tmp_path, monkeypatch
+):
+    """Such a command reaches the log only from a server that did not check it; applying it
+    must not raise (every node would stop, and again on every restart) nor touch the state."""
+    import keyval.kv.state as state_module
+    from keyval.kv.state import INVALID, encode_command
+
+    monkeypatch.setattr(state_module, "MAX_VALUE_SIZE", 10)  # 2 GiB for real: too big here
+    sm = KVStateMachine(str(tmp_path / "kv.db"))
+    good = Command(PUT, 1, 1, b"k", b"12345678").encode()
+    bad = [
+        encode_command(PUT, 1, 2, b"", b"v"),  # an empty key
+        encode_command(PUT, 1, 2, b"x" * (32 * 1024 + 1), b"v"),  # a key over the limit
+        encode_command(APPEND, 1, 2, b"k", b"abc"),  # 8 + 3 bytes: past the (patched) limit
+        b"\x09" + bytes(20),  # an unknown op
+        b"\x01",  # too short
+    ]
+    entries = [Entry(1, 1, good)] + [Entry(2 + i, 1, d) for i, d in enumerate(bad)]
+    replies = sm.apply_many(entries)
+    assert replies[0] == bytes([OK])
+    assert [r[:1] for r in replies[1:]] == [bytes([INVALID])] * len(bad)
+    assert all(len(r) > 1 for r in replies[1:])  # each says why
+    assert sm.applied_index == len(entries)
+    sm.flush()  # the batch reaches the DB: nothing in it the DB refuses
+    assert sm.get(b"k") == b"12345678"
+    assert sm.session(1) == (1, bytes([OK]))  # the invalid ones did not advance the session
+    sm.close()
