@@ -650,6 +650,18 @@ kv_wal *kv_wal_open(const char *dir, const kv_options *opt, kv_error *err)
                              strerror(errno));
                 goto fail;
             }
+            /* The records are counted durable from here on (durable_seq above), so that
+             * sync() and close() have nothing to do for them: make them so. A process that
+             * crashed may have left written but unsynced records in the page cache, and
+             * recovery may have unlinked files; both would be lost with the power. */
+            int e = kv_io_fdatasync(&w->io, w->cur_fd);
+            if (!e)
+                e = kv_io_fsync_dir(&w->io, w->dirfd);
+            if (e) {
+                kv_set_error(err, KV_EIO, e, s->path, -1,
+                             "cannot make the recovered log durable: %s", strerror(e));
+                goto fail;
+            }
             pthread_mutex_lock(&w->mu);
             kv_prepare_start_locked(w);
             pthread_mutex_unlock(&w->mu);

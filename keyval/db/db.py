@@ -186,6 +186,11 @@ class DB:
             raise
 
     def _open_existing(self) -> None:
+        if self.sync:
+            # A writer that died between writing a meta page and syncing it left a commit
+            # in the page cache only; the newest meta below is taken as committed, so make
+            # it so before anything reads it or builds on it.
+            _fdatasync(self._fd)
         size = os.fstat(self._fd).st_size
         meta = choose_meta(read_metas(self._fd, self.path), self.path)
         self.page_size = meta.page_size

@@ -105,3 +105,35 @@ def test_sigkill_at_random_moments_keeps_last_reported_or_in_flight_commit(tmp_p
 @pytest.mark.torture
 def test_sigkill_torture(tmp_path):
     run(tmp_path, rounds=int(os.environ.get("KEYVAL_DB_CRASH_ROUNDS", "500")), seed=2)
+
+
+def test_open_syncs_a_commit_a_killed_writer_left_unsynced(tmp_path, monkeypatch):
+    """A writer with sync=False that is killed leaves its last commits in the page cache
+    only. A durable open takes the newest meta as committed, so it must sync the file before
+    anything reads it or builds on it (the real fdatasync runs; only the calls are counted)."""
+    import keyval.db.db as db_module
+
+    path = str(tmp_path / "unsynced.db")
+    child = (
+        "import os, signal\n"
+        "from keyval.db import DB\n"
+        f"db = DB({path!r}, sync=False)\n"
+        "with db.update() as tx:\n"
+        "    b = tx.create_bucket(b'b')\n"
+        "    for i in range(100): b.put(b'k%03d' % i, b'v' * 50)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", child], timeout=60)
+    assert done.returncode == -signal.SIGKILL
+    real, synced = db_module._fdatasync, []
+
+    def counted(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(db_module, "_fdatasync", counted)
+    db = DB(path)
+    assert synced  # before the first read below
+    with db.view() as tx:
+        assert tx.bucket(b"b").get(b"k099") == b"v" * 50
+    db.close()

@@ -95,3 +95,30 @@ def test_group_commit_waiters_all_see_the_failure(wal_dir):
     wal.close()
     with WAL(wal_dir, segment_size=1 << 20) as wal:
         assert wal.last_seq >= durable
+
+
+def test_open_makes_what_a_killed_process_left_unsynced_durable(wal_dir):
+    """A process appending with sync="none" and killed leaves the records it wrote (a full
+    buffer at a time) in the page cache only. Reopening counts them durable (sync() and
+    close() then have nothing to do for them), so open must fsync them first: otherwise a
+    power loss after that sync() returned would lose records the contract says are durable."""
+    import signal
+    import subprocess
+    import sys
+
+    record = b"r" * 20_000  # 100 of them: several buffers' worth reach the page cache
+    child = (
+        "import os, signal\n"
+        "from keyval.wal import WAL\n"
+        f"wal = WAL({wal_dir!r}, segment_size=1 << 22, sync='none')\n"
+        f"for i in range(100): wal.append({record!r})\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", child], timeout=60)
+    assert done.returncode == -signal.SIGKILL
+    wal = WAL(wal_dir, segment_size=1 << 22, sync="none")
+    stats = wal.stats()
+    assert stats["durable_seq"] == wal.last_seq > 0
+    assert stats["fsyncs"] >= 1  # the recovered segment (and the directory) were synced
+    assert [p for _, _, p in wal.replay()] == [record] * wal.last_seq
+    wal.close()
