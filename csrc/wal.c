@@ -63,7 +63,12 @@ static void describe_bad_record(const kv_segment *s, uint64_t off, uint64_t expe
     const unsigned char *p = s->map + off;
     uint64_t seq = kv_get64(p + 8);
     uint32_t len = kv_get32(p + 4);
-    if ((uint64_t)len > s->size - off - KV_REC_HEADER_SIZE)
+    int zero = 1;
+    for (unsigned k = 0; k < KV_REC_HEADER_SIZE; k++)
+        zero &= p[k] == 0;
+    if (zero)
+        snprintf(out, n, "record %llu is zeroed", (unsigned long long)expected);
+    else if ((uint64_t)len > s->size - off - KV_REC_HEADER_SIZE)
         snprintf(out, n, "record length %u runs past the end of the segment", len);
     else if (seq != expected)
         snprintf(out, n, "record has seq %llu where %llu was expected",
@@ -355,6 +360,12 @@ static int recover(kv_wal *w, kv_error *err, const kv_bounds *b)
             stop = KV_STOP_BAD;
         }
         if (!last) {
+            /* Zeros end a segment that was full, after its last record only: a valid record
+             * further on means records were zeroed here (found here, not as a gap at the
+             * start of the next segment). */
+            uint64_t later;
+            if (stop == KV_STOP_ZERO && kv_find_later_record(s, s->end, expected - 1, &later) >= 0)
+                stop = KV_STOP_BAD;
             if (stop == KV_STOP_BAD) {
                 describe_bad_record(s, s->end, expected, why, sizeof why);
                 if (PROBLEM(w, err, KV_ECORRUPT, s->path, (int64_t)s->end, "%s", why))

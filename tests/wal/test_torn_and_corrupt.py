@@ -152,3 +152,25 @@ def test_replay_rechecks_crcs_of_bytes_that_changed_after_open(tmp_path):
                 seen.append(seq)
         assert (info.value.path, info.value.offset) == (file, off)
         assert seen == list(range(1, 21))  # every record before the rotten one, in order
+
+
+def test_a_zeroed_record_in_an_earlier_segment_is_named_where_it_is(tmp_path):
+    """Zeros normally end a full segment; a valid record after them in the same segment means
+    records were zeroed there. Open and fsck name that file and offset, not the gap that
+    shows at the next segment's start."""
+    path = str(tmp_path / "log")
+    layout = build(path, 400)
+    first_file = layout[0][0]
+    assert len({f for f, _, _ in layout}) > 2
+    file, off, size = layout[3]
+    assert file == first_file
+    zero_range(file, off, off + size)
+    with pytest.raises(CorruptionError) as info:
+        WAL(path, segment_size=SEGMENT)
+    assert (info.value.path, info.value.offset) == (file, off)
+    assert "zeroed" in str(info.value)
+    from keyval.wal.check import check_dir
+
+    found = [(p.path, p.offset) for p in check_dir(path)]
+    assert found[0] == (file, off)
+    assert fsck([path]) == 4
