@@ -1,7 +1,8 @@
 """``keyval put|get|append|delete|status ... --peers 1=HOST:PORT,...``: one request to a cluster.
 
 Keys and values are given as text (UTF-8). ``get`` prints the value, or exits 1 when the key is
-missing; ``status`` prints each node's view (role, term, leader, commit and applied index).
+missing; ``status`` prints each node's view (role, term, leader, commit and applied index), or
+exits 1 when no node answers.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ def main(command: str, argv: list[str]) -> int:
                         f"{n['id']:<6}{n['address']:<22}{n['role']:<11}{n['term']:>6}"
                         f"{n['leader'] or '-':>8}{n['commit']:>9}{n['applied']:>9}"
                     )
+            if all("error" in n for n in nodes):
+                print("keyval status: no node answered", file=sys.stderr)
+                return 1
             return 0
         key = args.key.encode()
         if command == "get":
