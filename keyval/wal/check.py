@@ -48,6 +48,14 @@ def repair_dir(path: str) -> list[str]:
         raise fatal[0]
     if not findings:
         return []
-    with WAL(path, sync="none"):
+    # The size the log was written with: opening with another would replace its prepared
+    # next segment with one of that size (64 MiB by default).
+    sizes = [
+        os.path.getsize(os.path.join(path, name))
+        for name in os.listdir(path)
+        if name.endswith(SEGMENT_SUFFIX)
+    ]
+    options = {"segment_size": max(sizes)} if sizes else {}
+    with WAL(path, sync="none", **options):
         pass
     return [f"repaired: {f}" for f in findings]

@@ -97,7 +97,7 @@ class WAL:
     (:class:`~keyval.errors.LockedError` otherwise).
     """
 
-    __slots__ = ("_path", "_sync", "_w")
+    __slots__ = ("_closed", "_path", "_sync", "_w")
 
     def __init__(
         self,
@@ -110,6 +110,7 @@ class WAL:
         _check_only: bool = False,
     ) -> None:
         self._w = None
+        self._closed = False
         path = os.fspath(path)
         if not isinstance(path, str):
             raise TypeError(f"path must be str or os.PathLike[str], not {type(path).__name__}")
@@ -169,7 +170,8 @@ class WAL:
         """Appends the records in order as one batch (one C call, and in ``"always"`` mode one
         fsync) and returns ``(first_seq, last_seq)``. ``type`` is one type for all, or one per
         record. A batch with a non-bytes item or an oversized record is refused whole, before
-        anything is written."""
+        anything is written. After a crash, a batch that fits in one segment is there whole or
+        not at all; a bigger one spans segments, and a crash may leave a prefix of it."""
         payloads = payloads if isinstance(payloads, list) else list(payloads)
         if not payloads:
             raise ValueError("append_many needs at least one record")
@@ -226,17 +228,17 @@ class WAL:
     @property
     def first_seq(self) -> int:
         """The first record's sequence number; 0 when the log is empty."""
-        return lib.kv_wal_first_seq(self._w)
+        return lib.kv_wal_first_seq(self._open_handle())
 
     @property
     def last_seq(self) -> int:
         """The last record's sequence number; 0 when the log is empty."""
-        return lib.kv_wal_last_seq(self._w)
+        return lib.kv_wal_last_seq(self._open_handle())
 
     @property
     def next_seq(self) -> int:
         """The sequence number the next append gets (numbering goes on after truncations)."""
-        return lib.kv_wal_next_seq(self._w)
+        return lib.kv_wal_next_seq(self._open_handle())
 
     @property
     def path(self) -> str:
@@ -275,6 +277,8 @@ class WAL:
         if stop is not None:
             self._check_seq(stop)
         if seq == 0:
+            if start is not None:  # as read(0): not "from the first", which is start=None
+                raise IndexError("sequence numbers start at 1")
             return iter(())
         # The records come from C a batch at a time and are handed out by C iterators (chain
         # over zip): no Python bytecode runs per record, which is what a 100 B record needs.
@@ -349,7 +353,7 @@ class WAL:
         """One dict per segment file: id, path, first_seq, records, bytes used, file size."""
         out = []
         info = ffi.new("kv_segment_info *")
-        for i in range(lib.kv_wal_segment_count(self._w)):
+        for i in range(lib.kv_wal_segment_count(self._open_handle())):
             if lib.kv_wal_segment_info(self._w, i, info) == 0:
                 out.append(
                     {
@@ -367,6 +371,7 @@ class WAL:
         """Syncs and closes (durable on return, in every sync mode). Idempotent."""
         if self._w is None:
             return
+        self._closed = True
         err = ffi.new("kv_error *")
         rc = lib.kv_wal_close(self._w, err)
         if rc < 0:
@@ -394,8 +399,15 @@ class WAL:
 
     def _stats(self):
         st = ffi.new("kv_stats *")
-        lib.kv_wal_stats(self._w, st)
+        lib.kv_wal_stats(self._open_handle(), st)
         return st
+
+    def _open_handle(self):
+        """The C handle, for calls that would still answer after close (from the state
+        close left behind): a closed log raises ClosedError for them too."""
+        if self._closed:
+            raise ClosedError(f"WAL {self._path} is closed")
+        return self._w
 
     def _findings(self) -> list[CorruptionError]:
         err = ffi.new("kv_error *")

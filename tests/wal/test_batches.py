@@ -92,3 +92,11 @@ def test_fsck_reports_an_unfinished_batch_as_repairable(wal_dir):
     assert fsck([wal_dir, "--repair"]) == 1
     assert fsck([wal_dir]) == 0
     assert os.path.exists(wal_dir)
+    # The repair opened the log with the size it was written with: every file in it,
+    # the prepared next segment too, is a segment of that size (not 64 MiB).
+    sizes = {
+        os.path.getsize(os.path.join(wal_dir, name))
+        for name in os.listdir(wal_dir)
+        if name.endswith((".wal", ".prep"))
+    }
+    assert sizes == {SEGMENT}

@@ -189,9 +189,24 @@ def test_close_is_idempotent_and_later_use_raises_closed(wal_dir):
         lambda: list(wal.replay()),
         lambda: wal.truncate_back(0),
         lambda: wal.truncate_front(1),
+        lambda: wal.first_seq,
+        lambda: wal.last_seq,
+        lambda: wal.next_seq,
+        lambda: wal.stats(),
+        lambda: wal.segments(),
+        lambda: wal.torn_tail,
     ):
         with pytest.raises(ClosedError):
             call()
+
+
+def test_replay_from_zero_raises_as_read_does(small_wal):
+    small_wal.append(b"x")
+    with pytest.raises(IndexError):
+        small_wal.replay(0)
+    with pytest.raises(IndexError):
+        small_wal.read(0)
+    assert [p for _, _, p in small_wal.replay()] == [b"x"]  # None: from the first record
 
 
 def test_second_opener_is_refused_while_the_log_is_open(wal_dir):
