@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from keyval.errors import (
@@ -48,6 +49,16 @@ DEFAULT_FILL_FACTOR = 0.5
 # Bucket.get runs in C when the extension is there (csrc/db/pylookup.c); Bucket._get is the
 # Python path it falls back to, and the whole of get without the extension.
 _Base = CLookup if CLookup is not None else object
+
+
+@dataclass(slots=True)
+class ShrinkBudget:
+    """What one shrink() round may still take for the copies it makes (Bucket._relocate):
+    free pages, and moves that need runs of several pages (one per round, so that two
+    cannot count on the same free run)."""
+
+    pages: int
+    runs: int = 1
 
 
 def check_key(key) -> bytes:
@@ -613,6 +624,115 @@ class Bucket(_Base):
             keys, vals = header.inline_entries(tx._db.path, None)
             self._free_subtree(Node(True, keys, vals), {})
 
+    # -- shrink ----------------------------------------------------------------------------
+
+    def _relocate(self, cut: int, budget: ShrinkBudget) -> None:
+        """Copy-on-write every node and overflow value of this bucket, and of the buckets
+        nested in it, that lies on page ``cut`` or past it, with the nodes above them.
+
+        Spill then gives them new pages, which shrink()'s commits take lowest first: the live
+        pages leave the tail of the file, and the next commit can cut it off. Reads the whole
+        tree (a nested bucket's too) to find them. What does not fit in ``budget`` waits for
+        the next shrink round."""
+        tx = self._tx
+        page_size = tx._db.page_size
+        load = tx._load
+        moves: list[tuple[int, ...]] = []  # index paths from the root to the nodes to copy
+        values: list[tuple[tuple[int, ...], int, OverflowRef]] = []  # leaf path, index, value
+        nested: list[bytes] = []
+
+        def walk(node: Node, path: tuple[int, ...]) -> None:
+            if not node.leaf:
+                for i, child in enumerate(node.vals):
+                    walk(load(child) if type(child) is int else child, (*path, i))
+            else:
+                for i, v in enumerate(node.vals):
+                    if type(v) is OverflowRef and v.pgid + v.span(page_size) > cut:
+                        values.append((path, i, v))
+                    elif type(v) is BucketHeader and v.root:
+                        nested.append(node.keys[i])
+            if not node.dirty and node.pgid + node.span > cut:
+                moves.append(path)
+
+        if self._root or self._node is not None:
+            walk(self._root_node(), ())
+        for name in nested:
+            # A nested bucket that changes has its header rewritten in a leaf of this tree:
+            # the path to that leaf is paid for first, and refunded if nothing changed.
+            before = (budget.pages, budget.runs)
+            if not self._charge(self._path_to(name), None, budget):
+                break
+            child = self.bucket(name)
+            was_dirty = child._dirty
+            child._relocate(cut, budget)
+            if child._dirty == was_dirty:
+                budget.pages, budget.runs = before
+        for path in moves:
+            if not self._charge(path, None, budget):
+                return
+            self._node_for_write(self._writable_root(), path)
+        for path, i, ref in values:
+            if not self._charge(path, ref, budget):
+                return
+            leaf = self._node_for_write(self._writable_root(), path)
+            # Back to bytes: spill writes them to a new overflow run (lowest pages first).
+            leaf.vals[i] = tx._read_overflow(ref)
+            self._drop_value(ref)
+
+    def _path_to(self, key: bytes) -> tuple[int, ...]:
+        """Index path from the root to the leaf that holds ``key``."""
+        node, path = self._root_node(), []
+        while not node.leaf:
+            i = route(node.keys, key)
+            path.append(i)
+            child = node.vals[i]
+            node = self._tx._load(child) if type(child) is int else child
+        return tuple(path)
+
+    def _charge(self, path: tuple[int, ...], value: OverflowRef | None, budget) -> bool:
+        """Takes from ``budget`` what copying the nodes on ``path`` not dirty yet (and
+        ``value``) needs; False, taking nothing, if it cannot pay. Nodes and values of
+        several pages (runs) move only where the free list has room for them below: elsewhere
+        the copy would not move down, or would grow the file."""
+        tx = self._tx
+        node = self._root_node()
+        clean = [] if node.dirty else [node]
+        for i in path:
+            child = node.vals[i]
+            node = tx._load(child) if type(child) is int else child
+            if not node.dirty:
+                clean.append(node)
+        runs = [(n.span, n.pgid) for n in clean if n.span > 1]
+        pages = sum(n.span for n in clean)
+        if value is not None:
+            span = value.span(tx._db.page_size)
+            runs.append((span, value.pgid))
+            pages += span
+        if pages > budget.pages or (runs and not budget.runs):
+            return False
+        # One free run as long as all of them together, below them all: then each finds a
+        # place below its old one, whatever the order they are allocated in.
+        if runs and not tx._db._freelist.has_run_below(
+            sum(span for span, _ in runs), min(pgid for _, pgid in runs)
+        ):
+            return False
+        budget.pages -= pages
+        budget.runs -= bool(runs)
+        return True
+
+    def _writable_root(self) -> Node:
+        """This bucket's root, made dirty (and the bucket marked changed)."""
+        self._touch()
+        root = self._root_node()
+        return root if root.dirty else self._dirty_root(root)
+
+    def _node_for_write(self, root: Node, path: tuple[int, ...]) -> Node:
+        """The node at index ``path`` below the dirty ``root``, every node on the way dirty."""
+        node = root
+        for i in path:
+            node = child_for_write(self._tx, node, i)
+        return node
+
     # -- commit ----------------------------------------------------------------------------
 
     def _spill(self) -> BucketHeader:
@@ -622,8 +742,14 @@ class Bucket(_Base):
             if child._dirty:
                 header = child._spill()
                 _path, leaf = self._leaf_for_write(name)
-                leaf.vals[bisect_left(leaf.keys, name)] = header
-                self._unbalanced = True  # an inline bucket's header may have shrunk
+                i = bisect_left(leaf.keys, name)
+                old = leaf.vals[i]
+                leaf.vals[i] = header
+                # Headers of buckets with a root page have one size; an inline bucket's may
+                # have shrunk. (Merging without need would make shrink() copy pages it did
+                # not plan for.)
+                if not (old.root and header.root):
+                    self._unbalanced = True
         node = self._node
         if node is not None and node.dirty:
             if self._unbalanced:

@@ -52,6 +52,10 @@ DEFAULT_CACHE_PAGES = 16384
 # pread/pwrite move at most about 2 GiB per call on Linux; larger transfers loop.
 _MAX_IO = 1 << 30
 
+# shrink()'s commits at most: one moves the live tail pages down, the next cuts the freed
+# tail off; more when moving the nodes above them freed pages in the tail too.
+SHRINK_ROUNDS = 6
+
 # compact() commits after roughly this many bytes, so copying a huge file does not hold the
 # whole copy in memory as one transaction.
 COMPACT_TX_BYTES = 64 << 20
@@ -375,11 +379,14 @@ class DB:
             del self._readers[txid]
         self._cond.notify_all()
 
-    def _commit(self, tx: Tx) -> None:
+    def _release_pending(self, tx: Tx) -> None:
+        """Pages freed by commits that no open reader predates become reusable."""
         with self._lock:
             oldest = min(self._readers) if self._readers else tx._meta.txid
-        freelist = self._freelist
-        freelist.release_to(min(oldest, tx._meta.txid))
+        self._freelist.release_to(min(oldest, tx._meta.txid))
+
+    def _commit(self, tx: Tx) -> None:
+        self._release_pending(tx)
         try:
             meta, runs = tx._prepare()
             for pgid, span, _, _ in runs:
@@ -499,17 +506,20 @@ class DB:
     def shrink(self) -> int:
         """Return free pages at the end of the file to the file system; returns bytes freed.
 
-        Online: runs as write transactions beside readers. Pages still visible to an open
-        reader are kept, so a long-running reader can make this give back less.
+        Online: runs as write transactions beside readers. Live pages in the tail of the file
+        are copied down into free pages (reading the whole tree to find them), then the free
+        tail is cut off. Pages still visible to an open reader are kept, so a long-running
+        reader can make this give back less; it never makes the file bigger.
         """
         self._check_open()
         before = os.fstat(self._fd).st_size
         last = None
-        for _ in range(4):
+        for _ in range(SHRINK_ROUNDS):
             with self.update() as tx:
                 tx._force_commit = True
+                tx._relocate_tail()
             hwm = self._meta.hwm
-            if hwm == last:
+            if hwm == last and not tx._shrink_moved:
                 break
             last = hwm
         return before - os.fstat(self._fd).st_size

@@ -194,15 +194,28 @@ class Freelist:
             pgid = free.pop(0)
             self._clear(pgid)
             return pgid, hwm
-        n = len(free)
-        for i in range(min(n - span + 1, RUN_SEARCH_LIMIT)):
-            first = free[i]
-            if free[i + span - 1] == first + span - 1:
-                del free[i : i + span]
-                for p in range(first, first + span):
-                    self._clear(p)
-                return first, hwm
-        return hwm, hwm + span
+        i = self._find_run(span)
+        if i is None:
+            return hwm, hwm + span
+        first = free[i]
+        del free[i : i + span]
+        for p in range(first, first + span):
+            self._clear(p)
+        return first, hwm
+
+    def _find_run(self, span: int) -> int | None:
+        """Index in ``free`` of the lowest run of ``span`` consecutive free pages (searched
+        from RUN_SEARCH_LIMIT starting points at most), or None."""
+        free = self.free
+        for i in range(min(len(free) - span + 1, RUN_SEARCH_LIMIT)):
+            if free[i + span - 1] == free[i] + span - 1:
+                return i
+        return None
+
+    def has_run_below(self, span: int, pgid: int) -> bool:
+        """Whether allocate() would place a run of ``span`` pages below page ``pgid``."""
+        i = self._find_run(span)
+        return i is not None and self.free[i] < pgid
 
     def _next_window(self) -> bool:
         """Move on to this commit's next window of free pages; False when none is left.

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from keyval.errors import ReadOnlyError, TxClosedError
 
-from .bucket import Bucket, check_key
+from .bucket import Bucket, ShrinkBudget, check_key
 from .meta import Meta
 from .node import Node
 from .page import BucketHeader, OverflowRef
@@ -64,6 +64,10 @@ class Tx:
         self._hwm = meta.hwm
         self._root = Bucket(self, None, b"", BucketHeader.of_page(meta.root, 0))
         self._force_commit = False
+        # shrink(): pages from here on are to be emptied (see _relocate_tail); 0: all of them.
+        # _shrink_moved: whether this commit moves any page down.
+        self._shrink_cut = 0
+        self._shrink_moved = False
 
     def __repr__(self) -> str:
         kind = "write" if self.writable else "read"
@@ -154,6 +158,23 @@ class Tx:
             self._root._end()
             self._db._end(self)
 
+    def _relocate_tail(self) -> None:
+        """shrink(): copy-on-write the live pages that lie past the size the file could have,
+        so that this commit moves them down (see Bucket._relocate). Nothing moves when no page
+        below that size is free to take them: the file would only grow."""
+        db = self._db
+        freelist = db._freelist
+        db._release_pending(self)  # as the commit will: the pages no reader can see are free
+        cut = self._hwm - len(freelist.free) - freelist.pending_pages()
+        self._shrink_cut = cut
+        # Copies take the lowest free pages: worth it when some lie below the cut, and safe
+        # while they do not run out (the file would grow), less what rewriting the freelist
+        # itself (every chunk and the root, at most) will need.
+        budget = len(freelist.free) - len(freelist.chunk_pgids) - freelist.root_span - 1
+        if freelist.free.bisect_left(cut) > 0 and budget > 0:
+            self._root._relocate(cut, ShrinkBudget(budget))
+        self._shrink_moved = bool(self._freed)
+
     def _prepare(self) -> tuple[Meta, list]:
         """Steps 1-2 of the protocol: all pages to write, and the meta that makes them live."""
         db = self._db
@@ -164,9 +185,20 @@ class Tx:
         for pgid, span in self._freed:
             freelist.pend(self.txid, pgid, span)
         if self._force_commit:
-            # shrink(): move the freelist's own pages down too (they may sit at the tail); the
-            # pages they leave are trimmed by the next shrink round, once released.
-            freelist.dirty.update(range(len(freelist.chunk_pgids)))
+            # shrink(): move the freelist's own pages down too, those in the tail (rewriting
+            # any chunk rewrites the root); the pages they leave are trimmed by the next
+            # shrink round, once released.
+            cut = self._shrink_cut
+            chunks = freelist.chunk_pgids
+            tail = {slot for slot, pgid in enumerate(chunks) if pgid >= cut and pgid}
+            if not tail and chunks and freelist.root + freelist.root_span > cut:
+                tail = {0}
+            # Only when the free pages below the cut can take every chunk to rewrite and the
+            # root: a rewrite into pages past it (or new ones) would not shrink the file.
+            rewrite = len(tail | freelist.dirty) + max(1, freelist.root_span)
+            if tail and freelist.free.bisect_left(cut) >= rewrite:
+                freelist.dirty.update(tail)
+                self._shrink_moved = True
             self._hwm = freelist.trim_tail(self._hwm)
         runs, self._hwm = freelist.write(self.txid, self._hwm)
         # The transaction's own list, not a copy: a 1M-key load queues 64k runs, and copying

@@ -2,7 +2,8 @@
 
 Run as ``python crash_workload.py DB_PATH``: opens the database, prints ``ready N`` (N the last
 transaction number found in it), then commits transactions N+1, N+2, ... forever, printing each
-number once its ``update()`` has returned (so it is durable), until it is killed.
+number once its ``update()`` has returned (so it is durable), and shrinks the file after every
+seventh, until it is killed.
 
 Transaction ``n``'s operations depend on ``n`` alone, so the parent can replay them into a
 model without talking to the child.
@@ -103,6 +104,10 @@ def main(path: str) -> None:
         with db.update() as tx:
             apply_db(tx, operations(n))
         print(n, flush=True)
+        if n % 7 == 0:
+            # Its commits move pages and cut the file but change no content: a kill inside
+            # it must leave transaction n as it was.
+            db.shrink()
 
 
 if __name__ == "__main__":

@@ -501,6 +501,52 @@ def test_shrink_returns_free_tail_pages_to_the_file_system(db, path):
     assert check_file(path) == []
 
 
+def test_shrink_moves_live_pages_off_the_tail(path):
+    """The data that is left sits at the end of the file (written last, after what was
+    deleted): shrink() must copy it down, nested buckets and overflow values included, before
+    it can cut the tail. Before it did, it gave back almost nothing here."""
+    with DB(path, page_size=512) as db:
+        fill(db, 4000, name=b"gone", value=lambda i: b"x" * 100)
+        with db.update() as tx:
+            keep = tx.create_bucket(b"keep")
+            for i in range(300):
+                keep.put(b"k%06d" % i, b"v" * 40)
+            keep.put(b"big", b"o" * 5000)  # an overflow run
+            inner = keep.create_bucket(b"inner")
+            for i in range(200):
+                inner.put(b"i%06d" % i, b"w" * 40)
+        expected = dump(db)
+        del expected[b"gone"]
+        with db.update() as tx:
+            tx.delete_bucket(b"gone")
+        before = os.path.getsize(path)
+        freed = db.shrink()
+        after = os.path.getsize(path)
+        assert freed == before - after
+        assert after < before / 4
+        assert dump(db) == expected
+        assert db.stats()["free_pages"] < 0.1 * after / 512
+    assert check_file(path) == []
+    with DB(path) as db:
+        assert dump(db) == expected
+
+
+def test_shrink_with_a_reader_open_never_grows_the_file(path):
+    with DB(path, page_size=512) as db:
+        fill(db, 3000, value=lambda i: b"x" * 100)
+        fill(db, 50, name=b"keep")
+        with db.view() as old:
+            with db.update() as tx:
+                tx.delete_bucket(b"b")
+            before = os.path.getsize(path)
+            assert db.shrink() >= 0
+            assert os.path.getsize(path) <= before
+            assert len(old.bucket(b"b")) == 3000  # the reader's pages are all still there
+        assert db.shrink() > 0  # the reader is gone: now the tail goes
+        assert os.path.getsize(path) < before / 4
+    assert check_file(path) == []
+
+
 def test_existing_file_keeps_its_page_size(path):
     with DB(path, page_size=1024) as db:
         fill(db, 10)

@@ -135,6 +135,15 @@ class DBMachine(RuleBasedStateMachine):
         self.model = new
 
     @rule()
+    def shrink(self):
+        """Moves live pages off the tail and cuts it: the content must not change, and the
+        file must not grow."""
+        before = os.path.getsize(self.path)
+        freed = self.db.shrink()
+        assert freed == before - os.path.getsize(self.path) >= 0
+        assert check_file(self.path) == []
+
+    @rule()
     def reopen(self):
         self.db.close()
         assert check_file(self.path) == []
