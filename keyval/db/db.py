@@ -9,6 +9,7 @@ verifies a file offline.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -528,20 +529,43 @@ class DB:
         """Copy every bucket and key into a new file at ``dst_path``, packed and defragmented.
 
         Reads one snapshot, so it runs beside the writer. ``dst_path`` must not exist (or be
-        empty). The copy is committed in batches; it is complete when this returns.
+        empty). The copy is built under a temporary name in the same directory, committed in
+        batches, and moved into place once complete: ``dst_path`` appears whole or not at all
+        (a failure leaves nothing behind).
         """
         dst_path = os.fspath(dst_path)
-        if os.path.exists(dst_path) and os.path.getsize(dst_path) > 0:
+        replace = os.path.exists(dst_path)
+        if replace and os.path.getsize(dst_path) > 0:
             raise FileExistsError(errno.EEXIST, "compact() destination exists", dst_path)
-        with self.view() as src, DB(dst_path, page_size=self.page_size, sync=self.sync) as out:
-            copier = _Copier(out)
-            try:
-                for name in src.buckets():
-                    copier.copy_bucket(src.bucket(name), (name,))
-            except BaseException as e:
-                copier.abort(e)
-                raise
-            copier.finish()
+        directory = os.path.dirname(os.path.abspath(dst_path))
+        tmp = os.path.join(directory, f".{os.path.basename(dst_path)}.{os.getpid()}.compacting")
+        try:
+            with (
+                self.view() as src,
+                DB(tmp, page_size=self.page_size, sync=self.sync) as out,
+            ):
+                copier = _Copier(out)
+                try:
+                    for name in src.buckets():
+                        copier.copy_bucket(src.bucket(name), (name,))
+                except BaseException as e:
+                    copier.abort(e)
+                    raise
+                copier.finish()
+            if replace:
+                os.rename(tmp, dst_path)  # over the empty file
+            else:
+                try:
+                    os.link(tmp, dst_path)  # fails if a file appeared there meanwhile
+                except OSError as e:
+                    if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                        raise
+                    os.rename(tmp, dst_path)  # a file system without hard links
+            if self.sync:
+                _fsync_dir(dst_path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
     def close(self) -> None:
         """Wait for the writer and other threads' readers to finish, then close the file.

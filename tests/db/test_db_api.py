@@ -10,6 +10,7 @@ import pytest
 
 from keyval.db import DB
 from keyval.db.check import check_file
+from keyval.db.db import _Copier
 from keyval.db.node import Node
 from keyval.errors import (
     BucketExists,
@@ -485,6 +486,31 @@ def test_compact_copies_everything_into_a_smaller_clean_file(db, path, tmp_path)
     with DB(dst) as out:
         assert dump(out) == dump(db)
     assert os.path.getsize(dst) < os.path.getsize(path)
+
+
+def test_compact_into_an_empty_file_and_a_failed_compact_leaves_nothing(
+    db, path, tmp_path, monkeypatch
+):
+    fill(db, 500)
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    db.compact(empty)  # the docstring allows an existing empty file
+    with DB(str(empty)) as out:
+        assert dump(out) == dump(db)
+    with pytest.raises(FileExistsError):
+        db.compact(empty)  # not empty any more
+
+    class Stop(Exception):
+        pass
+
+    def failing(self, src, path):
+        raise Stop
+
+    # A copy that fails halfway (say, the disk filled up): no half-made file at dst.
+    monkeypatch.setattr(_Copier, "copy_bucket", failing)
+    with pytest.raises(Stop):
+        db.compact(tmp_path / "failed.db")
+    assert sorted(os.listdir(tmp_path)) == sorted(["empty.db", os.path.basename(path)])
 
 
 def test_shrink_returns_free_tail_pages_to_the_file_system(db, path):
