@@ -5,6 +5,7 @@ The layout and validity rule are specified in :mod:`keyval.db.page`.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ from .page import (
     check_run,
     valid_page_size,
 )
+
+log = logging.getLogger("keyval.db")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +154,21 @@ def choose_meta(metas: list[Meta | CorruptionError], path: str | None) -> Meta:
         raise CorruptionError(f"no valid meta page: {reasons}", path, 0)
     if len(valid) == 2 and valid[0].page_size != valid[1].page_size:
         raise CorruptionError("the two meta pages disagree on the page size", path, 0)
-    return max(valid, key=lambda m: m.txid)
+    chosen = max(valid, key=lambda m: m.txid)
+    for bad in metas:
+        if isinstance(bad, CorruptionError):
+            # Expected once after a crash in the middle of a commit's meta write (that
+            # commit never returned); anything else means the page was damaged, and the
+            # commit it held is lost. Open cannot tell which: it says so, where and what.
+            log.warning(
+                "%s: %s (offset %s); using transaction %d from the other meta page: the "
+                "commit after it was cut short by a crash, or this page is damaged",
+                path,
+                bad.message,
+                bad.offset,
+                chosen.txid,
+            )
+    return chosen
 
 
 __all__ = ["FutureVersionError", "Meta", "choose_meta", "decode_meta", "read_metas"]
