@@ -249,3 +249,27 @@ def test_leaves_at_different_depths(built):
     assert any(f"leaf page {children[0]} is at depth" in m for m in found) or any(
         "other leaves at" in m for m in found
     )
+
+
+def test_fsck_cli_on_a_db_file_exit_codes_and_json(built, tmp_path, capsys):
+    import json
+
+    from keyval.fsck import main as fsck
+
+    assert fsck([built, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["kind"], report["status"], report["problems"]) == ("db", "clean", [])
+    pgid = plain_leaves(built)[3]
+    flip_bit(built, pgid * PS + 300)
+    assert fsck([built, "--json"]) == 4
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "errors"
+    problem = report["problems"][0]
+    assert (problem["path"], problem["offset"]) == (built, pgid * PS)
+    assert problem["repairable"] is False
+    assert fsck([built, "--repair"]) == 4  # a damaged page is never "repaired" away
+    capsys.readouterr()
+    stranger = tmp_path / "notes.txt"
+    stranger.write_bytes(b"not a database")
+    assert fsck([str(stranger), "--json"]) == 8
+    assert json.loads(capsys.readouterr().out)["status"] == "failed"

@@ -174,3 +174,21 @@ def test_a_zeroed_record_in_an_earlier_segment_is_named_where_it_is(tmp_path):
     found = [(p.path, p.offset) for p in check_dir(path)]
     assert found[0] == (file, off)
     assert fsck([path]) == 4
+
+
+def test_fsck_cli_on_a_wal_dir_json(tmp_path, capsys):
+    import json
+
+    path = str(tmp_path / "log")
+    layout = build(path, 100)
+    assert fsck([path, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["kind"], report["status"], report["problems"]) == ("wal", "clean", [])
+    file, off, _ = layout[20]
+    flip_bit(file, off + 30, 2)
+    assert fsck([path, "--json"]) == 4
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "errors"
+    assert [(p["path"], p["offset"], p["repairable"]) for p in report["problems"]] == [
+        (file, off, False)
+    ]
