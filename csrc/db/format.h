@@ -19,6 +19,7 @@
 
 #define DB_LEAF_ELEMENT 7    /* flags u8, key length u16, value length u32 */
 #define DB_BRANCH_ELEMENT 10 /* key length u16, child page id u64 */
+#define DB_MAX_KEY (32 * 1024) /* MAX_KEY_SIZE of keyval/db/page.py */
 
 #define DB_FLAG_VALUE 0
 #define DB_FLAG_OVERFLOW 1

@@ -99,6 +99,8 @@ static PyObject *lookup_get(PyObject *self, PyObject *const *args, Py_ssize_t na
         Py_ssize_t klen;
         if (PyBytes_AsStringAndSize(args[0], &key, &klen) < 0)
             return NULL;
+        if (klen == 0 || klen > DB_MAX_KEY) /* Bucket._get raises for it, as put does */
+            return slow(fallback_name, self, args, nargs, kwnames);
         kvdb_result r;
         int rc = db_find(o->map, o->root, (const uint8_t *)key, (size_t)klen, &r);
         if (rc == KVDB_GET_VALUE)

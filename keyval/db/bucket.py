@@ -325,8 +325,8 @@ class Bucket(_Base):
 
         ``get`` itself is the C base's when the extension is there: it answers an exact bytes
         key whose value is plain or absent, and calls this for everything else."""
-        if type(key) is not bytes and not isinstance(key, bytes):
-            raise TypeError(f"keys are bytes, not {type(key).__name__}")
+        if type(key) is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
+            check_key(key)  # raises for a non-bytes, empty or oversized key, as put does
         tree = self._ctree
         if tree is not None and type(key) is bytes:
             # The whole descent in one C call; a plain value comes back in the tree's buffer.
@@ -488,8 +488,7 @@ class Bucket(_Base):
 
     def __contains__(self, key: bytes) -> bool:
         self._check_read()
-        if not isinstance(key, bytes):
-            raise TypeError(f"keys are bytes, not {type(key).__name__}")
+        key = check_key(key)
         v = self._lookup(key)
         return v is not None and type(v) is not BucketHeader
 

@@ -277,6 +277,14 @@ def test_empty_and_oversized_keys_raise_key_too_large(db):
             b.put(b"k" * 32769, b"v")
         with pytest.raises(KeyTooLarge):
             tx.create_bucket(b"")
+        b.put(b"k", b"v")
+    with db.view() as tx:  # reads too (the C lookup of a clean tree and the Python one)
+        b = tx.bucket(b"b")
+        for bad in (b"", b"k" * 32769):
+            for read in (b.get, b.__contains__, b.__getitem__):
+                with pytest.raises(KeyTooLarge):
+                    read(bad)
+        assert b.get(b"k") == b"v"
 
 
 def test_value_over_2_gib_raises_value_too_large(db):
