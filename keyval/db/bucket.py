@@ -98,7 +98,8 @@ class Bucket(_Base):
     transaction and its buckets belong to one thread.
 
     ``fill_factor`` (0.1 .. 1.0, default 0.5) is how full pages are left when split at commit;
-    1.0 packs pages for keys that are only ever appended in ascending order.
+    1.0 packs pages for keys that are only ever appended in ascending order; anything outside
+    0.1 .. 1.0 raises ValueError.
     """
 
     __slots__ = (
@@ -113,7 +114,7 @@ class Bucket(_Base):
         "_parent",
         "_root",
         "_tx",
-        "fill_factor",
+        "_fill_factor",
         # The fields a put changes are CLookup's (the C put path reads them directly).
         *(() if _Base is not object else ("_count", "_mods", "_node", "_unbalanced")),
     )
@@ -135,7 +136,7 @@ class Bucket(_Base):
         # then does it walk the changed tree for them (bbolt's "unbalanced" mark). Puts that
         # insert or keep sizes leave it False, and their commit skips the walk.
         self._unbalanced = False
-        self.fill_factor = DEFAULT_FILL_FACTOR
+        self._fill_factor = DEFAULT_FILL_FACTOR
         # The page map while lookups may run in C: the tree is all committed pages (no dirty
         # node, not inline), the bucket is not deleted and the transaction is open. Whatever
         # ends one of those sets it to None.
@@ -157,6 +158,16 @@ class Bucket(_Base):
 
         def _c_put_on(self, node_type, split_entries: int, max_value: int) -> None:
             pass
+
+    @property
+    def fill_factor(self) -> float:
+        return self._fill_factor
+
+    @fill_factor.setter
+    def fill_factor(self, value: float) -> None:
+        if type(value) not in (float, int) or not 0.1 <= value <= 1.0:
+            raise ValueError(f"fill_factor must be a number from 0.1 to 1.0, not {value!r}")
+        self._fill_factor = float(value)
 
     def _no_c(self) -> None:
         """No more lookups in C for this bucket (its tree changed, it was deleted, or its
@@ -760,7 +771,7 @@ class Bucket(_Base):
                     self._root = 0
                     self._header = header
                     return header
-            self._root = spill_root(tx, node, min(1.0, max(0.1, self.fill_factor)))
+            self._root = spill_root(tx, node, self._fill_factor)
             self._node = None
         if self._root == 0:
             return self._header

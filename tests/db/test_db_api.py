@@ -388,6 +388,17 @@ def test_fill_factor_one_packs_ascending_keys_tighter(tmp_path):
     assert leaves[1.0] < leaves[0.5] * 0.7
 
 
+@pytest.mark.parametrize("bad", [0, 0.05, 1.5, -1, float("nan"), "0.5", None])
+def test_fill_factor_outside_its_range_raises(db, bad):
+    with db.update() as tx:
+        b = tx.create_bucket(b"b")
+        with pytest.raises(ValueError):
+            b.fill_factor = bad
+        assert b.fill_factor == 0.5  # unchanged
+        b.fill_factor = 1
+        assert b.fill_factor == 1.0
+
+
 def _leaf_pages_after(path: str, change) -> tuple[int, int]:
     """Leaf pages of a 4,000-key bucket (values of 200 B, in the leaves) before and after
     ``change(bucket, keys)`` in one later transaction; the file is checked after."""
