@@ -48,6 +48,18 @@ def test_writes_complete_when_applied_and_reads_see_them(cluster):
     assert call(net, lambda d: lead.read(b"missing", d)) is None
 
 
+def test_reads_write_nothing_to_the_log(cluster):
+    """ReadIndex: a linearizable read confirms leadership with a heartbeat round, and adds
+    no entry to any node's log."""
+    net, services = cluster
+    lead = services[net.leader()]
+    assert call(net, lambda d: lead.write(Command(PUT, 7, 1, b"k", b"v"), d)) == b"\x00"
+    last = {i: n.storage.last_index for i, n in net.nodes.items()}
+    for _ in range(20):
+        assert call(net, lambda d: lead.read(b"k", d)) == b"v"
+    assert {i: n.storage.last_index for i, n in net.nodes.items()} == last
+
+
 def test_a_follower_refuses_requests(cluster):
     net, services = cluster
     follower = next(s for i, s in services.items() if i != net.leader())
