@@ -113,7 +113,11 @@ def replay_state(wal: WAL, db: DB, wal_path: str) -> _State:
         if kind == ENTRY:
             index, term = _ENTRY_HEAD.unpack_from(payload)
             if index < state.base:
-                continue  # covered by the snapshot
+                # Covered by the snapshot; but in the log it replaced every entry after it,
+                # those past the snapshot too (a conflict rewritten before a snapshot whose
+                # compaction a crash cut short): they must not come back.
+                del seqs[:], terms[:], sizes[:]
+                continue
             pos = index - state.base
             if pos != len(seqs):  # not the next entry: a conflict replaced a suffix, or a gap
                 if pos > len(seqs):

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from keyval.fsck import main as fsck
 from keyval.raft.check import check_node_dir
 from keyval.raft.memory import MemoryStorage
 from keyval.raft.records import HardState, Snapshot
@@ -114,3 +115,42 @@ def test_every_acknowledged_call_survives_sigkill_and_no_mix_appears(tmp_path, s
 def test_torture_hundreds_of_kills(tmp_path):
     kinds = crash_rounds(str(tmp_path / "node"), 300, 3)
     assert kinds >= {"A", "S", "P"}, f"the kills never landed inside {set('ASPH') - kinds}"
+
+
+CRASH_IN_COMPACTION = """
+import os, sys
+import keyval.wal.log as wal_log
+from keyval.raft.records import Entry, Snapshot
+from keyval.raft.storage import RaftStorage
+
+st = RaftStorage(sys.argv[1])
+st.append([Entry(i, 2, b"old%d" % i) for i in range(1, 21)])
+st.append([Entry(15, 3, b"new15"), Entry(16, 3, b"new16")])  # replaces 15..20
+# The process dies after the snapshot is checkpointed, before the WAL is compacted.
+wal_log.WAL.truncate_front = lambda self, seq: os._exit(9)
+st.save_snapshot(Snapshot(16, 3, b"state at 16"))
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("after", [0, 2])
+def test_entries_a_conflict_replaced_stay_gone_when_compaction_is_cut_short(tmp_path, after):
+    """Entries 17..20 were replaced (the log ends at 16 when the snapshot is taken); a crash
+    between the snapshot's checkpoint and the WAL's compaction must not bring them back: replay
+    skips records the snapshot covers, but not what they replaced. ``after``: entries appended
+    after the snapshot, before the crash."""
+    path = str(tmp_path / "node")
+    child = CRASH_IN_COMPACTION
+    if after:
+        child = child.replace(
+            'st.save_snapshot(Snapshot(16, 3, b"state at 16"))',
+            'st.append([Entry(17, 3, b"n17"), Entry(18, 3, b"n18")])\n'
+            'st.save_snapshot(Snapshot(18, 3, b"state at 18"))',
+        )
+    done = subprocess.run([sys.executable, "-c", child, path], timeout=60)
+    assert done.returncode == 9
+    snap = 16 + after
+    with RaftStorage(path) as st:
+        assert (st.first_index, st.last_index) == (snap + 1, snap)
+        assert st.term(snap) == 3
+    assert fsck([path]) == 0
