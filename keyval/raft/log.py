@@ -8,8 +8,9 @@ compacted index: :meth:`term` answers ``None`` and :meth:`slice` raises :class:`
 which the leader turns into a snapshot transfer.
 
 Indexes: ``committed`` is known committed by a quorum; ``applied`` is the highest index handed
-to the driver to apply (``applied <= committed``). Both survive only through the hard state and
-the snapshot; the driver replays ``applied+1 .. committed`` on restart.
+to the driver to apply (``applied <= committed``, except after a restart whose state machine
+had applied entries its log lost: see ``__init__``). Both survive only through the hard state
+and the snapshot; the driver replays ``applied+1 .. committed`` on restart.
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ class RaftLog:
         self.committed = storage.hard_state().commit
         snap_index = storage.first_index - 1
         self.applied = max(applied, snap_index)
-        self.committed = max(self.committed, self.applied)
+        # The state machine may be ahead of the log: a leader applies entries that a quorum
+        # of followers made durable before its own write of them, and may crash in between.
+        # Those entries come back from the new leader; until then commit stays within the
+        # log (a follower acknowledging past its last entry would mislead the leader).
+        self.committed = max(self.committed, snap_index, min(self.applied, self.last_index()))
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -135,6 +135,9 @@ class Progress:
             return True
         if self.next - 1 != rejected:
             return False
-        self.next = max(min(rejected, hint + 1), self.match + 1, 1)
+        decreased = max(min(rejected, hint + 1), self.match + 1, 1)
+        if decreased == self.next:
+            return False  # resending the same append would be rejected the same way
+        self.next = decreased
         self.probe_sent = False
         return True

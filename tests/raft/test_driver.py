@@ -343,3 +343,70 @@ def test_a_restart_replays_the_committed_log_in_bounded_chunks(monkeypatch):
     assert sm.indexes == list(range(1, 151))  # every committed entry, in order, once
     assert node.applied == 150
     assert len(sm.calls) == 15 and max(sm.calls) == 10  # 1,000 bytes of entry data at a time
+
+
+class DurableAppliedMachine(NullStateMachine):
+    """A state machine whose applied index survives a crash (the KV state after a flush)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.applied_index = 0
+
+    def apply(self, entry: Entry) -> None:
+        self.applied_index = entry.index
+
+
+def test_a_node_whose_state_machine_is_ahead_of_its_log_catches_up_after_restart():
+    """A leader may apply entries a quorum of followers made durable before its own write of
+    them (on_persist_needed), then crash before that write: after the restart its state
+    machine is ahead of its log. It must neither acknowledge entries it lacks (the leader
+    would take them as matched and the two would bounce rejects forever) nor apply them
+    twice: it gets them back from the new leader and then follows as any node."""
+    ids = (1, 2, 3)
+    queue: list[Message] = []
+    storages = {i: MemoryStorage() for i in ids}
+    machines = {i: DurableAppliedMachine() for i in ids}
+
+    def make(i: int, persist_later: bool) -> Node:
+        return Node(
+            Config(id=i, peers=ids),
+            storages[i],
+            machines[i],
+            send=queue.append,
+            rng=random.Random(i),
+            on_persist_needed=(lambda: None) if persist_later else None,
+        )
+
+    nodes = {i: make(i, i == 1) for i in ids}
+
+    def pump(limit: int = 5_000) -> int:
+        n = 0
+        while queue and n < limit:
+            m = queue.pop(0)
+            n += 1
+            if nodes.get(m.to) is not None:
+                nodes[m.to].step(m)
+        return n
+
+    nodes[1].campaign()
+    pump()
+    nodes[1].persist()
+    pump()
+    assert nodes[1].is_leader
+    for k in range(5):
+        nodes[1].propose(b"x%d" % k)  # node 1's own write is left for a persist() never made
+    pump()
+    assert machines[1].applied_index > storages[1].last_index  # applied what it lacks
+    queue.clear()  # node 1 crashes; it restarts on what it had made durable
+    nodes[1] = make(1, False)
+    for _ in range(40):
+        for n in nodes.values():
+            n.tick()
+        last_round = pump()
+    assert last_round < 100  # no storm of appends and rejects
+    leader = next(i for i in ids if nodes[i].is_leader)
+    for k in range(3):
+        nodes[leader].propose(b"y%d" % k)
+        pump()
+    lasts = {i: storages[i].last_index for i in ids}
+    assert len(set(lasts.values())) == 1, lasts  # node 1 has the whole log again
