@@ -375,7 +375,11 @@ class RaftCore:
         elif t is MsgType.HEARTBEAT:
             self.election_elapsed = 0
             self.lead = m.frm
-            self.log.commit_to(m.commit)
+            # The leader sends at most what this node acknowledged; more means this node
+            # lost entries it had made durable (or the leader is wrong): commit nothing on
+            # its word, rather than stop (committing up to our last entry would be unsafe).
+            if m.commit <= self.log.last_index():
+                self.log.commit_to(m.commit)
             self._send(MsgType.HEARTBEAT_RESP, m.frm, context=m.context)
         elif t is MsgType.SNAP:
             self.election_elapsed = 0

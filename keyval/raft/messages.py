@@ -103,6 +103,33 @@ class Message:
     context: bytes = b""
 
 
+def _check_contents(
+    mtype: MsgType,
+    term: int,
+    log_term: int,
+    index: int,
+    entries: list[Entry],
+    chunk: SnapshotChunk | None,
+) -> None:
+    """What no correct peer sends, though it decodes: refused here, as a malformed frame is,
+    rather than stepped into the consensus core, whose invariants it would break.
+
+    Appended entries follow ``index`` one by one, with terms that never go back, from the term
+    of the entry before them up to the sender's; a snapshot chunk names an index and a term."""
+    if mtype is MsgType.APP and entries:
+        prev_index, prev_term = index, log_term
+        for e in entries:
+            if e.index != prev_index + 1:
+                raise MessageDecodeError(f"append after {index}: entry {e.index} out of order")
+            if not prev_term <= e.term <= term:
+                raise MessageDecodeError(
+                    f"append at term {term}: entry {e.index} has term {e.term} after {prev_term}"
+                )
+            prev_index, prev_term = e.index, e.term
+    if chunk is not None and (chunk.index < 1 or chunk.term < 1):
+        raise MessageDecodeError(f"snapshot chunk at index {chunk.index}, term {chunk.term}")
+
+
 def _put(out: bytearray, value: int) -> None:
     if value < 0 or value > MAX_VALUE:
         raise ValueError(f"cannot encode {value}: outside 0..2**64-1")
@@ -237,6 +264,7 @@ def decode(buf: bytes) -> Message:
         chunk = SnapshotChunk(c_index, c_term, c_offset, c_total, data)
     if pos != len(buf):
         raise MessageDecodeError(f"{len(buf) - pos} trailing bytes after the message")
+    _check_contents(mtype, term, log_term, index, entries, chunk)
     return Message(
         type=mtype,
         to=to,

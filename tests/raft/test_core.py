@@ -237,6 +237,19 @@ def test_follower_commits_only_what_it_knows_matches_the_leader():
     assert [e.index for e in p.applied[2]] == [1]
 
 
+def test_heartbeat_commit_past_the_log_commits_nothing_and_is_answered():
+    # A leader sends at most what this node acknowledged; a commit past our log means we lost
+    # entries (or the leader errs): commit nothing on its word, keep running, answer the beat.
+    p = Peers(3, storages={1: MemoryStorage(), 2: storage_with([1, 1], 1), 3: MemoryStorage()})
+    p[2].step(Message(MsgType.HEARTBEAT, 2, 1, 1, commit=9))
+    out = p.flush(2)
+    assert [(m.type, m.to) for m in out] == [(MsgType.HEARTBEAT_RESP, 1)]
+    assert p[2].log.committed == 0 and p.applied[2] == []
+    p[2].step(Message(MsgType.HEARTBEAT, 2, 1, 1, commit=2))
+    p.flush(2)
+    assert p[2].log.committed == 2
+
+
 def test_leader_counts_its_own_entry_only_once_persisted():
     p = Peers(1)
     p[1].campaign()

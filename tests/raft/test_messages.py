@@ -25,22 +25,44 @@ positive = st.integers(min_value=1, max_value=2**64 - 1)
 entries = st.lists(
     st.builds(Entry, index=positive, term=positive, data=st.binary(max_size=64)), max_size=5
 ).map(tuple)
-chunks = st.none() | st.builds(SnapshotChunk, u64, u64, u64, u64, st.binary(max_size=64))
-messages = st.builds(
-    Message,
-    type=st.sampled_from(MsgType),
-    to=u64,
-    frm=u64,
-    term=u64,
-    log_term=u64,
-    index=u64,
-    entries=entries,
-    commit=u64,
-    reject=st.booleans(),
-    hint_index=small,
-    chunk=chunks,
-    context=st.binary(max_size=32),
-)
+chunks = st.none() | st.builds(SnapshotChunk, positive, positive, u64, u64, st.binary(max_size=64))
+
+
+@st.composite
+def messages(draw) -> Message:
+    """Any message a correct peer may send: an append's entries follow its index one by one,
+    with terms from the term before them up to the sender's (other types carry any)."""
+    mtype = draw(st.sampled_from(MsgType))
+    term = draw(u64)
+    log_term = draw(st.integers(0, term))
+    index = draw(st.integers(0, 2**64 - 8))
+    if mtype is MsgType.APP and term:
+        n = draw(st.integers(0, 5))
+        low = max(log_term, 1)
+        terms = sorted(draw(st.lists(st.integers(low, term), min_size=n, max_size=n)))
+        data = draw(st.lists(st.binary(max_size=64), min_size=n, max_size=n))
+        carried = tuple(Entry(index + 1 + k, terms[k], data[k]) for k in range(n))
+    elif mtype is MsgType.APP:
+        carried = ()
+    else:
+        carried = draw(entries)
+    return Message(
+        type=mtype,
+        to=draw(u64),
+        frm=draw(u64),
+        term=term,
+        log_term=log_term,
+        index=index,
+        entries=carried,
+        commit=draw(u64),
+        reject=draw(st.booleans()),
+        hint_index=draw(small),
+        chunk=draw(chunks),
+        context=draw(st.binary(max_size=32)),
+    )
+
+
+messages = messages()
 
 
 @given(messages)
@@ -66,6 +88,25 @@ def test_corrupted_or_truncated_messages_fail_cleanly(msg, data):
         wire[pos] ^= data.draw(st.integers(1, 255))
     with contextlib.suppress(MessageDecodeError):
         decode(bytes(wire))
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        # entries not right after the index, far ahead, or with terms going back, or above
+        # the sender's: a node that stepped them stopped (an invariant of its log broke)
+        Message(MsgType.APP, 2, 1, 1, index=0, entries=(Entry(2, 1), Entry(3, 1))),
+        Message(MsgType.APP, 2, 1, 1, index=0, entries=(Entry(5, 1),), commit=1),
+        Message(MsgType.APP, 2, 1, 2, index=0, entries=(Entry(1, 2), Entry(2, 1))),
+        Message(MsgType.APP, 2, 1, 2, index=4, log_term=3, entries=(Entry(5, 2),)),
+        Message(MsgType.APP, 2, 1, 2, index=0, entries=(Entry(1, 3),)),
+        Message(MsgType.SNAP, 2, 1, 1, chunk=SnapshotChunk(5, 0, 0, 1, b"x")),
+        Message(MsgType.SNAP, 2, 1, 1, chunk=SnapshotChunk(0, 1, 0, 1, b"x")),
+    ],
+)
+def test_contents_no_correct_peer_sends_are_refused_as_malformed(msg):
+    with pytest.raises(MessageDecodeError):
+        decode(encode(msg))
 
 
 def test_decoder_refuses_trailing_bytes_unknown_versions_and_huge_counts():
