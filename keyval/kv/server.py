@@ -99,6 +99,7 @@ class Server:
             heartbeat_ticks=HEARTBEAT_TICKS,
         )
         self._write_wanted = threading.Event()
+        self._compact_wanted = threading.Event()
         self.node = Node(
             config,
             self.storage,
@@ -108,12 +109,16 @@ class Server:
             max_raft_state=max_raft_state,
             on_persist_needed=self._persist_needed,
             pace_followers=True,
+            on_compact_needed=self._compact_wanted.set,
         )
         self.service = KVService(self.node, self.state_machine)
         self._stop = threading.Event()
         self.failure: BaseException | None = None  # what stopped the node (see _fail)
         self._ticker = threading.Thread(target=self._tick_loop, name=f"keyval-tick-{node_id}")
         self._writer = threading.Thread(target=self._write_loop, name=f"keyval-write-{node_id}")
+        self._compactor = threading.Thread(
+            target=self._compact_loop, name=f"keyval-compact-{node_id}"
+        )
         # Writes from all client connections meet here: those that arrive while a batch is
         # being proposed are proposed together next (see _write).
         self._writes_lock = threading.Lock()
@@ -128,6 +133,7 @@ class Server:
         self.transport.start()
         self._ticker.start()
         self._writer.start()
+        self._compactor.start()
         log.info(
             "node %d serving on %s", self.node_id, protocol.format_address(self.peers[self.node_id])
         )
@@ -137,6 +143,9 @@ class Server:
         for thread in (self._ticker, self._writer):
             if thread.is_alive():
                 thread.join(timeout=5)
+        if self._compactor.is_alive():
+            # Not cut short: it ends once the snapshot under way is written (or refused).
+            self._compactor.join()
         self.transport.close()
         with self.node.lock:
             try:
@@ -211,6 +220,18 @@ class Server:
             self._write_wanted.clear()
             while not self._stop.is_set() and self._write_waiting():
                 pass
+
+    def _compact_loop(self) -> None:
+        """The compaction thread: snapshots the state and compacts the log when the node asks
+        (see ``Node.compact``), so that neither stalls the node."""
+        while not self._stop.is_set():
+            if not self._compact_wanted.wait(POLL_SECONDS):
+                continue
+            self._compact_wanted.clear()
+            try:
+                self.node.compact()
+            except Exception:  # a failed write of the snapshot is fatal, as any other
+                self._fail("compacting")
 
     def _persist_needed(self) -> None:
         """The leader left new entries unwritten (under the node's lock): the write thread

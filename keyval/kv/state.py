@@ -37,9 +37,11 @@ other threads and sees every applied entry; :meth:`flush_if_due` may run on anot
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from keyval.db import DB
@@ -273,20 +275,34 @@ class KVStateMachine:
 
     def snapshot(self) -> bytes:
         """The whole state (data and sessions) as of the applied index, from one read view."""
+        return self.snapshot_reader()()
+
+    def snapshot_reader(self) -> Callable[[], bytes]:
+        """Fixes the state as of the applied index (the pending batch is written, then a DB
+        read view taken) and returns a call that encodes it later, on this thread, while
+        entries go on being applied (the view does not block the DB's writer, nor :meth:`get`).
+        Call it exactly once: it ends the view."""
+        views = contextlib.ExitStack()
         with self._flush_lock:
             self._write_batch()
             with self._lock:
-                parts = [_SNAP_MAGIC, _APPLIED.pack(self._applied)]
-                with self._db.view() as tx:
-                    for tag, name in _BUCKET_TAGS.items():
-                        for key, value in tx.bucket(name).items():
-                            parts += [
-                                _SNAP_RECORD.pack(tag, len(key)),
-                                key,
-                                _LEN.pack(len(value)),
-                                value,
-                            ]
-        return b"".join(parts)
+                applied = self._applied
+                tx = views.enter_context(self._db.view())
+
+        def encode() -> bytes:
+            # In-place appends to one buffer: about half the time of a list of parts joined.
+            out = bytearray(_SNAP_MAGIC + _APPLIED.pack(applied))
+            record, length = _SNAP_RECORD.pack, _LEN.pack
+            with views:
+                for tag, name in _BUCKET_TAGS.items():
+                    for key, value in tx.bucket(name).items():
+                        out += record(tag, len(key))
+                        out += key
+                        out += length(len(value))
+                        out += value
+            return bytes(out)
+
+        return encode
 
     def restore(self, data: bytes) -> None:
         """Replaces the whole state with a snapshot's, durably, in one transaction."""

@@ -32,7 +32,13 @@ quorum needs and to the others on the next tick, a tick's worth in one go
 separately costs the machine a wake-up, a step and an fsync.
 
 After applying, if the Raft state (log plus hard state) exceeds ``max_raft_state`` bytes, the
-state machine is snapshotted at the applied index and the log compacted.
+state machine is snapshotted at the applied index and the log compacted. With
+``on_compact_needed`` given, that is not done under the lock, where encoding and writing a large
+state would stall the node (hundreds of milliseconds for a few hundred thousand keys): the
+node calls ``on_compact_needed()`` and the owner calls :meth:`Node.compact` from a thread of
+its own, which holds the lock only to fix the state (a state machine with
+``snapshot_reader()`` fixes it at once and is read afterwards) and to put the written snapshot
+in force; meanwhile the node goes on stepping, applying and persisting.
 
 On construction the node restores the stored snapshot into the state machine and replays the
 committed log entries after it, in chunks (``apply_many`` when the state machine has it); a
@@ -41,7 +47,8 @@ snapshot newer than what it holds.
 
 Thread safety: every public method takes the node's lock, so a threaded transport may call
 them concurrently; ``send`` and the callbacks run under that lock and must not block on this
-node (queue the message instead). :meth:`persist` must not be called with the lock held.
+node (queue the message instead). :meth:`persist` and :meth:`compact` must not be called
+with the lock held.
 """
 
 from __future__ import annotations
@@ -75,6 +82,13 @@ class StateMachine(Protocol):
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with one made by :meth:`snapshot`."""
+
+
+class SnapshotReader(Protocol):
+    def snapshot_reader(self) -> Callable[[], bytes]:
+        """Optional on a state machine: fixes the state as of the last applied entry and
+        returns a call that encodes it later (once, on the same thread) while entries go on
+        being applied; what :meth:`Node.compact` uses to encode outside the node's lock."""
 
 
 class DurableStateMachine(StateMachine, Protocol):
@@ -120,6 +134,7 @@ class Node:
         on_read: Callable[[ReadState], None] | None = None,
         on_persist_needed: Callable[[], None] | None = None,
         pace_followers: bool = False,
+        on_compact_needed: Callable[[], None] | None = None,
     ) -> None:
         """``storage`` has the SPEC RaftStorage API (MemoryStorage or RaftStorage);
         ``on_apply(entry, result)`` runs after each applied entry; ``on_read(state)`` once a
@@ -127,7 +142,8 @@ class Node:
         ``on_persist_needed()`` (under the lock), if given, when a leader left new entries for
         :meth:`persist` (see the module docstring); ``pace_followers``: a leader sends at once
         only to the followers a quorum needs, to the others on the next tick
-        (:mod:`keyval.raft.pacing`)."""
+        (:mod:`keyval.raft.pacing`); ``on_compact_needed()`` (under the lock), if given, when
+        the Raft state passed ``max_raft_state``: the owner then calls :meth:`compact`."""
         self.storage = storage
         self.state_machine = state_machine
         self._pacer = (
@@ -141,6 +157,8 @@ class Node:
         self.on_apply = on_apply
         self.on_read = on_read
         self.on_persist_needed = on_persist_needed
+        self.on_compact_needed = on_compact_needed
+        self._compacting = False  # compact() is encoding or writing a snapshot
         # Called (under the lock) after a call in which this node's role or known leader
         # changed: a service waiting on requests learns that they will not complete here.
         self.on_change: Callable[[], None] | None = None
@@ -485,17 +503,68 @@ class Node:
             entries = st.entries(lo, end + 1, REPLAY_CHUNK_BYTES)
             self._apply_entries(entries)
 
+    def _compaction_due(self) -> bool:
+        st = self.storage
+        return (
+            self.max_raft_state is not None
+            and self.raft_state_size > self.max_raft_state
+            and st.first_index - 1 < self.applied <= st.last_index
+        )
+
     def _maybe_compact(self) -> None:
-        if self.max_raft_state is None or self.raft_state_size <= self.max_raft_state:
-            return
-        if self._persisting:  # persist() compacts once its write has landed
+        if self._persisting or self._compacting or not self._compaction_due():
+            return  # persist() compacts once its write has landed; compact() is under way
+        if self.on_compact_needed is not None:
+            self.on_compact_needed()
             return
         st = self.storage
-        if self.applied <= st.first_index - 1 or self.applied > st.last_index:
-            return
         snap = Snapshot(self.applied, st.term(self.applied), self.state_machine.snapshot())
         st.save_snapshot(snap)
         self._log_bytes = self._measure_log()
+
+    def compact(self) -> bool:
+        """Snapshots the state machine at the applied index and compacts the log, if the Raft
+        state passed ``max_raft_state`` (see ``on_compact_needed``); whether it did. Holds the
+        lock only to fix the state and to put the snapshot in force: encoding it (with a
+        state machine that has ``snapshot_reader``) and writing its file happen without it.
+        Call it without holding the lock, from one thread at a time."""
+        st = self.storage
+        with self._lock:
+            while self._persisting:
+                self._persisted.wait()
+            if self._compacting or not self._compaction_due():
+                return False
+            index = self.applied
+            term = st.term(index)
+            reader = getattr(self.state_machine, "snapshot_reader", None)
+            if reader is not None:
+                encode = reader()
+            else:  # encoded here: the state machine may change as soon as the lock is free
+                data = self.state_machine.snapshot()
+                encode = lambda: data  # noqa: E731
+            self._compacting = True
+        try:
+            snap = Snapshot(index, term, encode())
+            stage = getattr(st, "stage_snapshot", None)
+            if stage is not None:  # else save_snapshot writes the snapshot under the lock
+                stage(snap)
+            with self._lock:
+                while self._persisting:
+                    self._persisted.wait()
+                # A snapshot installed meanwhile (a follower's) may have passed this one.
+                saved = st.first_index - 1 < index <= st.last_index
+                if saved:
+                    if stage is not None:
+                        st.save_snapshot(snap, staged=True)
+                    else:
+                        st.save_snapshot(snap)
+                    self._log_bytes = self._measure_log()
+                elif stage is not None:
+                    st.discard_staged(snap)
+            return saved
+        finally:
+            with self._lock:
+                self._compacting = False
 
     def _measure_log(self) -> int:
         st = self.storage

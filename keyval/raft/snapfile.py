@@ -70,9 +70,10 @@ def write(directory: str, snap: Snapshot) -> str:
     tmp = path + TMP_SUFFIX
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(head + snap.data)
-        while view:
-            view = view[os.write(fd, view) :]
+        for part in (head, snap.data):  # the data is not copied: it may be large
+            view = memoryview(part)
+            while view:
+                view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)

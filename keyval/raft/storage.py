@@ -24,6 +24,9 @@ Writes and when they are durable:
   beside it (one fsync), then the hard state and the snapshot's metadata in raft.db (one
   transaction), then compaction: the WAL forgets the records
   before the first kept one, whole segments are deleted, older snapshot files removed.
+- ``stage_snapshot(snap)`` then ``save_snapshot(snap, staged=True)``: the same, with the file
+  (the long part) written first without the storage's lock, so that appends and reads go on
+  meanwhile; a staged snapshot is not in force until it is saved (recovery removes it).
 
 Recovery (on open): raft.db gives the checkpointed hard state and snapshot; the WAL is then
 replayed from its first record: ENTRY records build an index (raft index -> WAL sequence number
@@ -37,6 +40,7 @@ came before it was written) too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -330,8 +334,32 @@ class RaftStorage:
             if hard_state is not None:
                 self._s.hard_state = hard_state
 
-    def save_snapshot(self, snap: Snapshot) -> None:
-        """Stores ``snap`` durably and compacts the log up to its index (see the module doc)."""
+    def stage_snapshot(self, snap: Snapshot) -> None:
+        """Writes ``snap``'s file durably without putting it in force, holding no lock while it
+        writes: appends, reads and even :meth:`save_snapshot` of another snapshot go on. Then
+        :meth:`save_snapshot` ``(snap, staged=True)`` puts it in force, or
+        :meth:`discard_staged` removes it. A crash in between leaves the older snapshot in
+        force (recovery removes the staged file). Raises ValueError, writing nothing, for a
+        snapshot not newer than the one in force."""
+        with self._lock:
+            self._check_open()
+            check_snapshot(snap, self._s.snap_index)
+            if snap.index == self._s.snap_index:  # its file is the one in force
+                raise ValueError(f"the snapshot at {snap.index} is in force already")
+        snapfile.write(self._snap_dir, snap)
+
+    def discard_staged(self, snap: Snapshot) -> None:
+        """Removes the file :meth:`stage_snapshot` wrote for ``snap``, unless it is in force."""
+        with self._lock:
+            self._check_open()
+            if (snap.index, snap.term) == (self._s.snap_index, self._s.snap_term):
+                return
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._snap_path(snap.index, snap.term))
+
+    def save_snapshot(self, snap: Snapshot, *, staged: bool = False) -> None:
+        """Stores ``snap`` durably and compacts the log up to its index (see the module doc);
+        ``staged``: :meth:`stage_snapshot` wrote its file already."""
         with self._lock:
             self._check_open()
             check_snapshot(snap, self._s.snap_index)
@@ -339,7 +367,10 @@ class RaftStorage:
                 self._s.base - 1 <= snap.index <= self.last_index
                 and self.term(snap.index) == snap.term
             )
-            snapfile.write(self._snap_dir, snap)
+            if not staged:
+                snapfile.write(self._snap_dir, snap)
+            elif not os.path.exists(self._snap_path(snap.index, snap.term)):
+                raise ValueError(f"no staged file for the snapshot at index {snap.index}")
             hs = _HARD_STATE.pack(*_fields(self._s.hard_state))
             marker, _ = self._wal.append_many(
                 [_MARKER.pack(snap.index, snap.term, keep), hs], type=[SNAPSHOT, HARD_STATE]

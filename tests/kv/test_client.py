@@ -31,15 +31,20 @@ PUTS_PER_THREAD = 40
 @pytest.fixture
 def cluster(tmp_path):
     ports = free_ports(len(IDS))
-    peers = {i: ("127.0.0.1", p) for i, p in zip(IDS, ports, strict=True)}
-    servers = {i: Server(i, peers, str(tmp_path / f"node{i}")) for i in IDS}
-    for server in servers.values():
-        server.start()
+    servers = _start_cluster(tmp_path, ports)
     try:
         yield servers, [f"127.0.0.1:{p}" for p in ports]
     finally:
         for server in servers.values():
             server.close()
+
+
+def _start_cluster(root, ports: list[int], **options) -> dict[int, Server]:
+    peers = {i: ("127.0.0.1", p) for i, p in zip(IDS, ports, strict=True)}
+    servers = {i: Server(i, peers, str(root / f"node{i}"), **options) for i in IDS}
+    for server in servers.values():
+        server.start()
+    return servers
 
 
 def _leader(servers: dict[int, Server], client: Client) -> Server:
@@ -174,3 +179,36 @@ def test_a_failed_fsync_stops_the_node_and_the_others_go_on(cluster):
     assert "Input/output error" in str(leader.failure)  # the injected EIO, named
     client.put(b"after", b"a new leader")
     assert client.get(b"after") == b"a new leader"
+
+
+def test_servers_compact_on_their_own_thread_and_restart_from_the_snapshot(tmp_path):
+    """With a small max_raft_state every node snapshots and compacts (off its lock, on the
+    server's compaction thread) while the writes go on; each keeps its Raft state bounded,
+    and a restart of the whole cluster from the snapshots and logs loses nothing."""
+    limit = 16 * 1024
+    ports = free_ports(len(IDS))
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    servers = _start_cluster(tmp_path, ports, max_raft_state=limit)
+    client = Client(addresses, timeout=20.0)
+    try:
+        value = b"v" * 200
+        for n in range(400):
+            client.put(b"key-%d" % (n % 50), value + b"%d" % n)
+        for server in servers.values():
+            assert server.failure is None
+            snap = server.storage.snapshot()
+            assert snap is not None and snap.index > 0
+            assert server.node.raft_state_size <= 8 * limit
+    finally:
+        client.close()
+        for server in servers.values():
+            server.close()
+    servers = _start_cluster(tmp_path, ports, max_raft_state=limit)
+    client = Client(addresses, timeout=20.0)
+    try:
+        for n in range(350, 400):
+            assert client.get(b"key-%d" % (n % 50)) == b"v" * 200 + b"%d" % n
+    finally:
+        client.close()
+        for server in servers.values():
+            server.close()

@@ -131,6 +131,30 @@ class StateMachineModel(RuleBasedStateMachine):
         other.close()
         os.unlink(other_path)
 
+    @rule(
+        later=st.lists(st.tuples(st.sampled_from([PUT, APPEND, DELETE]), keys), max_size=4),
+        value=values,
+    )
+    def snapshot_fixed_then_encoded_after_more_entries(self, later, value):
+        # As a node compacting off its lock: the state is fixed, entries go on being applied
+        # (and batches written), and the encoding that comes after is of the fixed state.
+        encode = self.sm.snapshot_reader()
+        fixed = (len(self.log), dict(self.model.data), dict(self.model.sessions))
+        for op, key in later:
+            self.command(op, 1, key, value)
+        self.sm.flush()
+        other_path = os.path.join(self.dir, "fixed.db")
+        other = KVStateMachine(other_path)
+        other.restore(encode())
+        applied, data, sessions = fixed
+        assert other.applied_index == applied
+        for key in (b"a", b"b", b"c", b"key-" + b"k" * 40):
+            assert other.get(key) == data.get(key)
+        for client in (1, 2, 3):
+            assert other.session(client) == sessions.get(client)
+        other.close()
+        os.unlink(other_path)
+
     @invariant()
     def same_state(self):
         assert self.sm.applied_index == len(self.log)

@@ -7,7 +7,8 @@ follows from its printed arguments, so the parent can replay acknowledged calls 
 ops:  A <start> <count> <term> <tag>   append entries start..start+count-1 (data "<tag>:<i>")
       H <term> <vote> <commit>          set_hard_state
       S <start> <count> <term> <tag> <hterm> <hvote> <hcommit>   save(hard state, entries)
-      P <index> <term> <tag>            save_snapshot (data "snap:<tag>" * 50)
+      P <index> <term> <tag>            save_snapshot (data "snap:<tag>" * 50), half of the
+                                        time as stage_snapshot then save_snapshot(staged=True)
 """
 
 import os
@@ -63,7 +64,12 @@ def main():
         elif op == "P" and hs.commit >= first:
             index = rng.randrange(first, hs.commit + 1)
             say(f"B P {index} {st.term(index)} {tag}")
-            st.save_snapshot(Snapshot(index, st.term(index), f"snap:{tag}".encode() * 50))
+            snap = Snapshot(index, st.term(index), f"snap:{tag}".encode() * 50)
+            if index > (st.snapshot().index if st.snapshot() else 0) and rng.random() < 0.5:
+                st.stage_snapshot(snap)  # as a node compacting off its lock: file first
+                st.save_snapshot(snap, staged=True)
+            else:
+                st.save_snapshot(snap)
         else:
             continue
         say("D")

@@ -126,6 +126,40 @@ def test_a_half_written_snapshot_is_ignored_and_removed(node):
     node.close()
 
 
+def test_a_staged_snapshot_is_in_force_only_once_saved(node):
+    node.append(ents(1, 100))
+    node.save_snapshot(Snapshot(10, 1, b"old"))
+    staged = Snapshot(60, 1, b"staged")
+    node.stage_snapshot(staged)
+    node.append(ents(101, 120))  # staging took no lock: the log goes on meanwhile
+    assert node.snapshot() == Snapshot(10, 1, b"old") and node.first_index == 11
+    node.save_snapshot(staged, staged=True)
+    assert node.snapshot() == staged and (node.first_index, node.last_index) == (61, 120)
+    node = reopen(node)
+    assert node.snapshot() == staged and node.entries(61, 121) == ents(61, 120)
+    node.close()
+
+
+def test_a_staged_snapshot_left_by_a_crash_or_discarded_is_removed(node):
+    node.append(ents(1, 100))
+    node.save_snapshot(Snapshot(10, 1, b"old"))
+    path = os.path.join(node.path, "snap", snapfile.file_name(50, 1))
+    node.stage_snapshot(Snapshot(50, 1, b"discarded"))
+    node.discard_staged(Snapshot(50, 1, b"discarded"))
+    assert not os.path.exists(path)
+    node.discard_staged(Snapshot(10, 1, b"old"))  # the one in force stays
+    node.stage_snapshot(Snapshot(50, 1, b"crash before it is saved"))
+    node = reopen(node)
+    assert node.snapshot() == Snapshot(10, 1, b"old") and node.first_index == 11
+    assert not os.path.exists(path)
+    with pytest.raises(ValueError, match="staged"):  # nothing staged: nothing to put in force
+        node.save_snapshot(Snapshot(50, 1, b"x"), staged=True)
+    with pytest.raises(ValueError):  # not newer than the one in force: nothing written
+        node.stage_snapshot(Snapshot(10, 1, b"again"))
+    assert sorted(os.listdir(os.path.join(node.path, "snap"))) == [snapfile.file_name(10, 1)]
+    node.close()
+
+
 def test_a_corrupt_snapshot_file_is_reported_with_its_path(node):
     node.append(ents(1, 10))
     node.save_snapshot(Snapshot(5, 1, b"x" * 1000))
