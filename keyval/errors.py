@@ -36,7 +36,8 @@ class CorruptionError(KeyvalError):
 
 
 class FormatVersionError(CorruptionError):
-    """The file was written by a format version this keyval does not read (a newer one)."""
+    """The file was written by a format version this keyval does not read (a newer one, or an
+    older one it no longer reads)."""
 
 
 class LockedError(KeyvalError):
@@ -97,3 +98,9 @@ class NotLeader(KeyvalError):
 
 class Timeout(KeyvalError, TimeoutError):
     """An operation did not complete within its deadline; it may or may not have taken effect."""
+
+
+class SessionExpired(KeyvalError):
+    """A write was retried after its client session expired on the cluster (more clients than
+    it keeps sessions for came meanwhile): as after a :class:`Timeout`, it may or may not have
+    taken effect. The client has started a new session; later calls go on normally."""

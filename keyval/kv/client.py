@@ -11,6 +11,12 @@ lost reply) the cluster applies it exactly once. The client finds the leader by 
 follower's NOT_LEADER answer names it) and retries until ``timeout`` seconds have passed, then
 raises :class:`~keyval.errors.Timeout`: the operation may or may not have taken effect.
 
+The cluster keeps a bounded number of sessions (``keyval.kv.state.MAX_SESSIONS``) and expires
+the least recently used. A write whose session expired is answered EXPIRED; if that answer
+came to its only attempt, the write was never applied and the client sends it again at once
+in a new session; after several attempts it may have been, and the call raises
+:class:`~keyval.errors.SessionExpired` (the outcome is unknown, as after a timeout).
+
 Thread-safe: each thread has its own connections and its own session (a client id with its
 own sequence numbers). The cluster remembers one last sequence number per client id, so two
 threads numbering from one counter would have the later-numbered write's commit make the other
@@ -26,10 +32,10 @@ import threading
 import time
 import weakref
 
-from keyval.errors import KeyTooLarge, Timeout, ValueTooLarge
+from keyval.errors import KeyTooLarge, SessionExpired, Timeout, ValueTooLarge
 from keyval.kv import protocol
 from keyval.kv.frames import KIND_REQUEST, FrameError
-from keyval.kv.state import APPEND, DELETE, NOT_FOUND, PUT, encode_command
+from keyval.kv.state import APPEND, DELETE, EXPIRED, NOT_FOUND, PUT, encode_command
 from keyval.kv.transport import ClientConnection
 
 MAX_KEY = 32 * 1024
@@ -37,6 +43,7 @@ MAX_VALUE = 4 * 2**20  # one frame carries a request; keep a margin below its 8 
 TRY_TIMEOUT = 2.5  # one attempt at one server; the server itself answers RETRY after 2 s
 _WRITE = bytes([protocol.WRITE])
 _RETRY = bytes([protocol.RETRY])
+_EXPIRED = bytes([EXPIRED])
 
 
 class Client:
@@ -123,7 +130,17 @@ class Client:
         _check(key, value)
         client_id, seqs = self._session()
         seq = next(seqs)
-        return self._call(_WRITE + encode_command(op, client_id, seq, key, value), timeout)
+        reply = self._call(_WRITE + encode_command(op, client_id, seq, key, value), timeout)
+        if reply[:1] != _EXPIRED:
+            return reply
+        self._local.session = None  # expired on the cluster: later calls start a new one
+        if self._local.attempts > 1:
+            raise SessionExpired(
+                f"session {client_id:#x} expired while write {seq} was retried: it may or may "
+                "not have taken effect"
+            )
+        client_id, seqs = self._session()  # sent once and refused: never applied
+        return self._call(_WRITE + encode_command(op, client_id, next(seqs), key, value), timeout)
 
     def _call(self, request: bytes, timeout: float | None = None) -> bytes:
         if timeout is None:
@@ -134,7 +151,9 @@ class Client:
         # critical path: no clock reads unless it fails.
         conns = getattr(self._local, "conns", None)
         conn = conns.get(self._leader) if conns else None
+        self._local.attempts = 1  # requests sent (or perhaps sent) by this call
         if conn is None or timeout < TRY_TIMEOUT:
+            self._local.attempts = 0
             return self._call_with_retries(request, time.monotonic(), None, timeout)
         started = time.monotonic()
         try:
@@ -159,6 +178,7 @@ class Client:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise Timeout(f"no server answered within {timeout} s")
+                self._local.attempts += 1
                 try:
                     conn = self._conn(target)
                     reply = conn.request(KIND_REQUEST, request, min(TRY_TIMEOUT, left))

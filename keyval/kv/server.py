@@ -41,7 +41,7 @@ from keyval.errors import MessageDecodeError, NotLeader
 from keyval.kv import protocol
 from keyval.kv.frames import KIND_RAFT
 from keyval.kv.service import KVService
-from keyval.kv.state import INVALID, Command, KVStateMachine
+from keyval.kv.state import INVALID, MAX_SESSIONS, Command, KVStateMachine
 from keyval.kv.transport import Transport
 from keyval.raft import messages
 from keyval.raft.core import Config
@@ -72,6 +72,7 @@ class Server:
         *,
         max_raft_state: int | None = 64 * 2**20,
         segment_size: int = 64 * 2**20,
+        max_sessions: int = MAX_SESSIONS,
     ) -> None:
         if node_id not in peers:
             raise ValueError(f"node {node_id} is not among the peers {sorted(peers)}")
@@ -81,7 +82,10 @@ class Server:
         os.makedirs(data_dir, exist_ok=True)
         self.storage = RaftStorage(os.path.join(data_dir, "raft"), segment_size=segment_size)
         try:
-            self.state_machine = KVStateMachine(os.path.join(data_dir, "kv.db"))
+            # max_sessions must be the same on every node: sessions expire by the log alone.
+            self.state_machine = KVStateMachine(
+                os.path.join(data_dir, "kv.db"), max_sessions=max_sessions
+            )
         except BaseException:
             self.storage.close()
             raise

@@ -15,13 +15,29 @@ the node replays the log after *a*.
 ::
 
     command (an entry's data)         reply
-      u8  op (PUT 1, APPEND 2, DELETE 3) u8  status (OK 0, NOT_FOUND 1, INVALID 2)
+      u8  op (PUT 1, APPEND 2, DELETE 3) u8  status (OK 0, NOT_FOUND 1, INVALID 2, EXPIRED 3)
       u64 client id                      ... value (for GET), or why (INVALID)
       u64 sequence number (0 = none)
       u32 key length, key, value
 
-    snapshot: "KVSNAP01" | u64 applied index | then records of
+    session (bucket "sessions", key u64 client id):
+      u64 last sequence number | u64 index of the entry that last used it | its reply
+
+    snapshot: "KVSNAP02" | u64 applied index | then records of
       u8 bucket (1 kv, 2 sessions) | u32 key length | key | u32 value length | value
+
+Sessions expire so that the table stays bounded: once more than ``max_sessions`` clients have
+one, the session least recently used (lowest last index) is dropped, on every node at the
+same entry (it depends on the log alone, so ``max_sessions`` must be the same on every node).
+A request with a sequence number above 1 from a client without a session is answered EXPIRED
+and changes nothing: it may be the retry of a request applied before the session was dropped,
+and applying it again could apply it twice (the client starts a new session; see
+keyval.kv.client). A sequence number of 1 starts a session. So exactly-once holds for any
+request retried while fewer than ``max_sessions`` other clients start or use sessions.
+
+Files of the format before sessions expired (sessions without a last index; "KVSNAP01"
+snapshots) are refused if they hold any session: the order in which those would expire
+cannot be made the same on every node.
 
 A key is 1 to MAX_KEY_SIZE bytes, and an APPEND may not grow a value past MAX_VALUE_SIZE.
 The server refuses a command that breaks the format or these limits before proposing it; one
@@ -41,26 +57,31 @@ import contextlib
 import struct
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from keyval.db import DB
 from keyval.db.page import MAX_KEY_SIZE, MAX_VALUE_SIZE
-from keyval.errors import CorruptionError
+from keyval.errors import CorruptionError, FormatVersionError
 from keyval.raft.records import Entry
 
 PUT, APPEND, DELETE = 1, 2, 3
-OK, NOT_FOUND, INVALID = 0, 1, 2
+OK, NOT_FOUND, INVALID, EXPIRED = 0, 1, 2, 3
+MAX_SESSIONS = 100_000  # client sessions kept (see the module docstring)
 _COMMAND = struct.Struct("<BQQI")
-_SESSION = struct.Struct("<Q")
+_SESSION = struct.Struct("<Q")  # a session's key: the client id
+_SESSION_HEAD = struct.Struct("<QQ")  # a session's value: last seq, last index (then reply)
+_FORMAT, _FORMAT_KEY = b"\x02", b"format"  # of the DB file, in "meta"
 _APPLIED = struct.Struct("<Q")
-_SNAP_MAGIC = b"KVSNAP01"
+_SNAP_MAGIC, _OLD_SNAP_MAGIC = b"KVSNAP02", b"KVSNAP01"
 _SNAP_RECORD = struct.Struct("<BI")
 _LEN = struct.Struct("<I")
 KV, SESSIONS, META = b"kv", b"sessions", b"meta"
 _BUCKET_TAGS = {1: KV, 2: SESSIONS}
+_SESSIONS_TAG = 2
 _DELETED = object()  # marks a key deleted in the pending batch
-_OK, _NOT_FOUND = bytes([OK]), bytes([NOT_FOUND])
+_OK, _NOT_FOUND, _EXPIRED = bytes([OK]), bytes([NOT_FOUND]), bytes([EXPIRED])
 
 
 def encode_command(op: int, client: int, seq: int, key: bytes, value: bytes = b"") -> bytes:
@@ -102,7 +123,17 @@ class Command:
 class KVStateMachine:
     """The KV state of one node, in the database file ``path`` (created if missing)."""
 
-    def __init__(self, path: str, *, batch_entries: int = 1000, batch_seconds: float = 0.1):
+    def __init__(
+        self,
+        path: str,
+        *,
+        batch_entries: int = 1000,
+        batch_seconds: float = 0.1,
+        max_sessions: int = MAX_SESSIONS,
+    ):
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, not {max_sessions}")
+        self.max_sessions = max_sessions
         self._db = DB(path)
         # _lock guards the in-memory state below; _flush_lock is held by the one thread that
         # writes a batch to the DB (taken before _lock, never while holding it).
@@ -110,19 +141,35 @@ class KVStateMachine:
         self._flush_lock = threading.Lock()
         self.batch_entries = batch_entries
         self.batch_seconds = batch_seconds
-        with self._db.update() as tx:
-            for name in (KV, SESSIONS, META):
-                tx.create_bucket(name, exist_ok=True)
-        with self._db.view() as tx:
-            raw = tx.bucket(META).get(b"applied")
+        try:
+            with self._db.update() as tx:
+                for name in (KV, SESSIONS, META):
+                    tx.create_bucket(name, exist_ok=True)
+                meta = tx.bucket(META)
+                if meta.get(_FORMAT_KEY) != _FORMAT:
+                    if meta.get(_FORMAT_KEY) is not None or any(True for _ in tx.bucket(SESSIONS)):
+                        raise FormatVersionError(
+                            "KV state of an older format with client sessions (see "
+                            "keyval.kv.state): remove it and let the node restore from its peers",
+                            path,
+                            None,
+                        )
+                    meta.put(_FORMAT_KEY, _FORMAT)
+            with self._db.view() as tx:
+                raw = tx.bucket(META).get(b"applied")
+                # Sessions by last use, least recent first: the next to expire.
+                self._sessions_by_use = _by_last_use(tx.bucket(SESSIONS).items())
+        except BaseException:
+            self._db.close()
+            raise
         self._durable_index = _APPLIED.unpack(raw)[0] if raw else 0
         self._applied = self._durable_index
         # Applied changes not yet in the DB, newest first: the batch being applied to, then
         # the batch being written to the DB (if a flush is under way).
         self._pending: dict[bytes, bytes | object] = {}
-        self._pending_sessions: dict[bytes, bytes] = {}
+        self._pending_sessions: dict[bytes, bytes | object] = {}
         self._flushing: dict[bytes, bytes | object] = {}
-        self._flushing_sessions: dict[bytes, bytes] = {}
+        self._flushing_sessions: dict[bytes, bytes | object] = {}
         self._pending_count = 0
         self._batch_started = time.monotonic()
 
@@ -166,7 +213,7 @@ class KVStateMachine:
             for entry in entries:
                 if entry.index <= self._applied:
                     raise ValueError(f"entry {entry.index} was applied already ({self._applied})")
-                replies.append(self._apply_command(entry.data) if entry.data else b"")
+                replies.append(self._apply_command(entry) if entry.data else b"")
                 self._applied = entry.index
             self._pending_count += len(entries)
             full = self._pending_count >= self.batch_entries
@@ -174,14 +221,16 @@ class KVStateMachine:
             self.flush()
         return replies
 
-    def _apply_command(self, data: bytes) -> bytes:
+    def _apply_command(self, entry: Entry) -> bytes:
         try:
-            op, client, seq, key, value = decode_command(data)
+            op, client, seq, key, value = decode_command(entry.data)
         except ValueError as exc:
             return bytes([INVALID]) + str(exc).encode()
         session_key = _SESSION.pack(client)
         if seq:
             last = self._session_locked(session_key)
+            if last is None and seq > 1:
+                return _EXPIRED  # perhaps applied before its session expired: not again
             if last is not None and seq <= last[0]:
                 return last[1] if seq == last[0] else bytes([OK])  # a stale retry
         if op == PUT:  # the one op that needs no read of the current value
@@ -189,7 +238,7 @@ class KVStateMachine:
             reply = _OK
         elif op == APPEND:
             current = self._get_locked(key) or b""
-            if len(current) + len(value) > MAX_VALUE_SIZE:
+            if len(current) + len(value) > MAX_VALUE_SIZE:  # changes nothing, session too
                 return bytes([INVALID]) + b"the value would grow past %d bytes" % MAX_VALUE_SIZE
             self._pending[key] = current + value
             reply = _OK
@@ -198,8 +247,19 @@ class KVStateMachine:
             self._pending[key] = _DELETED
             reply = _OK if current is not None else _NOT_FOUND
         if seq:
-            self._pending_sessions[session_key] = _SESSION.pack(seq) + reply
+            self._use_session_locked(session_key, seq, entry.index, reply)
         return reply
+
+    def _use_session_locked(self, session_key: bytes, seq: int, index: int, reply: bytes) -> None:
+        """Records ``seq`` and its reply, and expires the least recently used session if
+        this one is new and the table is full."""
+        self._pending_sessions[session_key] = _SESSION_HEAD.pack(seq, index) + reply
+        by_use = self._sessions_by_use
+        by_use[session_key] = index
+        by_use.move_to_end(session_key)
+        if len(by_use) > self.max_sessions:
+            expired, _ = by_use.popitem(last=False)
+            self._pending_sessions[expired] = _DELETED
 
     def _get_locked(self, key: bytes) -> bytes | None:
         value = self._pending.get(key)
@@ -211,13 +271,15 @@ class KVStateMachine:
             return tx.bucket(KV).get(key)
 
     def _session_locked(self, session_key: bytes) -> tuple[int, bytes] | None:
+        if session_key not in self._sessions_by_use:
+            return None
         raw = self._pending_sessions.get(session_key)
         if raw is None:
             raw = self._flushing_sessions.get(session_key)
         if raw is None:
             with self._db.view() as tx:
                 raw = tx.bucket(SESSIONS).get(session_key)
-        return None if raw is None else (_SESSION.unpack_from(raw)[0], raw[_SESSION.size :])
+        return _SESSION_HEAD.unpack_from(raw)[0], raw[_SESSION_HEAD.size :]
 
     def flush(self) -> None:
         """Commits every applied entry to the DB (durable on return)."""
@@ -259,7 +321,10 @@ class KVStateMachine:
                     else:
                         kv.put(key, value)
                 for key, value in self._flushing_sessions.items():
-                    sessions.put(key, value)
+                    if value is _DELETED:
+                        sessions.delete(key)
+                    else:
+                        sessions.put(key, value)
                 tx.bucket(META).put(b"applied", _APPLIED.pack(applied))
         except BaseException:
             with self._lock:  # not written: back under the newer changes, for the next try
@@ -315,6 +380,9 @@ class KVStateMachine:
                 for tag, key, value in records:
                     tx.bucket(_BUCKET_TAGS[tag]).put(key, value)
                 tx.bucket(META).put(b"applied", _APPLIED.pack(applied))
+            self._sessions_by_use = _by_last_use(
+                (key, value) for tag, key, value in records if tag == _SESSIONS_TAG
+            )
             self._pending.clear()
             self._pending_sessions.clear()
             self._pending_count = 0
@@ -330,8 +398,15 @@ class KVStateMachine:
                 self._db.close()
 
 
+def _by_last_use(sessions) -> OrderedDict[bytes, int]:
+    """Session keys by last use, least recent first, from ``(key, value)`` pairs."""
+    order = sorted((_SESSION_HEAD.unpack_from(value)[1], key) for key, value in sessions)
+    return OrderedDict((key, index) for index, key in order)
+
+
 def _decode_snapshot(data: bytes) -> tuple[list[tuple[int, bytes, bytes]], int]:
-    if data[:8] != _SNAP_MAGIC or len(data) < 16:
+    old = data[:8] == _OLD_SNAP_MAGIC
+    if not (old or data[:8] == _SNAP_MAGIC) or len(data) < 16:
         raise CorruptionError("not a KV snapshot (bad magic)", None, 0)
     applied = _APPLIED.unpack_from(data, 8)[0]
     records, off = [], 16
@@ -347,6 +422,13 @@ def _decode_snapshot(data: bytes) -> tuple[list[tuple[int, bytes, bytes]], int]:
             off += vlen
             if tag not in _BUCKET_TAGS or len(key) != klen or len(value) != vlen:
                 raise CorruptionError(f"bad KV snapshot record at offset {off}", None, off)
+            if tag == _SESSIONS_TAG:
+                if old:
+                    raise FormatVersionError(
+                        "a KVSNAP01 snapshot with client sessions (see keyval.kv.state)", None, off
+                    )
+                if klen != _SESSION.size or vlen < _SESSION_HEAD.size:
+                    raise CorruptionError(f"bad KV snapshot session at offset {off}", None, off)
             records.append((tag, key, value))
     except struct.error:
         raise CorruptionError(f"KV snapshot truncated at offset {off}", None, off) from None

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from keyval.errors import Timeout
+from keyval.errors import SessionExpired, Timeout
 from keyval.kv import protocol
 from keyval.kv.client import Client
 from keyval.kv.frames import KIND_REQUEST
@@ -210,5 +210,40 @@ def test_servers_compact_on_their_own_thread_and_restart_from_the_snapshot(tmp_p
             assert client.get(b"key-%d" % (n % 50)) == b"v" * 200 + b"%d" % n
     finally:
         client.close()
+        for server in servers.values():
+            server.close()
+
+
+def test_a_client_whose_session_expired_goes_on_in_a_new_one(tmp_path):
+    """Room for two sessions: a third client expires the first. The first one's next write,
+    refused EXPIRED at its only attempt, was never applied, so the client resends it in a new
+    session; refused after a second attempt, it may have been applied: SessionExpired."""
+    ports = free_ports(len(IDS))
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    servers = _start_cluster(tmp_path, ports, max_sessions=2)
+    clients = [Client(addresses, timeout=20.0) for _ in range(3)]
+    try:
+        first = clients[0]
+        first.put(b"a", b"1")
+        old_id = first.client_id
+        clients[1].put(b"b", b"1")
+        clients[2].put(b"c", b"1")  # a third session: the first one's expires
+        first.put(b"a", b"2")  # at the leader it believes in: one attempt
+        assert first.client_id != old_id
+        assert first.get(b"a") == b"2"
+
+        clients[1].put(b"b", b"2")
+        clients[2].put(b"c", b"2")  # the first one's new session expires too
+        leader = _leader(servers, clients[1])
+        follower = next(i for i, s in servers.items() if s is not leader)
+        first._leader = IDS.index(follower)  # its first attempt meets a follower
+        with pytest.raises(SessionExpired):
+            first.put(b"a", b"3")
+        assert first.get(b"a") == b"2"  # never applied (EXPIRED changes nothing)
+        first.put(b"a", b"4")  # and the client goes on, in a new session
+        assert first.get(b"a") == b"4"
+    finally:
+        for client in clients:
+            client.close()
         for server in servers.values():
             server.close()

@@ -5,6 +5,7 @@ import os
 import random
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -15,22 +16,39 @@ import pytest
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from keyval.kv.state import APPEND, DELETE, NOT_FOUND, OK, PUT, Command, KVStateMachine
+from keyval.db import DB
+from keyval.errors import FormatVersionError
+from keyval.kv.state import (
+    APPEND,
+    DELETE,
+    EXPIRED,
+    NOT_FOUND,
+    OK,
+    PUT,
+    Command,
+    KVStateMachine,
+)
 from keyval.raft.records import Entry
 
+MAX_SESSIONS = 2  # in the model test: fewer than its three clients
 keys = st.sampled_from([b"a", b"b", b"c", b"key-" + b"k" * 40])
 values = st.binary(max_size=60)
 
 
 class Model:
-    """What the state must be after applying commands in order, with de-duplication."""
+    """What the state must be after applying commands in order, with de-duplication and at
+    most ``max_sessions`` sessions (the least recently used expires)."""
 
-    def __init__(self):
+    def __init__(self, max_sessions: int):
         self.data: dict[bytes, bytes] = {}
         self.sessions: dict[int, tuple[int, bytes]] = {}
+        self.last_use: dict[int, int] = {}  # client -> index of the entry that last used it
+        self.max_sessions = max_sessions
 
-    def apply(self, cmd: Command) -> bytes:
+    def apply(self, cmd: Command, index: int) -> bytes:
         last = self.sessions.get(cmd.client)
+        if cmd.seq > 1 and last is None:
+            return bytes([EXPIRED])
         if cmd.seq and last is not None and cmd.seq <= last[0]:
             return last[1] if cmd.seq == last[0] else bytes([OK])
         if cmd.op == PUT:
@@ -41,6 +59,10 @@ class Model:
             reply = bytes([OK if self.data.pop(cmd.key, None) is not None else NOT_FOUND])
         if cmd.seq:
             self.sessions[cmd.client] = (cmd.seq, reply)
+            self.last_use[cmd.client] = index
+            if len(self.sessions) > self.max_sessions:
+                oldest = min(self.last_use, key=self.last_use.__getitem__)
+                del self.sessions[oldest], self.last_use[oldest]
         return reply
 
 
@@ -49,10 +71,16 @@ class StateMachineModel(RuleBasedStateMachine):
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="kv-state-")
         self.path = os.path.join(self.dir, "kv.db")
-        self.sm = KVStateMachine(self.path, batch_entries=5, batch_seconds=3600)
+        self.sm = self._open()
         self.log: list[Entry] = []  # the Raft log: every applied entry
-        self.model = Model()
+        self.model = Model(MAX_SESSIONS)
         self.next_seq = {1: 1, 2: 1, 3: 1}
+
+    def _open(self) -> KVStateMachine:
+        # Three clients and room for two sessions: sessions expire all the time.
+        return KVStateMachine(
+            self.path, batch_entries=5, batch_seconds=3600, max_sessions=MAX_SESSIONS
+        )
 
     def teardown(self):
         self.sm.close()
@@ -72,7 +100,13 @@ class StateMachineModel(RuleBasedStateMachine):
     def command(self, op, client, key, value):
         cmd = Command(op, client, self.next_seq[client], key, value)
         self.next_seq[client] += 1
-        assert self._apply(cmd.encode()) == self.model.apply(cmd)
+        expected = self.model.apply(cmd, len(self.log) + 1)
+        assert self._apply(cmd.encode()) == expected
+
+    @rule(client=st.sampled_from([1, 2, 3]))
+    def client_whose_session_expired_starts_a_new_one(self, client):
+        if client not in self.model.sessions:
+            self.next_seq[client] = 1
 
     @rule(
         commands=st.lists(
@@ -89,7 +123,8 @@ class StateMachineModel(RuleBasedStateMachine):
             self.next_seq[client] += 1
         entries = [Entry(len(self.log) + k + 1, 1, c.encode()) for k, c in enumerate(cmds)]
         self.log += entries
-        assert self.sm.apply_many(entries) == [self.model.apply(c) for c in cmds]
+        expected = [self.model.apply(c, e.index) for c, e in zip(cmds, entries, strict=True)]
+        assert self.sm.apply_many(entries) == expected
 
     @rule(client=st.sampled_from([1, 2, 3]), key=keys, value=values)
     def retried_request_is_applied_once(self, client, key, value):
@@ -97,7 +132,8 @@ class StateMachineModel(RuleBasedStateMachine):
         self.next_seq[client] += 1
         first = self._apply(cmd.encode())
         assert self._apply(cmd.encode()) == first  # the retry: same reply, no second append
-        self.model.apply(cmd)
+        assert first == self.model.apply(cmd, len(self.log) - 1)
+        self.model.apply(cmd, len(self.log))
 
     @rule()
     def leader_noop(self):
@@ -112,7 +148,7 @@ class StateMachineModel(RuleBasedStateMachine):
     def reopen_without_flush_then_replay_the_log(self):
         # as after a crash: the DB holds the last batch; the log after it is applied again
         self.sm.close(flush=False)
-        self.sm = KVStateMachine(self.path, batch_entries=5, batch_seconds=3600)
+        self.sm = self._open()
         replay = self.log[self.sm.durable_index :]
         if replay:
             self.sm.apply_many(replay)  # as a restarted node replays a chunk of its log
@@ -121,7 +157,7 @@ class StateMachineModel(RuleBasedStateMachine):
     def snapshot_restored_into_a_fresh_node(self):
         data = self.sm.snapshot()
         other_path = os.path.join(self.dir, "other.db")
-        other = KVStateMachine(other_path)
+        other = KVStateMachine(other_path, max_sessions=MAX_SESSIONS)
         other.restore(data)
         assert other.applied_index == len(self.log)
         for key in self.model.data:
@@ -144,7 +180,7 @@ class StateMachineModel(RuleBasedStateMachine):
             self.command(op, 1, key, value)
         self.sm.flush()
         other_path = os.path.join(self.dir, "fixed.db")
-        other = KVStateMachine(other_path)
+        other = KVStateMachine(other_path, max_sessions=MAX_SESSIONS)
         other.restore(encode())
         applied, data, sessions = fixed
         assert other.applied_index == applied
@@ -160,6 +196,8 @@ class StateMachineModel(RuleBasedStateMachine):
         assert self.sm.applied_index == len(self.log)
         for key in (b"a", b"b", b"c", b"key-" + b"k" * 40):
             assert self.sm.get(key) == self.model.data.get(key)
+        for client in (1, 2, 3):
+            assert self.sm.session(client) == self.model.sessions.get(client)
 
 
 StateMachineModel.TestCase.settings = settings(
@@ -275,3 +313,43 @@ def test_a_command_the_db_cannot_hold_is_answered_invalid_and_changes_nothing(
     assert sm.get(b"k") == b"12345678"
     assert sm.session(1) == (1, bytes([OK]))  # the invalid ones did not advance the session
     sm.close()
+
+
+def _old_format_db(path, sessions: dict[bytes, bytes]) -> None:
+    """A kv.db as written before sessions expired: no format mark, sessions ``seq | reply``."""
+    with DB(str(path)) as db, db.update() as tx:
+        for name in (b"kv", b"sessions", b"meta"):
+            tx.create_bucket(name)
+        tx.bucket(b"kv").put(b"k", b"v")
+        tx.bucket(b"meta").put(b"applied", struct.pack("<Q", 7))
+        for key, value in sessions.items():
+            tx.bucket(b"sessions").put(key, value)
+
+
+def _old_snapshot(with_session: bool) -> bytes:
+    records = b"\x01" + struct.pack("<I", 1) + b"k" + struct.pack("<I", 1) + b"v"
+    if with_session:
+        value = struct.pack("<Q", 3) + b"\x00"
+        records += b"\x02" + struct.pack("<I", 8) + bytes(8) + struct.pack("<I", 9) + value
+    return b"KVSNAP01" + struct.pack("<Q", 9) + records
+
+
+def test_state_of_the_format_before_sessions_expired_is_read_only_without_sessions(tmp_path):
+    """Old sessions carry no last use, so the order they would expire in could differ from
+    node to node: such a file or snapshot is refused (and left as it was); one without
+    sessions is taken as it is."""
+    _old_format_db(tmp_path / "plain.db", {})
+    sm = KVStateMachine(str(tmp_path / "plain.db"))
+    assert (sm.applied_index, sm.get(b"k")) == (7, b"v")
+    sm.restore(_old_snapshot(with_session=False))
+    assert (sm.applied_index, sm.get(b"k")) == (9, b"v")
+    with pytest.raises(FormatVersionError, match="KVSNAP01"):
+        sm.restore(_old_snapshot(with_session=True))
+    assert sm.applied_index == 9
+    sm.close()
+
+    _old_format_db(tmp_path / "sessions.db", {struct.pack("<Q", 5): struct.pack("<Q", 3) + b"\0"})
+    with pytest.raises(FormatVersionError, match="older format"):
+        KVStateMachine(str(tmp_path / "sessions.db"))
+    with DB(str(tmp_path / "sessions.db")) as db, db.view() as tx:
+        assert tx.bucket(b"meta").get(b"format") is None  # not marked: nothing was changed
