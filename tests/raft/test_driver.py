@@ -257,12 +257,25 @@ def test_a_leader_answers_after_its_own_write_and_one_follower():
     assert index in c.applied
 
 
+class ReportingCondition(threading.Condition):
+    """A condition that says when a thread first waits on it."""
+
+    def __init__(self, lock) -> None:
+        super().__init__(lock)
+        self.waiting = threading.Event()
+
+    def wait(self, timeout=None):
+        self.waiting.set()
+        return super().wait(timeout)
+
+
 def test_a_new_term_is_written_only_after_the_entries_being_written():
     """Deposed while its write is under way, the leader must not write its new term (or
     anything else) before that write lands: storage sees writes in the order the core made
     them."""
     c = ThreeNodes()
     st = c.storages[1]
+    landed = c.leader._persisted = ReportingCondition(c.leader._lock)
     st.hold()
     index = c.leader.propose(b"put")
     persisting = threading.Thread(target=c.leader.persist)
@@ -271,7 +284,9 @@ def test_a_new_term_is_written_only_after_the_entries_being_written():
     newer = Message(MsgType.HEARTBEAT, 1, 2, c.leader.term + 1)
     stepping = threading.Thread(target=c.leader.step, args=(newer,))
     stepping.start()
-    stepping.join(0.2)  # a chance to write out of order, were it allowed to
+    # The step has got as far as it may: it waits for the write under way to land (a step
+    # that wrote out of order would be stuck in the held storage instead, and fail here).
+    assert landed.waiting.wait(WAIT)
     st.release()
     persisting.join(WAIT)
     stepping.join(WAIT)
