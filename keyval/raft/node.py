@@ -547,7 +547,13 @@ class Node:
             snap = Snapshot(index, term, encode())
             stage = getattr(st, "stage_snapshot", None)
             if stage is not None:  # else save_snapshot writes the snapshot under the lock
-                stage(snap)
+                try:
+                    stage(snap)
+                except ValueError:
+                    with self._lock:  # one as new or newer is in force already (installed)
+                        if st.first_index - 1 >= index:
+                            return False
+                    raise
             with self._lock:
                 while self._persisting:
                     self._persisted.wait()

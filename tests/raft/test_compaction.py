@@ -11,11 +11,15 @@ at, with the log after it kept, across a restart too.
 from __future__ import annotations
 
 import json
+import os
 import threading
 
+import pytest
+
+from keyval.raft import snapfile
 from keyval.raft.core import Config, Role
 from keyval.raft.node import Node
-from keyval.raft.records import Entry
+from keyval.raft.records import Entry, Snapshot
 from keyval.raft.storage import RaftStorage
 
 WAIT = 10.0  # generous deadline for what takes milliseconds
@@ -102,3 +106,56 @@ def test_the_node_commits_while_a_snapshot_is_encoded_and_written(tmp_path):
     _, storage2 = single_node(tmp_path / "raft", sm2, threading.Event())
     assert sm2.data == sm.data
     storage2.close()
+
+
+class GatedStorage(RaftStorage):
+    """RaftStorage that waits at a gate once it has staged a snapshot file."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.staged = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def stage_snapshot(self, snap: Snapshot) -> None:
+        super().stage_snapshot(snap)
+        self.staged.set()
+        assert self.gate.wait(WAIT)
+
+
+@pytest.mark.parametrize("when", ["while encoding", "once staged"])
+def test_a_snapshot_put_in_force_meanwhile_wins_and_nothing_of_the_older_is_left(tmp_path, when):
+    """While the compactor works, a newer snapshot is put in force (as a follower's install
+    is): the compactor's older one must not replace it, its file must not stay behind, and the
+    node must not stop (the compactor returns False, it does not raise)."""
+    sm, wanted = GatedDict(), threading.Event()
+    storage = GatedStorage(str(tmp_path / "raft"))
+    node = Node(
+        Config(id=1, peers=(1,)),
+        storage,
+        sm,
+        send=lambda m: None,
+        max_raft_state=4096,
+        on_compact_needed=wanted.set,
+    )
+    node.campaign()
+    n = 0
+    while not wanted.is_set():
+        n += 1
+        node.propose(b"k%d=%d" % (n, n))
+    (sm.gate if when == "while encoding" else storage.gate).clear()
+    result: list[bool] = []
+    compactor = threading.Thread(target=lambda: result.append(node.compact()))
+    compactor.start()
+    assert (sm.encoding if when == "while encoding" else storage.staged).wait(WAIT)
+    node.propose(b"late=1")
+    with node.lock:
+        newer = Snapshot(node.applied, storage.term(node.applied), sm.snapshot())
+        storage.save_snapshot(newer)
+    sm.gate.set()
+    storage.gate.set()
+    compactor.join(WAIT)
+    assert result == [False]
+    assert storage.snapshot() == newer
+    assert os.listdir(tmp_path / "raft" / "snap") == [snapfile.file_name(newer.index, newer.term)]
+    storage.close()
