@@ -37,7 +37,8 @@ request retried while fewer than ``max_sessions`` other clients start or use ses
 
 Files of the format before sessions expired (sessions without a last index; "KVSNAP01"
 snapshots) are refused if they hold any session: the order in which those would expire
-cannot be made the same on every node.
+cannot be made the same on every node. Removing only kv.db does not help (the node's own
+Raft snapshot, and its peers', hold the same sessions): such a cluster starts anew.
 
 A key is 1 to MAX_KEY_SIZE bytes, and an APPEND may not grow a value past MAX_VALUE_SIZE.
 The server refuses a command that breaks the format or these limits before proposing it; one
@@ -150,7 +151,8 @@ class KVStateMachine:
                     if meta.get(_FORMAT_KEY) is not None or any(True for _ in tx.bucket(SESSIONS)):
                         raise FormatVersionError(
                             "KV state of an older format with client sessions (see "
-                            "keyval.kv.state): remove it and let the node restore from its peers",
+                            "keyval.kv.state); its Raft snapshots hold them too: the cluster's "
+                            "data directories must be made anew",
                             path,
                             None,
                         )
