@@ -37,7 +37,7 @@ import threading
 import time
 
 from keyval.db.page import MAX_KEY_SIZE
-from keyval.errors import MessageDecodeError, NotLeader
+from keyval.errors import ClosedError, MessageDecodeError, NotLeader
 from keyval.kv import protocol
 from keyval.kv.frames import KIND_RAFT
 from keyval.kv.service import KVService
@@ -294,7 +294,13 @@ class Server:
     # -- Raft messages ----------------------------------------------------------------------
 
     def _send(self, msg: messages.Message) -> None:
-        self.transport.send(msg.to, KIND_RAFT, messages.encode(msg))
+        try:
+            self.transport.send(msg.to, KIND_RAFT, messages.encode(msg))
+        except ClosedError:
+            if not self._stop.is_set():
+                raise
+            # Closing: a reader thread still stepping may answer; the answer is lost, as the
+            # network may lose any message, rather than taken for a failure of this node.
 
     def _on_frames(self, peer_id: int, frames: list[tuple[int, bytes]]) -> None:
         """Steps every Raft message of one read from ``peer_id`` before processing them: the

@@ -14,14 +14,15 @@ import time
 
 import pytest
 
-from keyval.errors import SessionExpired, Timeout
+from keyval.errors import ClosedError, SessionExpired, Timeout
 from keyval.kv import protocol
 from keyval.kv.client import Client
-from keyval.kv.frames import KIND_REQUEST
+from keyval.kv.frames import KIND_RAFT, KIND_REQUEST
 from keyval.kv.local import free_ports
 from keyval.kv.server import Server
 from keyval.kv.state import PUT, encode_command
 from keyval.kv.transport import ClientConnection
+from keyval.raft import messages
 
 IDS = (1, 2, 3)
 THREADS = 12
@@ -37,6 +38,9 @@ def cluster(tmp_path):
     finally:
         for server in servers.values():
             server.close()
+    # Closing itself is no failure (a message answered while closing is dropped); a test may
+    # have failed a node on purpose.
+    assert not [s for s in servers.values() if isinstance(s.failure, ClosedError)]
 
 
 def _start_cluster(root, ports: list[int], **options) -> dict[int, Server]:
@@ -247,3 +251,20 @@ def test_a_client_whose_session_expired_goes_on_in_a_new_one(tmp_path):
             client.close()
         for server in servers.values():
             server.close()
+
+
+def test_a_message_answered_while_closing_is_dropped_not_a_failure(cluster):
+    """close() stops the transport while a reader thread may still be stepping a message:
+    its answer cannot go out, and that must not be taken for a failure of the node."""
+    servers, addresses = cluster
+    client = Client(addresses)
+    leader = _leader(servers, client)
+    client.close()
+    follower = next(s for s in servers.values() if s is not leader)
+    follower._stop.set()  # what close() does first, then the transport
+    follower.transport.close()
+    with leader.node.lock:
+        term = leader.node.term
+    beat = messages.Message(messages.MsgType.HEARTBEAT, follower.node_id, leader.node_id, term)
+    follower._on_frames(leader.node_id, [(KIND_RAFT, messages.encode(beat))])
+    assert follower.failure is None
