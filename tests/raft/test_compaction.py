@@ -56,8 +56,10 @@ class GatedDict:
         return encode
 
 
-def single_node(path, sm: GatedDict, wanted: threading.Event) -> tuple[Node, RaftStorage]:
-    storage = RaftStorage(str(path))
+def single_node(
+    path, sm: GatedDict, wanted: threading.Event, storage_class: type = RaftStorage
+) -> tuple[Node, RaftStorage]:
+    storage = storage_class(str(path))
     node = Node(
         Config(id=1, peers=(1,)),
         storage,
@@ -129,16 +131,7 @@ def test_a_snapshot_put_in_force_meanwhile_wins_and_nothing_of_the_older_is_left
     is): the compactor's older one must not replace it, its file must not stay behind, and the
     node must not stop (the compactor returns False, it does not raise)."""
     sm, wanted = GatedDict(), threading.Event()
-    storage = GatedStorage(str(tmp_path / "raft"))
-    node = Node(
-        Config(id=1, peers=(1,)),
-        storage,
-        sm,
-        send=lambda m: None,
-        max_raft_state=4096,
-        on_compact_needed=wanted.set,
-    )
-    node.campaign()
+    node, storage = single_node(tmp_path / "raft", sm, wanted, GatedStorage)
     n = 0
     while not wanted.is_set():
         n += 1
