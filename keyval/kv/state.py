@@ -264,24 +264,26 @@ class KVStateMachine:
             self._pending_sessions[expired] = _DELETED
 
     def _get_locked(self, key: bytes) -> bytes | None:
-        value = self._pending.get(key)
-        if value is None:
-            value = self._flushing.get(key)
-        if value is not None:
-            return None if value is _DELETED else value
-        with self._db.view() as tx:
-            return tx.bucket(KV).get(key)
+        return self._layered_get(key, self._pending, self._flushing, KV)
 
     def _session_locked(self, session_key: bytes) -> tuple[int, bytes] | None:
         if session_key not in self._sessions_by_use:
             return None
-        raw = self._pending_sessions.get(session_key)
-        if raw is None:
-            raw = self._flushing_sessions.get(session_key)
-        if raw is None:
-            with self._db.view() as tx:
-                raw = tx.bucket(SESSIONS).get(session_key)
+        raw = self._layered_get(
+            session_key, self._pending_sessions, self._flushing_sessions, SESSIONS
+        )
         return _SESSION_HEAD.unpack_from(raw)[0], raw[_SESSION_HEAD.size :]
+
+    def _layered_get(self, key: bytes, pending: dict, flushing: dict, bucket: bytes):
+        """``key``'s value after every applied entry: the pending batch, then the one being
+        written, then the DB; None if absent or deleted."""
+        value = pending.get(key)
+        if value is None:
+            value = flushing.get(key)
+        if value is not None:
+            return None if value is _DELETED else value
+        with self._db.view() as tx:
+            return tx.bucket(bucket).get(key)
 
     def flush(self) -> None:
         """Commits every applied entry to the DB (durable on return)."""
@@ -316,17 +318,13 @@ class KVStateMachine:
                 return
         try:
             with self._db.update() as tx:
-                kv, sessions = tx.bucket(KV), tx.bucket(SESSIONS)
-                for key, value in self._flushing.items():
-                    if value is _DELETED:
-                        kv.delete(key)
-                    else:
-                        kv.put(key, value)
-                for key, value in self._flushing_sessions.items():
-                    if value is _DELETED:
-                        sessions.delete(key)
-                    else:
-                        sessions.put(key, value)
+                for name, layer in ((KV, self._flushing), (SESSIONS, self._flushing_sessions)):
+                    bucket = tx.bucket(name)
+                    for key, value in layer.items():
+                        if value is _DELETED:
+                            bucket.delete(key)
+                        else:
+                            bucket.put(key, value)
                 tx.bucket(META).put(b"applied", _APPLIED.pack(applied))
         except BaseException:
             with self._lock:  # not written: back under the newer changes, for the next try
