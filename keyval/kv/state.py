@@ -59,13 +59,15 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from keyval.db import DB
 from keyval.db.page import MAX_KEY_SIZE, MAX_VALUE_SIZE
 from keyval.errors import CorruptionError, FormatVersionError
 from keyval.raft.records import Entry
+from keyval.raft.snapdata import SnapshotData, open_reader
 
 PUT, APPEND, DELETE = 1, 2, 3
 OK, NOT_FOUND, INVALID, EXPIRED = 0, 1, 2, 3
@@ -369,24 +371,30 @@ class KVStateMachine:
 
         return encode
 
-    def restore(self, data: bytes) -> None:
-        """Replaces the whole state with a snapshot's, durably, in one transaction."""
-        records, applied = _decode_snapshot(data)
-        with self._flush_lock, self._lock:
-            with self._db.update() as tx:
-                for name in (KV, SESSIONS):
-                    tx.delete_bucket(name)
-                    tx.create_bucket(name)
-                for tag, key, value in records:
-                    tx.bucket(_BUCKET_TAGS[tag]).put(key, value)
-                tx.bucket(META).put(b"applied", _APPLIED.pack(applied))
-            self._sessions_by_use = _by_last_use(
-                (key, value) for tag, key, value in records if tag == _SESSIONS_TAG
-            )
-            self._pending.clear()
-            self._pending_sessions.clear()
-            self._pending_count = 0
-            self._applied = self._durable_index = applied
+    def restore(self, data: SnapshotData) -> None:
+        """Replaces the whole state with a snapshot's, durably, in one transaction. The
+        snapshot is streamed (a file-backed one is never held whole); one that fails to decode
+        raises CorruptionError (FormatVersionError for an old one with sessions) and changes
+        nothing."""
+        with open_reader(data) as reader:
+            applied, records = _read_snapshot(reader)
+            sessions = []
+            with self._flush_lock, self._lock:
+                with self._db.update() as tx:
+                    for name in (KV, SESSIONS):
+                        tx.delete_bucket(name)
+                        tx.create_bucket(name)
+                    buckets = {tag: tx.bucket(name) for tag, name in _BUCKET_TAGS.items()}
+                    for tag, key, value in records:
+                        buckets[tag].put(key, value)
+                        if tag == _SESSIONS_TAG:
+                            sessions.append((key, value))
+                    tx.bucket(META).put(b"applied", _APPLIED.pack(applied))
+                self._sessions_by_use = _by_last_use(sessions)
+                self._pending.clear()
+                self._pending_sessions.clear()
+                self._pending_count = 0
+                self._applied = self._durable_index = applied
 
     def close(self, flush: bool = True) -> None:
         """Closes the database; with ``flush=False`` the pending batch is dropped, as a crash
@@ -404,32 +412,39 @@ def _by_last_use(sessions) -> OrderedDict[bytes, int]:
     return OrderedDict((key, index) for index, key in order)
 
 
-def _decode_snapshot(data: bytes) -> tuple[list[tuple[int, bytes, bytes]], int]:
-    old = data[:8] == _OLD_SNAP_MAGIC
-    if not (old or data[:8] == _SNAP_MAGIC) or len(data) < 16:
+def _read_snapshot(reader: BinaryIO) -> tuple[int, Iterator[tuple[int, bytes, bytes]]]:
+    """A snapshot's applied index, and its records read one by one from ``reader``; raises
+    CorruptionError (bad magic here, a bad record when it is reached)."""
+    head = reader.read(16)
+    old = head[:8] == _OLD_SNAP_MAGIC
+    if not (old or head[:8] == _SNAP_MAGIC) or len(head) < 16:
         raise CorruptionError("not a KV snapshot (bad magic)", None, 0)
-    applied = _APPLIED.unpack_from(data, 8)[0]
-    records, off = [], 16
-    try:
-        while off < len(data):
-            tag, klen = _SNAP_RECORD.unpack_from(data, off)
-            off += _SNAP_RECORD.size
-            key = data[off : off + klen]
-            off += klen
-            (vlen,) = _LEN.unpack_from(data, off)
-            off += _LEN.size
-            value = data[off : off + vlen]
-            off += vlen
-            if tag not in _BUCKET_TAGS or len(key) != klen or len(value) != vlen:
-                raise CorruptionError(f"bad KV snapshot record at offset {off}", None, off)
-            if tag == _SESSIONS_TAG:
-                if old:
-                    raise FormatVersionError(
-                        "a KVSNAP01 snapshot with client sessions (see keyval.kv.state)", None, off
-                    )
-                if klen != _SESSION.size or vlen < _SESSION_HEAD.size:
-                    raise CorruptionError(f"bad KV snapshot session at offset {off}", None, off)
-            records.append((tag, key, value))
-    except struct.error:
-        raise CorruptionError(f"KV snapshot truncated at offset {off}", None, off) from None
-    return records, applied
+    return _APPLIED.unpack_from(head, 8)[0], _snapshot_records(reader, old)
+
+
+def _snapshot_records(reader: BinaryIO, old: bool) -> Iterator[tuple[int, bytes, bytes]]:
+    read, off = reader.read, 16
+    while head := read(_SNAP_RECORD.size):
+        key = value = b""
+        if len(head) == _SNAP_RECORD.size:
+            tag, klen = _SNAP_RECORD.unpack(head)
+            key = read(klen)
+            raw = read(_LEN.size)
+            if len(key) == klen and len(raw) == _LEN.size:
+                (vlen,) = _LEN.unpack(raw)
+                value = read(vlen)
+                if len(value) == vlen:
+                    head = None  # the whole record is there
+        if head is not None:
+            raise CorruptionError(f"KV snapshot truncated at offset {off}", None, off)
+        off += _SNAP_RECORD.size + klen + _LEN.size + vlen
+        if tag not in _BUCKET_TAGS:
+            raise CorruptionError(f"bad KV snapshot record at offset {off}", None, off)
+        if tag == _SESSIONS_TAG:
+            if old:
+                raise FormatVersionError(
+                    "a KVSNAP01 snapshot with client sessions (see keyval.kv.state)", None, off
+                )
+            if klen != _SESSION.size or vlen < _SESSION_HEAD.size:
+                raise CorruptionError(f"bad KV snapshot session at offset {off}", None, off)
+        yield tag, key, value

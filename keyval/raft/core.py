@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import enum
 import random
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from keyval.errors import NotLeader
 from keyval.raft.log import Compacted, RaftLog
@@ -36,6 +37,7 @@ from keyval.raft.messages import Message, MsgType, SnapshotChunk
 from keyval.raft.progress import Progress, ProgressState
 from keyval.raft.readindex import ReadOnly, ReadRequest, ReadState
 from keyval.raft.records import Entry, HardState, Snapshot
+from keyval.raft.snapdata import MemoryBuffer, SnapshotBuffer
 
 
 class Role(enum.Enum):
@@ -91,15 +93,24 @@ class _SnapshotReceipt:
     index: int
     term: int
     total: int
-    data: bytearray = field(default_factory=bytearray)
+    data: SnapshotBuffer
 
 
 class RaftCore:
     """One Raft peer's consensus state. Not thread-safe; the driver serialises every call."""
 
-    def __init__(self, config: Config, storage, rng: random.Random, applied: int = 0) -> None:
+    def __init__(
+        self,
+        config: Config,
+        storage,
+        rng: random.Random,
+        applied: int = 0,
+        snapshot_buffer: Callable[[], SnapshotBuffer] = MemoryBuffer,
+    ) -> None:
         """``storage`` holds this node's durable state (read only here); ``applied`` is the
-        index the driver's state machine has applied already (at least the snapshot's)."""
+        index the driver's state machine has applied already (at least the snapshot's);
+        ``snapshot_buffer()`` makes what a snapshot sent by the leader is gathered in (the
+        driver may give one backed by a file, so that no snapshot needs to fit in memory)."""
         if config.id not in config.peers:
             raise ValueError(f"node {config.id} is not among the peers {config.peers}")
         self.config = config
@@ -107,6 +118,7 @@ class RaftCore:
         self.peers = tuple(sorted(config.peers))
         self.quorum = len(self.peers) // 2 + 1
         self.rng = rng
+        self._snapshot_buffer = snapshot_buffer
         self.log = RaftLog(storage, applied)
         hs = storage.hard_state()
         self.term = hs.term
@@ -430,9 +442,13 @@ class RaftCore:
                     chunk=SnapshotChunk(c.index, c.term, 0, c.total),
                 )
                 return
-            rc = self._snap_receipt = _SnapshotReceipt(c.index, c.term, c.total)
+            if rc is not None:
+                rc.data.discard()
+            rc = self._snap_receipt = _SnapshotReceipt(
+                c.index, c.term, c.total, self._snapshot_buffer()
+            )
         if c.offset == len(rc.data):
-            rc.data += c.data
+            rc.data.append(c.data)
         # A chunk before the received offset is a duplicate; one after it follows a lost chunk
         # and is dropped: the leader resends from the offset we acknowledge.
         if len(rc.data) < rc.total:
@@ -443,7 +459,7 @@ class RaftCore:
             )
             return
         self._snap_receipt = None
-        snap = Snapshot(rc.index, rc.term, bytes(rc.data))
+        snap = Snapshot(rc.index, rc.term, rc.data.finish())
         if self.log.match_term(snap.index, snap.term):
             # Our log already has the snapshot's last entry, so it holds everything the
             # snapshot does: commit up to it rather than throw the log away.

@@ -204,7 +204,7 @@ class DBLogStorage:
                 for index in range(self.first_index, drop_to + 1):
                     log.delete(_INDEX.pack(index))
                 tx.bucket(META).put(SNAPSHOT_KEY, _SNAP_META.pack(snap.index, snap.term))
-                tx.bucket(SNAPSHOT).put(SNAPSHOT_DATA_KEY, snap.data)
+                tx.bucket(SNAPSHOT).put(SNAPSHOT_DATA_KEY, bytes(snap.data))
             self._snap_index, self._snap_term = snap.index, snap.term
             self._last = self._last if keep else snap.index
 

@@ -65,6 +65,7 @@ from keyval.raft.messages import Message, MsgType
 from keyval.raft.pacing import QuorumPacer
 from keyval.raft.readindex import ReadState
 from keyval.raft.records import Entry, HardState, Snapshot
+from keyval.raft.snapdata import SnapshotData
 
 # Bytes a stored entry costs beyond its data (index, term, length, framing), for the size
 # estimate that triggers compaction.
@@ -80,8 +81,10 @@ class StateMachine(Protocol):
     def snapshot(self) -> bytes:
         """The whole state as of the last applied entry."""
 
-    def restore(self, data: bytes) -> None:
-        """Replace the whole state with one made by :meth:`snapshot`."""
+    def restore(self, data: SnapshotData) -> None:
+        """Replace the whole state with one made by :meth:`snapshot`. ``data`` may be
+        file-backed (a snapshot from storage or from the leader): stream it
+        (:func:`~keyval.raft.snapdata.open_reader`) or read it whole with ``bytes(data)``."""
 
 
 class SnapshotReader(Protocol):
@@ -181,7 +184,14 @@ class Node:
         # (and sends) those entries moments later, and a WAL read each time is on the path
         # of every write.
         self._cache = EntryCache(storage)
-        self.core = RaftCore(config, self._cache, rng or random.Random(), applied=self.applied)
+        buffer = getattr(storage, "snapshot_buffer", None)  # else in memory (MemoryStorage)
+        self.core = RaftCore(
+            config,
+            self._cache,
+            rng or random.Random(),
+            applied=self.applied,
+            **({"snapshot_buffer": buffer} if buffer is not None else {}),
+        )
         self._log_bytes = self._measure_log()
         with self._lock:
             self._process()

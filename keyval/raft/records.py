@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from keyval.raft.snapdata import SnapshotData
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -32,11 +34,13 @@ class HardState:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """The state machine as of log ``index`` (whose entry had ``term``), as opaque bytes."""
+    """The state machine as of log ``index`` (whose entry had ``term``), as opaque data:
+    bytes, or a file-backed :class:`~keyval.raft.snapdata.FileData` read on demand (what
+    RaftStorage hands out, so a large snapshot never sits in memory whole)."""
 
     index: int
     term: int
-    data: bytes = b""
+    data: SnapshotData = b""
 
 
 def cut_to_bytes(entries: list[Entry], max_bytes: int | None) -> list[Entry]:

@@ -28,6 +28,7 @@ import xxhash
 
 from keyval.errors import CorruptionError, FormatVersionError
 from keyval.raft.records import Snapshot
+from keyval.raft.snapdata import FileData, iter_chunks
 
 MAGIC = b"KVRAFTSN"
 VERSION = 1
@@ -60,26 +61,38 @@ def fsync_dir(path: str) -> None:
 
 
 def write(directory: str, snap: Snapshot) -> str:
-    """Writes ``snap`` durably into ``directory``; returns its path."""
-    digest = xxhash.xxh3_64_intdigest(snap.data)
-    head = HEADER.pack(
-        MAGIC, VERSION, HEADER.size, snap.index, snap.term, len(snap.data), digest, 0, 0
-    )
-    head = head[:56] + struct.pack("<Q", xxhash.xxh3_64_intdigest(head[:56]))
+    """Writes ``snap`` durably into ``directory``; returns its path. The data is streamed (a
+    file-backed snapshot is copied a chunk at a time, never held whole)."""
     path = os.path.join(directory, file_name(snap.index, snap.term))
     tmp = path + TMP_SUFFIX
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        for part in (head, snap.data):  # the data is not copied: it may be large
-            view = memoryview(part)
-            while view:
-                view = view[os.write(fd, view) :]
+        digest, length, pos = xxhash.xxh3_64(), 0, HEADER.size
+        for chunk in iter_chunks(snap.data):
+            digest.update(chunk)
+            length += len(chunk)
+            pos = _write_at(fd, chunk, pos)
+        # The header last: it needs the length and digest of what was streamed.
+        head = HEADER.pack(
+            MAGIC, VERSION, HEADER.size, snap.index, snap.term, length, digest.intdigest(), 0, 0
+        )
+        _write_at(fd, head[:56] + struct.pack("<Q", xxhash.xxh3_64_intdigest(head[:56])), 0)
         os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)  # after the data is durable, so the name never points at a torn file
     fsync_dir(directory)
     return path
+
+
+def _write_at(fd: int, data, pos: int) -> int:
+    """Writes all of ``data`` at ``pos``; the position after it."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, pos)
+        pos += written
+        view = view[written:]
+    return pos
 
 
 def read_header(path: str) -> tuple[int, int, int, int]:
@@ -101,15 +114,25 @@ def read_header(path: str) -> tuple[int, int, int, int]:
 
 
 def read(path: str) -> Snapshot:
-    """The snapshot in ``path``, every byte verified; raises CorruptionError naming the file."""
+    """The snapshot in ``path``, every byte verified (a chunk at a time); raises
+    CorruptionError naming the file. Its data is a :class:`~keyval.raft.snapdata.FileData`
+    on the open file: later reads need no path, and a rename or unlink does not disturb them."""
     index, term, length, digest = read_header(path)
-    with open(path, "rb") as f:
-        f.seek(HEADER.size)
-        data = f.read(length + 1)
-    if len(data) != length:
-        raise CorruptionError(
-            f"snapshot data is {len(data)} bytes, header says {length}", path, HEADER.size
-        )
-    if xxhash.xxh3_64_intdigest(data) != digest:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        actual = os.fstat(fd).st_size - HEADER.size
+        if actual != length:
+            raise CorruptionError(
+                f"snapshot data is {actual} bytes, header says {length}", path, HEADER.size
+            )
+        data = FileData(fd, HEADER.size, length)
+    except BaseException:
+        os.close(fd)
+        raise
+    check = xxhash.xxh3_64()
+    for chunk in data.chunks():
+        check.update(chunk)
+    if check.intdigest() != digest:
+        data.close()
         raise CorruptionError("snapshot data fails its checksum", path, HEADER.size)
     return Snapshot(index=index, term=term, data=data)

@@ -28,6 +28,11 @@ Writes and when they are durable:
   (the long part) written first without the storage's lock, so that appends and reads go on
   meanwhile; a staged snapshot is not in force until it is saved (recovery removes it).
 
+Snapshots are never held whole in memory: ``snapshot()`` verifies the file a chunk at a time
+and hands out its data as a :class:`~keyval.raft.snapdata.FileData` read on demand (what the
+leader slices its chunks from), ``snapshot_buffer()`` gives a follower an unnamed file to
+gather a received snapshot in, and ``save_snapshot`` streams either kind into its file.
+
 Recovery (on open): raft.db gives the checkpointed hard state and snapshot; the WAL is then
 replayed from its first record: ENTRY records build an index (raft index -> WAL sequence number
 and term; payloads stay on disk and are read on demand), the last HARD_STATE record wins (one
@@ -59,6 +64,7 @@ from keyval.errors import (
 )
 from keyval.raft import snapfile
 from keyval.raft.records import Entry, HardState, Snapshot
+from keyval.raft.snapdata import FileBuffer
 from keyval.raft.validation import check_entries, check_hard_state, check_snapshot
 from keyval.wal import WAL
 
@@ -291,12 +297,20 @@ class RaftStorage:
             return sum(self._s.sizes)
 
     def snapshot(self) -> Snapshot | None:
-        """The newest snapshot, read and verified from its file; None if there is none."""
+        """The newest snapshot, verified; None if there is none. Its data is read from the
+        file on demand (a :class:`~keyval.raft.snapdata.FileData`), never held whole."""
         with self._lock:
             self._check_open()
             if not self._s.snap_index:
                 return None
             return snapfile.read(self._snap_path(self._s.snap_index, self._s.snap_term))
+
+    def snapshot_buffer(self) -> FileBuffer:
+        """Where a snapshot received from the leader is gathered: an unnamed file beside the
+        snapshot files (nothing of it survives a crash), handed to :meth:`save_snapshot`."""
+        with self._lock:
+            self._check_open()
+            return FileBuffer(self._snap_dir)
 
     # -- writes --------------------------------------------------------------------------------
 

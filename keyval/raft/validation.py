@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 from keyval.errors import LogCompacted
 from keyval.raft.records import Entry, HardState, Snapshot
+from keyval.raft.snapdata import FileData
 
 
 def check_hard_state(new: HardState, current: HardState) -> None:
@@ -58,10 +59,11 @@ def check_entries(
 
 
 def check_snapshot(snap: Snapshot, current_index: int) -> None:
-    """A snapshot of bytes, at index and term >= 1, never older than the one stored."""
+    """A snapshot of bytes (or file-backed data), at index and term >= 1, never older than the
+    one stored."""
     if not isinstance(snap, Snapshot):
         raise TypeError(f"expected a Snapshot, not {type(snap).__name__}")
-    if type(snap.data) is not bytes:
+    if type(snap.data) is not bytes and not isinstance(snap.data, FileData):
         raise TypeError("snapshot data must be bytes")
     if type(snap.index) is not int or type(snap.term) is not int:
         raise TypeError("snapshot index and term must be ints")

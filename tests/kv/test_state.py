@@ -11,13 +11,14 @@ import sys
 import tempfile
 import threading
 
+import hypothesis
 import hypothesis.strategies as st
 import pytest
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from keyval.db import DB
-from keyval.errors import FormatVersionError
+from keyval.errors import CorruptionError, FormatVersionError
 from keyval.kv.state import (
     APPEND,
     DELETE,
@@ -29,6 +30,7 @@ from keyval.kv.state import (
     KVStateMachine,
 )
 from keyval.raft.records import Entry
+from keyval.raft.snapdata import FileData
 
 MAX_SESSIONS = 2  # in the model test: fewer than its three clients
 keys = st.sampled_from([b"a", b"b", b"c", b"key-" + b"k" * 40])
@@ -353,3 +355,62 @@ def test_state_of_the_format_before_sessions_expired_is_read_only_without_sessio
         KVStateMachine(str(tmp_path / "sessions.db"))
     with DB(str(tmp_path / "sessions.db")) as db, db.view() as tx:
         assert tx.bucket(b"meta").get(b"format") is None  # not marked: nothing was changed
+
+
+def _state_with_sessions(path) -> KVStateMachine:
+    sm = KVStateMachine(str(path))
+    for i in range(1, 41):
+        op, key, value = PUT if i % 3 else APPEND, b"k%d" % (i % 7), b"v%d" % i
+        cmd = Command(op, client=i % 5 + 1, seq=i // 5 + 1, key=key, value=value)
+        sm.apply(Entry(i, 1, cmd.encode()))
+    return sm
+
+
+def _contents(sm: KVStateMachine) -> tuple:
+    return (
+        sm.applied_index,
+        [sm.get(b"k%d" % k) for k in range(8)],
+        [sm.session(c) for c in range(1, 7)],
+    )
+
+
+def test_a_file_backed_snapshot_restores_as_its_bytes_do(tmp_path):
+    """What RaftStorage hands out (FileData, streamed) restores exactly as bytes do."""
+    source = _state_with_sessions(tmp_path / "source.db")
+    data = source.snapshot()
+    path = tmp_path / "snap"
+    path.write_bytes(b"header" + data)
+    from_bytes = KVStateMachine(str(tmp_path / "a.db"))
+    from_file = KVStateMachine(str(tmp_path / "b.db"))
+    from_bytes.restore(data)
+    from_file.restore(FileData(os.open(path, os.O_RDONLY), 6, len(data)))
+    assert _contents(from_file) == _contents(from_bytes) == _contents(source)
+    for sm in (source, from_bytes, from_file):
+        sm.close()
+
+
+@settings(max_examples=60, deadline=None)
+@hypothesis.given(cut=st.integers(0, 10**6), flips=st.lists(st.integers(0, 10**6), max_size=3))
+def test_a_damaged_snapshot_is_refused_and_changes_nothing(tmp_path_factory, cut, flips):
+    """Truncated or bit-flipped: either it still decodes (a flip inside a key or value), or
+    restore raises CorruptionError and the state is what it was, DB included."""
+    tmp = tmp_path_factory.mktemp("damaged")
+    data = bytearray(_state_with_sessions(tmp / "source.db").snapshot())
+    if cut % 4 == 0:
+        del data[max(cut % len(data), 1) :]
+    for flip in flips:
+        data[flip % len(data)] ^= 1 << (flip % 8)
+    sm = KVStateMachine(str(tmp / "target.db"))
+    sm.apply(Entry(1, 1, Command(PUT, client=9, seq=1, key=b"k1", value=b"mine").encode()))
+    sm.flush()
+    before = _contents(sm)
+    try:
+        sm.restore(bytes(data))
+    except (CorruptionError, FormatVersionError):
+        assert _contents(sm) == before
+        sm.close()
+        reopened = KVStateMachine(str(tmp / "target.db"))
+        assert _contents(reopened) == before
+        reopened.close()
+    else:
+        sm.close()

@@ -86,7 +86,7 @@ class Recorder:
         return SNAP_HEADER.pack(self.last, self.chain) + b"p" * self.pad
 
     def restore(self, data: bytes) -> None:
-        last, chain = SNAP_HEADER.unpack_from(data)
+        last, chain = SNAP_HEADER.unpack(data[: SNAP_HEADER.size])
         if last < self.last:
             self.checker.fail(f"node {self.node} restored {last} after applying {self.last}")
         self.checker.restored(self.node, last, chain)

@@ -43,7 +43,7 @@ class GatedDict:
         return json.dumps(self.data).encode()
 
     def restore(self, data: bytes) -> None:
-        self.data = json.loads(data)
+        self.data = json.loads(bytes(data))
 
     def snapshot_reader(self):
         fixed = dict(self.data)
@@ -97,7 +97,7 @@ def test_the_node_commits_while_a_snapshot_is_encoded_and_written(tmp_path):
     assert result == [True]
 
     snap = storage.snapshot()
-    assert (snap.index, json.loads(snap.data)) == (fixed_index, fixed_state)
+    assert (snap.index, json.loads(bytes(snap.data))) == (fixed_index, fixed_state)
     assert storage.first_index == fixed_index + 1
     assert storage.last_index == fixed_index + 10
     assert not node.compact()  # under the bound now: nothing to do
