@@ -55,6 +55,7 @@ other threads and sees every applied entry; :meth:`flush_if_due` may run on anot
 from __future__ import annotations
 
 import contextlib
+import os
 import struct
 import threading
 import time
@@ -67,7 +68,7 @@ from keyval.db import DB
 from keyval.db.page import MAX_KEY_SIZE, MAX_VALUE_SIZE
 from keyval.errors import CorruptionError, FormatVersionError
 from keyval.raft.records import Entry
-from keyval.raft.snapdata import SnapshotData, open_reader
+from keyval.raft.snapdata import CHUNK_BYTES, FileBuffer, SnapshotData, open_reader
 
 PUT, APPEND, DELETE = 1, 2, 3
 OK, NOT_FOUND, INVALID, EXPIRED = 0, 1, 2, 3
@@ -340,15 +341,18 @@ class KVStateMachine:
             self._durable_index = applied
             self._flushing, self._flushing_sessions = {}, {}
 
-    def snapshot(self) -> bytes:
-        """The whole state (data and sessions) as of the applied index, from one read view."""
+    def snapshot(self) -> SnapshotData:
+        """The whole state (data and sessions) as of the applied index, from one read view
+        (see :meth:`snapshot_reader`)."""
         return self.snapshot_reader()()
 
-    def snapshot_reader(self) -> Callable[[], bytes]:
+    def snapshot_reader(self) -> Callable[[], SnapshotData]:
         """Fixes the state as of the applied index (the pending batch is written, then a DB
         read view taken) and returns a call that encodes it later, on this thread, while
         entries go on being applied (the view does not block the DB's writer, nor :meth:`get`).
-        Call it exactly once: it ends the view."""
+        Call it exactly once: it ends the view. The encoding is streamed into an unnamed file
+        beside the DB, a MiB at a time, and handed back file-backed: a state of any size
+        costs a buffer of memory, not its size (nor the twice that building one bytes takes)."""
         views = contextlib.ExitStack()
         with self._flush_lock:
             self._write_batch()
@@ -356,18 +360,28 @@ class KVStateMachine:
                 applied = self._applied
                 tx = views.enter_context(self._db.view())
 
-        def encode() -> bytes:
-            # In-place appends to one buffer: about half the time of a list of parts joined.
-            out = bytearray(_SNAP_MAGIC + _APPLIED.pack(applied))
+        def encode() -> SnapshotData:
+            out = FileBuffer(os.path.dirname(os.path.abspath(self._db.path)))
+            # In-place appends to one buffer (about half the time of a list of parts joined),
+            # written out whenever it passes a chunk.
+            buf = bytearray(_SNAP_MAGIC + _APPLIED.pack(applied))
             record, length = _SNAP_RECORD.pack, _LEN.pack
-            with views:
-                for tag, name in _BUCKET_TAGS.items():
-                    for key, value in tx.bucket(name).items():
-                        out += record(tag, len(key))
-                        out += key
-                        out += length(len(value))
-                        out += value
-            return bytes(out)
+            try:
+                with views:
+                    for tag, name in _BUCKET_TAGS.items():
+                        for key, value in tx.bucket(name).items():
+                            buf += record(tag, len(key))
+                            buf += key
+                            buf += length(len(value))
+                            buf += value
+                            if len(buf) >= CHUNK_BYTES:
+                                out.append(buf)
+                                del buf[:]
+                out.append(buf)
+                return out.finish()
+            except BaseException:
+                out.discard()
+                raise
 
         return encode
 

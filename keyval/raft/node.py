@@ -78,8 +78,8 @@ class StateMachine(Protocol):
     def apply(self, entry: Entry) -> object:
         """Apply one committed entry (``entry.data`` may be empty: a leader's no-op)."""
 
-    def snapshot(self) -> bytes:
-        """The whole state as of the last applied entry."""
+    def snapshot(self) -> SnapshotData:
+        """The whole state as of the last applied entry (bytes, or file-backed when large)."""
 
     def restore(self, data: SnapshotData) -> None:
         """Replace the whole state with one made by :meth:`snapshot`. ``data`` may be
@@ -88,7 +88,7 @@ class StateMachine(Protocol):
 
 
 class SnapshotReader(Protocol):
-    def snapshot_reader(self) -> Callable[[], bytes]:
+    def snapshot_reader(self) -> Callable[[], SnapshotData]:
         """Optional on a state machine: fixes the state as of the last applied entry and
         returns a call that encodes it later (once, on the same thread) while entries go on
         being applied; what :meth:`Node.compact` uses to encode outside the node's lock."""

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import tracemalloc
 
 import hypothesis
 import hypothesis.strategies as st
@@ -377,7 +378,7 @@ def _contents(sm: KVStateMachine) -> tuple:
 def test_a_file_backed_snapshot_restores_as_its_bytes_do(tmp_path):
     """What RaftStorage hands out (FileData, streamed) restores exactly as bytes do."""
     source = _state_with_sessions(tmp_path / "source.db")
-    data = source.snapshot()
+    data = bytes(source.snapshot())
     path = tmp_path / "snap"
     path.write_bytes(b"header" + data)
     from_bytes = KVStateMachine(str(tmp_path / "a.db"))
@@ -395,7 +396,7 @@ def test_a_damaged_snapshot_is_refused_and_changes_nothing(tmp_path_factory, cut
     """Truncated or bit-flipped: either it still decodes (a flip inside a key or value), or
     restore raises CorruptionError and the state is what it was, DB included."""
     tmp = tmp_path_factory.mktemp("damaged")
-    data = bytearray(_state_with_sessions(tmp / "source.db").snapshot())
+    data = bytearray(bytes(_state_with_sessions(tmp / "source.db").snapshot()))
     if cut % 4 == 0:
         del data[max(cut % len(data), 1) :]
     for flip in flips:
@@ -414,3 +415,31 @@ def test_a_damaged_snapshot_is_refused_and_changes_nothing(tmp_path_factory, cut
         reopened.close()
     else:
         sm.close()
+
+
+def test_a_snapshot_is_encoded_into_a_file_in_bounded_memory(tmp_path):
+    """Compaction encodes the whole state: it streams into an unnamed file, so the peak is a
+    buffer, not the state's size; nothing is left in the directory."""
+    sm = KVStateMachine(str(tmp_path / "kv.db"))
+    value = bytes(range(100))
+    entries = [
+        Entry(i, 1, Command(PUT, 0, 0, b"key%08d" % i, value).encode()) for i in range(1, 100_001)
+    ]
+    for at in range(0, len(entries), 10_000):
+        sm.apply_many(entries[at : at + 10_000])
+    encode = sm.snapshot_reader()
+    tracemalloc.start()
+    try:
+        data = encode()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert isinstance(data, FileData) and len(data) > 11_000_000
+    assert peak < 4_000_000
+    assert os.listdir(tmp_path) == ["kv.db"]  # before "other" is made
+    (tmp_path / "other").mkdir()
+    other = KVStateMachine(str(tmp_path / "other" / "kv.db"))
+    other.restore(data)
+    assert other.get(b"key00054321") == value and other.applied_index == 100_000
+    sm.close()
+    other.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import tracemalloc
+from pathlib import Path
 
 import pytest
 import xxhash
@@ -112,14 +113,14 @@ def test_a_snapshot_file_is_the_same_written_from_bytes_or_from_a_file(tmp_path)
 @pytest.mark.parametrize("damage", ["flip", "cut", "extend"])
 def test_a_damaged_snapshot_file_is_refused_naming_it(tmp_path, damage):
     path = snapfile.write(str(tmp_path), Snapshot(3, 1, random.Random(4).randbytes(100_000)))
-    raw = bytearray(open(path, "rb").read())
+    raw = bytearray(Path(path).read_bytes())
     if damage == "flip":
         raw[snapfile.HEADER.size + 77_777] ^= 0x10
     elif damage == "cut":
         del raw[-1]
     else:
         raw += b"\0"
-    open(path, "wb").write(raw)
+    Path(path).write_bytes(raw)
     with pytest.raises(CorruptionError) as err:
         snapfile.read(path)
     assert err.value.path == path
