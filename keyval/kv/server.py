@@ -41,7 +41,14 @@ from keyval.errors import ClosedError, MessageDecodeError, NotLeader
 from keyval.kv import protocol
 from keyval.kv.frames import KIND_RAFT
 from keyval.kv.service import KVService
-from keyval.kv.state import INVALID, MAX_SESSIONS, Command, KVStateMachine
+from keyval.kv.state import (
+    CLIENT_OPS,
+    INVALID,
+    MAX_SESSIONS,
+    Command,
+    KVStateMachine,
+    max_sessions_command,
+)
 from keyval.kv.transport import Transport
 from keyval.raft import messages
 from keyval.raft.core import Config
@@ -76,16 +83,16 @@ class Server:
     ) -> None:
         if node_id not in peers:
             raise ValueError(f"node {node_id} is not among the peers {sorted(peers)}")
+        max_sessions_command(max_sessions)  # ValueError for a bad limit, before opening anything
         self.node_id = node_id
         self.peers = peers
         self.data_dir = data_dir
         os.makedirs(data_dir, exist_ok=True)
         self.storage = RaftStorage(os.path.join(data_dir, "raft"), segment_size=segment_size)
         try:
-            # max_sessions must be the same on every node: sessions expire by the log alone.
-            self.state_machine = KVStateMachine(
-                os.path.join(data_dir, "kv.db"), max_sessions=max_sessions
-            )
+            # Not given max_sessions: the limit in force is the one the log sets (a leader
+            # sets its own; see KVService), the same on every node whatever each is given.
+            self.state_machine = KVStateMachine(os.path.join(data_dir, "kv.db"))
         except BaseException:
             self.storage.close()
             raise
@@ -115,7 +122,7 @@ class Server:
             pace_followers=True,
             on_compact_needed=self._compact_wanted.set,
         )
-        self.service = KVService(self.node, self.state_machine)
+        self.service = KVService(self.node, self.state_machine, max_sessions=max_sessions)
         self._stop = threading.Event()
         self.failure: BaseException | None = None  # what stopped the node (see _fail)
         self._ticker = threading.Thread(target=self._tick_loop, name=f"keyval-tick-{node_id}")
@@ -338,6 +345,8 @@ class Server:
         try:
             if op == protocol.WRITE:
                 command = Command.decode(body)
+                if command.op not in CLIENT_OPS:
+                    raise ValueError(f"op {command.op} is not a client's to ask")
                 return self._start(lambda done: self._write(command, done), respond, write=True)
             if op == protocol.READ:
                 if not 0 < len(body) <= MAX_KEY_SIZE:

@@ -23,7 +23,7 @@ import itertools
 from collections.abc import Callable
 
 from keyval.errors import NotLeader
-from keyval.kv.state import Command, KVStateMachine
+from keyval.kv.state import Command, KVStateMachine, max_sessions_command
 from keyval.raft.node import Node
 from keyval.raft.readindex import ReadState
 from keyval.raft.records import Entry
@@ -39,9 +39,16 @@ class KVService:
     server, the simulated network) keeps calling ``tick``/``step`` on it.
     """
 
-    def __init__(self, node: Node, state_machine: KVStateMachine) -> None:
+    def __init__(
+        self, node: Node, state_machine: KVStateMachine, max_sessions: int | None = None
+    ) -> None:
+        """``max_sessions``: the session limit this node sets for the whole cluster while it
+        leads: its first write of each term goes after a SET_MAX_SESSIONS entry, so every node
+        uses the same limit from that entry on (see keyval.kv.state). None sets nothing."""
         self.node = node
         self.state_machine = state_machine
+        self._limit_entry = None if max_sessions is None else max_sessions_command(max_sessions)
+        self._limit_term = 0  # the term whose writes followed our limit entry
         self._writes: dict[int, tuple[int, Done]] = {}  # log index -> (term proposed in, done)
         self._reads: dict[bytes, tuple[bytes, Done]] = {}  # ReadIndex context -> (key, done)
         self._read_ids = itertools.count(1)
@@ -55,6 +62,7 @@ class KVService:
         """Proposes ``command``; ``done(reply)`` once applied, or ``done(NotLeader)``. Raises
         NotLeader at once when this node does not lead."""
         with self.node.lock:
+            self._propose_limit()
             # Registered before proposing: in a one-node cluster the entry is committed and
             # applied inside propose() itself.
             index = self.node.next_index
@@ -75,6 +83,12 @@ class KVService:
                 for _, done in requests:
                     done(NotLeader(leader_hint=hint))
                 return
+            try:
+                self._propose_limit()
+            except NotLeader as exc:
+                for _, done in requests:
+                    done(exc)
+                return
             first, term = self.node.next_index, self.node.term
             for k, (_, done) in enumerate(requests):
                 self._writes[first + k] = (term, done)
@@ -87,6 +101,14 @@ class KVService:
                     done(exc)
                 return
             assert indexes == list(range(first, first + len(requests))), (indexes, first)
+
+    def _propose_limit(self) -> None:
+        """Proposes our session limit once per term, before that term's first write (under
+        the node's lock): a write applied with a limit that differs from node to node would
+        expire sessions differently on each. Raises NotLeader when this node does not lead."""
+        if self._limit_entry is not None and self._limit_term != self.node.term:
+            self.node.propose(self._limit_entry.encode())
+            self._limit_term = self.node.term
 
     def read(self, key: bytes, done: Done) -> None:
         """``done(value or None)`` once a linearizable read of ``key`` may be served here, or

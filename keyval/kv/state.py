@@ -15,7 +15,8 @@ the node replays the log after *a*.
 ::
 
     command (an entry's data)         reply
-      u8  op (PUT 1, APPEND 2, DELETE 3) u8  status (OK 0, NOT_FOUND 1, INVALID 2, EXPIRED 3)
+      u8  op (PUT 1, APPEND 2, DELETE 3, u8  status (OK 0, NOT_FOUND 1, INVALID 2, EXPIRED 3)
+          SET_MAX_SESSIONS 4)
       u64 client id                      ... value (for GET), or why (INVALID)
       u64 sequence number (0 = none)
       u32 key length, key, value
@@ -23,12 +24,20 @@ the node replays the log after *a*.
     session (bucket "sessions", key u64 client id):
       u64 last sequence number | u64 index of the entry that last used it | its reply
 
+    SET_MAX_SESSIONS: client 0, seq 0, key "max_sessions", value u64 (>= 1)
+
     snapshot: "KVSNAP02" | u64 applied index | then records of
-      u8 bucket (1 kv, 2 sessions) | u32 key length | key | u32 value length | value
+      u8 tag (1 kv, 2 sessions, 3 setting) | u32 key length | key | u32 value length | value
+      (a setting record: key "max_sessions", value u64; written first, absent before it existed)
 
 Sessions expire so that the table stays bounded: once more than ``max_sessions`` clients have
 one, the session least recently used (lowest last index) is dropped, on every node at the
-same entry (it depends on the log alone, so ``max_sessions`` must be the same on every node).
+same entry. The limit is part of the replicated state, so it is the same on every node
+whatever each was started with: a SET_MAX_SESSIONS entry sets it from that entry on (sessions
+over a lowered limit expire there), the DB keeps it beside the applied index, and snapshots
+carry it. A leader proposes its configured limit before the first write of each term it
+leads (keyval.kv.service); until a log sets one, every node uses the default MAX_SESSIONS
+(or what the tests that build a state machine by hand give it).
 A request with a sequence number above 1 from a client without a session is answered EXPIRED
 and changes nothing: it may be the retry of a request applied before the session was dropped,
 and applying it again could apply it twice (the client starts a new session; see
@@ -70,7 +79,8 @@ from keyval.errors import CorruptionError, FormatVersionError
 from keyval.raft.records import Entry
 from keyval.raft.snapdata import CHUNK_BYTES, FileBuffer, SnapshotData, open_reader
 
-PUT, APPEND, DELETE = 1, 2, 3
+PUT, APPEND, DELETE, SET_MAX_SESSIONS = 1, 2, 3, 4
+CLIENT_OPS = (PUT, APPEND, DELETE)  # what a client may ask; SET_MAX_SESSIONS is the leader's
 OK, NOT_FOUND, INVALID, EXPIRED = 0, 1, 2, 3
 MAX_SESSIONS = 100_000  # client sessions kept (see the module docstring)
 _COMMAND = struct.Struct("<BQQI")
@@ -84,6 +94,8 @@ _LEN = struct.Struct("<I")
 KV, SESSIONS, META = b"kv", b"sessions", b"meta"
 _BUCKET_TAGS = {1: KV, 2: SESSIONS}
 _SESSIONS_TAG = 2
+_SETTING_TAG = 3  # a snapshot record of a replicated setting (the one: max_sessions)
+_MAX_SESSIONS_KEY = b"max_sessions"  # in "meta" and in snapshots: u64
 _DELETED = object()  # marks a key deleted in the pending batch
 _OK, _NOT_FOUND, _EXPIRED = bytes([OK]), bytes([NOT_FOUND]), bytes([EXPIRED])
 
@@ -101,7 +113,7 @@ def decode_command(data: bytes) -> tuple[int, int, int, bytes, bytes]:
         raise ValueError(f"a command of {len(data)} bytes is too short")
     op, client, seq, klen = _COMMAND.unpack_from(data)
     end = _COMMAND.size + klen
-    if op not in (PUT, APPEND, DELETE) or end > len(data):
+    if op not in (PUT, APPEND, DELETE, SET_MAX_SESSIONS) or end > len(data):
         raise ValueError(f"malformed command (op {op}, key length {klen})")
     if not 0 < klen <= MAX_KEY_SIZE:
         raise ValueError(f"keys must be 1 to {MAX_KEY_SIZE} bytes, not {klen}")
@@ -122,6 +134,14 @@ class Command:
     @staticmethod
     def decode(data: bytes) -> Command:
         return Command(*decode_command(data))
+
+
+def max_sessions_command(limit: int) -> Command:
+    """The entry a leader proposes to set the session limit of every node (see the module
+    docstring)."""
+    if type(limit) is not int or not 1 <= limit < 2**64:
+        raise ValueError(f"max_sessions must be an int of at least 1, not {limit!r}")
+    return Command(SET_MAX_SESSIONS, 0, 0, _MAX_SESSIONS_KEY, _APPLIED.pack(limit))
 
 
 class KVStateMachine:
@@ -162,6 +182,9 @@ class KVStateMachine:
                     meta.put(_FORMAT_KEY, _FORMAT)
             with self._db.view() as tx:
                 raw = tx.bucket(META).get(b"applied")
+                limit = tx.bucket(META).get(_MAX_SESSIONS_KEY)
+                if limit is not None:  # set by the log: it wins over the default given here
+                    self.max_sessions = _APPLIED.unpack(limit)[0]
                 # Sessions by last use, least recent first: the next to expire.
                 self._sessions_by_use = _by_last_use(tx.bucket(SESSIONS).items())
         except BaseException:
@@ -231,6 +254,8 @@ class KVStateMachine:
             op, client, seq, key, value = decode_command(entry.data)
         except ValueError as exc:
             return bytes([INVALID]) + str(exc).encode()
+        if op == SET_MAX_SESSIONS:
+            return self._set_max_sessions_locked(key, value)
         session_key = _SESSION.pack(client)
         if seq:
             last = self._session_locked(session_key)
@@ -262,9 +287,22 @@ class KVStateMachine:
         by_use = self._sessions_by_use
         by_use[session_key] = index
         by_use.move_to_end(session_key)
-        if len(by_use) > self.max_sessions:
+        self._expire_sessions_locked()
+
+    def _expire_sessions_locked(self) -> None:
+        by_use = self._sessions_by_use
+        while len(by_use) > self.max_sessions:
             expired, _ = by_use.popitem(last=False)
             self._pending_sessions[expired] = _DELETED
+
+    def _set_max_sessions_locked(self, key: bytes, value: bytes) -> bytes:
+        """A SET_MAX_SESSIONS entry: the limit every node uses from this entry on (the least
+        recently used sessions over it expire here)."""
+        if key != _MAX_SESSIONS_KEY or len(value) != _APPLIED.size or value == bytes(8):
+            return bytes([INVALID]) + b"max_sessions must be a u64 of at least 1"
+        self.max_sessions = _APPLIED.unpack(value)[0]
+        self._expire_sessions_locked()
+        return _OK
 
     def _get_locked(self, key: bytes) -> bytes | None:
         return self._layered_get(key, self._pending, self._flushing, KV)
@@ -315,7 +353,7 @@ class KVStateMachine:
             self._flushing_sessions, self._pending_sessions = self._pending_sessions, {}
             count, self._pending_count = self._pending_count, 0
             self._batch_started = time.monotonic()
-            applied = self._applied
+            applied, limit = self._applied, self.max_sessions
             if applied == self._durable_index:
                 self._flushing, self._flushing_sessions = {}, {}
                 return
@@ -328,7 +366,9 @@ class KVStateMachine:
                             bucket.delete(key)
                         else:
                             bucket.put(key, value)
-                tx.bucket(META).put(b"applied", _APPLIED.pack(applied))
+                meta = tx.bucket(META)
+                meta.put(b"applied", _APPLIED.pack(applied))
+                meta.put(_MAX_SESSIONS_KEY, _APPLIED.pack(limit))
         except BaseException:
             with self._lock:  # not written: back under the newer changes, for the next try
                 self._flushing.update(self._pending)
@@ -357,15 +397,17 @@ class KVStateMachine:
         with self._flush_lock:
             self._write_batch()
             with self._lock:
-                applied = self._applied
+                applied, limit = self._applied, self.max_sessions
                 tx = views.enter_context(self._db.view())
 
         def encode() -> SnapshotData:
             out = FileBuffer(os.path.dirname(os.path.abspath(self._db.path)))
             # In-place appends to one buffer (about half the time of a list of parts joined),
             # written out whenever it passes a chunk.
-            buf = bytearray(_SNAP_MAGIC + _APPLIED.pack(applied))
             record, length = _SNAP_RECORD.pack, _LEN.pack
+            buf = bytearray(_SNAP_MAGIC + _APPLIED.pack(applied))
+            buf += record(_SETTING_TAG, len(_MAX_SESSIONS_KEY)) + _MAX_SESSIONS_KEY
+            buf += length(_APPLIED.size) + _APPLIED.pack(limit)
             try:
                 with views:
                     for tag, name in _BUCKET_TAGS.items():
@@ -392,7 +434,7 @@ class KVStateMachine:
         nothing."""
         with open_reader(data) as reader:
             applied, records = _read_snapshot(reader)
-            sessions = []
+            sessions, limit = [], self.max_sessions  # a snapshot without the setting: as is
             with self._flush_lock, self._lock:
                 with self._db.update() as tx:
                     for name in (KV, SESSIONS):
@@ -400,10 +442,16 @@ class KVStateMachine:
                         tx.create_bucket(name)
                     buckets = {tag: tx.bucket(name) for tag, name in _BUCKET_TAGS.items()}
                     for tag, key, value in records:
+                        if tag == _SETTING_TAG:
+                            limit = _APPLIED.unpack(value)[0]
+                            continue
                         buckets[tag].put(key, value)
                         if tag == _SESSIONS_TAG:
                             sessions.append((key, value))
-                    tx.bucket(META).put(b"applied", _APPLIED.pack(applied))
+                    meta = tx.bucket(META)
+                    meta.put(b"applied", _APPLIED.pack(applied))
+                    meta.put(_MAX_SESSIONS_KEY, _APPLIED.pack(limit))
+                self.max_sessions = limit
                 self._sessions_by_use = _by_last_use(sessions)
                 self._pending.clear()
                 self._pending_sessions.clear()
@@ -452,7 +500,10 @@ def _snapshot_records(reader: BinaryIO, old: bool) -> Iterator[tuple[int, bytes,
         if head is not None:
             raise CorruptionError(f"KV snapshot truncated at offset {off}", None, off)
         off += _SNAP_RECORD.size + klen + _LEN.size + vlen
-        if tag not in _BUCKET_TAGS:
+        if tag == _SETTING_TAG:
+            if key != _MAX_SESSIONS_KEY or vlen != _APPLIED.size or value == bytes(8):
+                raise CorruptionError(f"bad KV snapshot setting at offset {off}", None, off)
+        elif tag not in _BUCKET_TAGS:
             raise CorruptionError(f"bad KV snapshot record at offset {off}", None, off)
         if tag == _SESSIONS_TAG:
             if old:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import threading
 import time
 
@@ -20,7 +21,7 @@ from keyval.kv.client import Client
 from keyval.kv.frames import KIND_RAFT, KIND_REQUEST
 from keyval.kv.local import free_ports
 from keyval.kv.server import Server
-from keyval.kv.state import PUT, encode_command
+from keyval.kv.state import PUT, encode_command, max_sessions_command
 from keyval.kv.transport import ClientConnection
 from keyval.raft import messages
 
@@ -118,6 +119,7 @@ def test_a_request_no_client_would_send_harms_no_node(cluster):
             bytes([protocol.WRITE]) + encode_command(PUT, 7, 1, b"", b"value"),
             bytes([protocol.WRITE]) + encode_command(PUT, 7, 2, b"k" * (32 * 1024 + 1)),
             bytes([protocol.WRITE]) + b"\x01short",
+            bytes([protocol.WRITE]) + max_sessions_command(1).encode(),  # the leader's alone
             bytes([protocol.READ]),
         ):
             reply = conn.request(KIND_REQUEST, body)
@@ -251,6 +253,52 @@ def test_a_client_whose_session_expired_goes_on_in_a_new_one(tmp_path):
             client.close()
         for server in servers.values():
             server.close()
+
+
+def test_nodes_started_with_different_session_limits_use_the_leaders(tmp_path):
+    """The limit is replicated: a node given another one does not expire sessions at other
+    entries than its peers (their states would differ), it uses the leader's."""
+    ports = free_ports(len(IDS))
+    peers = {i: ("127.0.0.1", p) for i, p in zip(IDS, ports, strict=True)}
+    limits = dict(zip(IDS, (2, 3, 4), strict=True))
+    servers = {i: Server(i, peers, str(tmp_path / f"n{i}"), max_sessions=limits[i]) for i in IDS}
+    applied = threading.Condition()
+    for server in servers.values():  # a wake-up for the waits below on every applied entry
+        server.node.on_apply = functools.partial(_notify_after, server.node.on_apply, applied)
+        server.start()
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    clients = [Client(addresses, timeout=20.0) for _ in range(5)]
+    try:
+        leader = _leader(servers, clients[0])
+        for n, client in enumerate(clients):
+            client.put(b"k%d" % n, b"v")
+        with leader.node.lock:
+            commit = leader.node.commit_index
+        nodes = servers.values()
+        with applied:
+            assert applied.wait_for(lambda: all(s.node.applied >= commit for s in nodes), 20)
+        states = {
+            i: (
+                s.state_machine.max_sessions,
+                [s.state_machine.session(c.client_id) for c in clients],
+            )
+            for i, s in servers.items()
+        }
+        limit = limits[leader.node_id]
+        assert all(state == states[leader.node_id] for state in states.values()), states
+        assert states[leader.node_id][0] == limit
+        assert sum(session is not None for session in states[leader.node_id][1]) == limit
+    finally:
+        for client in clients:
+            client.close()
+        for server in servers.values():
+            server.close()
+
+
+def _notify_after(on_apply, condition: threading.Condition, entry, reply) -> None:
+    on_apply(entry, reply)
+    with condition:
+        condition.notify_all()
 
 
 def test_a_message_answered_while_closing_is_dropped_not_a_failure(cluster):

@@ -24,11 +24,14 @@ from keyval.kv.state import (
     APPEND,
     DELETE,
     EXPIRED,
+    INVALID,
     NOT_FOUND,
     OK,
     PUT,
+    SET_MAX_SESSIONS,
     Command,
     KVStateMachine,
+    max_sessions_command,
 )
 from keyval.raft.records import Entry
 from keyval.raft.snapdata import FileData
@@ -63,10 +66,18 @@ class Model:
         if cmd.seq:
             self.sessions[cmd.client] = (cmd.seq, reply)
             self.last_use[cmd.client] = index
-            if len(self.sessions) > self.max_sessions:
-                oldest = min(self.last_use, key=self.last_use.__getitem__)
-                del self.sessions[oldest], self.last_use[oldest]
+            self.expire()
         return reply
+
+    def set_limit(self, limit: int) -> bytes:
+        self.max_sessions = limit
+        self.expire()
+        return bytes([OK])
+
+    def expire(self) -> None:
+        while len(self.sessions) > self.max_sessions:
+            oldest = min(self.last_use, key=self.last_use.__getitem__)
+            del self.sessions[oldest], self.last_use[oldest]
 
 
 class StateMachineModel(RuleBasedStateMachine):
@@ -138,6 +149,11 @@ class StateMachineModel(RuleBasedStateMachine):
         assert first == self.model.apply(cmd, len(self.log) - 1)
         self.model.apply(cmd, len(self.log))
 
+    @rule(limit=st.integers(1, 3))
+    def session_limit_set_by_the_log(self, limit):
+        expected = self.model.set_limit(limit)
+        assert self._apply(max_sessions_command(limit).encode()) == expected
+
     @rule()
     def leader_noop(self):
         assert self._apply(b"") == b""
@@ -163,6 +179,7 @@ class StateMachineModel(RuleBasedStateMachine):
         other = KVStateMachine(other_path, max_sessions=MAX_SESSIONS)
         other.restore(data)
         assert other.applied_index == len(self.log)
+        assert other.max_sessions == self.model.max_sessions  # the snapshot carries it
         for key in self.model.data:
             assert other.get(key) == self.model.data[key]
         for client, session in self.model.sessions.items():
@@ -197,6 +214,7 @@ class StateMachineModel(RuleBasedStateMachine):
     @invariant()
     def same_state(self):
         assert self.sm.applied_index == len(self.log)
+        assert self.sm.max_sessions == self.model.max_sessions
         for key in (b"a", b"b", b"c", b"key-" + b"k" * 40):
             assert self.sm.get(key) == self.model.data.get(key)
         for client in (1, 2, 3):
@@ -443,3 +461,37 @@ def test_a_snapshot_is_encoded_into_a_file_in_bounded_memory(tmp_path):
     assert other.get(b"key00054321") == value and other.applied_index == 100_000
     sm.close()
     other.close()
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        (b"max_sessions", bytes(8)),  # zero
+        (b"max_sessions", b"\x01" * 7),  # not a u64
+        (b"max_sessions", b"\x01" * 9),
+        (b"min_sessions", struct.pack("<Q", 5)),  # no such setting
+    ],
+)
+def test_a_malformed_session_limit_entry_is_invalid_and_changes_nothing(tmp_path, key, value):
+    sm = KVStateMachine(str(tmp_path / "kv.db"), max_sessions=3)
+    for client in (1, 2, 3):
+        sm.apply(Entry(client, 1, Command(PUT, client, 1, b"k", b"v").encode()))
+    entry = Entry(4, 1, Command(SET_MAX_SESSIONS, 0, 0, key, value).encode())
+    assert sm.apply(entry)[:1] == bytes([INVALID])
+    assert sm.max_sessions == 3 and all(sm.session(c) is not None for c in (1, 2, 3))
+    sm.close()
+
+
+def test_a_lowered_limit_expires_the_least_recently_used_sessions_and_is_kept(tmp_path):
+    sm = KVStateMachine(str(tmp_path / "kv.db"), max_sessions=10)
+    requests = [(1, 1), (2, 1), (3, 1), (1, 2)]  # (client, seq): client 2 is the least recent
+    for index, (client, seq) in enumerate(requests, start=1):
+        sm.apply(Entry(index, 1, Command(PUT, client, seq, b"k", b"v").encode()))
+    sm.apply(Entry(5, 1, max_sessions_command(2).encode()))
+    assert [sm.session(c) is not None for c in (1, 2, 3)] == [True, False, True]
+    sm.close()
+    sm = KVStateMachine(str(tmp_path / "kv.db"), max_sessions=10)  # the log's limit wins
+    assert sm.max_sessions == 2 and sm.session(2) is None
+    sm.close()
+    with pytest.raises(ValueError):
+        max_sessions_command(0)
