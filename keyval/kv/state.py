@@ -10,7 +10,10 @@ are committed to the DB in batches (every ``batch_entries`` entries or ``batch_s
 seconds, whichever comes first, and on :meth:`flush`/:meth:`close`/:meth:`snapshot`), as
 etcd's backend does: one DB fsync per entry would make the state machine, not consensus, the
 bottleneck. After a crash the DB is at some applied index *a* (all of it or none of it) and
-the node replays the log after *a*.
+the node replays the log after *a*. Snapshots are encoded and restored a chunk at a time, never
+held whole; a restore writes in several transactions behind a "restoring" mark in ``meta``,
+and a DB reopened with the mark reports applied index 0, so the node restores its snapshot
+again (see :meth:`KVStateMachine.restore`).
 
 ::
 
@@ -93,9 +96,11 @@ _SNAP_RECORD = struct.Struct("<BI")
 _LEN = struct.Struct("<I")
 KV, SESSIONS, META = b"kv", b"sessions", b"meta"
 _BUCKET_TAGS = {1: KV, 2: SESSIONS}
-_SESSIONS_TAG = 2
+_KV_TAG, _SESSIONS_TAG = 1, 2
 _SETTING_TAG = 3  # a snapshot record of a replicated setting (the one: max_sessions)
 _MAX_SESSIONS_KEY = b"max_sessions"  # in "meta" and in snapshots: u64
+_RESTORING_KEY = b"restoring"  # in "meta" while a snapshot is written in: its applied index
+RESTORE_BATCH_BYTES = 8 << 20  # keys and values written per transaction by restore()
 _DELETED = object()  # marks a key deleted in the pending batch
 _OK, _NOT_FOUND, _EXPIRED = bytes([OK]), bytes([NOT_FOUND]), bytes([EXPIRED])
 
@@ -182,6 +187,8 @@ class KVStateMachine:
                     meta.put(_FORMAT_KEY, _FORMAT)
             with self._db.view() as tx:
                 raw = tx.bucket(META).get(b"applied")
+                if tx.bucket(META).get(_RESTORING_KEY) is not None:
+                    raw = None  # a restore was cut short: the node restores its snapshot again
                 limit = tx.bucket(META).get(_MAX_SESSIONS_KEY)
                 if limit is not None:  # set by the log: it wins over the default given here
                     self.max_sessions = _APPLIED.unpack(limit)[0]
@@ -428,19 +435,39 @@ class KVStateMachine:
         return encode
 
     def restore(self, data: SnapshotData) -> None:
-        """Replaces the whole state with a snapshot's, durably, in one transaction. The
-        snapshot is streamed (a file-backed one is never held whole); one that fails to decode
-        raises CorruptionError (FormatVersionError for an old one with sessions) and changes
-        nothing."""
+        """Replaces the whole state with a snapshot's, durably; on return the DB holds it.
+
+        The snapshot is streamed (a file-backed one is never held whole), twice: first every
+        record is checked, so that one that fails to decode raises CorruptionError
+        (FormatVersionError for an old one with sessions) and changes nothing; then it is
+        written in transactions of about RESTORE_BATCH_BYTES, so that memory stays bounded
+        whatever the state's size. From the first of those to the last the DB is marked as
+        being restored, and a crash in between leaves it reporting ``applied_index`` 0: the
+        Raft driver saves a snapshot before it restores it, so on start it restores that
+        snapshot again (and a node never serves a state it did not finish restoring)."""
         with open_reader(data) as reader:
-            applied, records = _read_snapshot(reader)
+            applied, checks = _read_snapshot(reader, check_only=True)
+            for _ in checks:
+                pass
+        with self._flush_lock, self._lock, open_reader(data) as reader:
+            _, records = _read_snapshot(reader)
+            with self._db.update() as tx:
+                for name in (KV, SESSIONS):
+                    tx.delete_bucket(name)
+                    tx.create_bucket(name)
+                tx.bucket(META).put(_RESTORING_KEY, _APPLIED.pack(applied))
+            # Memory follows the DB from here, so that a failure below leaves them alike.
+            self._pending.clear()
+            self._pending_sessions.clear()
+            self._pending_count = 0
+            self._sessions_by_use = OrderedDict()
+            self._applied = self._durable_index = 0
             sessions, limit = [], self.max_sessions  # a snapshot without the setting: as is
-            with self._flush_lock, self._lock:
+            batch_end = False
+            while not batch_end:
                 with self._db.update() as tx:
-                    for name in (KV, SESSIONS):
-                        tx.delete_bucket(name)
-                        tx.create_bucket(name)
                     buckets = {tag: tx.bucket(name) for tag, name in _BUCKET_TAGS.items()}
+                    size = 0
                     for tag, key, value in records:
                         if tag == _SETTING_TAG:
                             limit = _APPLIED.unpack(value)[0]
@@ -448,15 +475,18 @@ class KVStateMachine:
                         buckets[tag].put(key, value)
                         if tag == _SESSIONS_TAG:
                             sessions.append((key, value))
-                    meta = tx.bucket(META)
-                    meta.put(b"applied", _APPLIED.pack(applied))
-                    meta.put(_MAX_SESSIONS_KEY, _APPLIED.pack(limit))
-                self.max_sessions = limit
-                self._sessions_by_use = _by_last_use(sessions)
-                self._pending.clear()
-                self._pending_sessions.clear()
-                self._pending_count = 0
-                self._applied = self._durable_index = applied
+                        size += len(key) + len(value)
+                        if size >= RESTORE_BATCH_BYTES:
+                            break
+                    else:
+                        batch_end = True
+                        meta = tx.bucket(META)
+                        meta.put(b"applied", _APPLIED.pack(applied))
+                        meta.put(_MAX_SESSIONS_KEY, _APPLIED.pack(limit))
+                        meta.delete(_RESTORING_KEY)
+            self.max_sessions = limit
+            self._sessions_by_use = _by_last_use(sessions)
+            self._applied = self._durable_index = applied
 
     def close(self, flush: bool = True) -> None:
         """Closes the database; with ``flush=False`` the pending batch is dropped, as a crash
@@ -474,42 +504,64 @@ def _by_last_use(sessions) -> OrderedDict[bytes, int]:
     return OrderedDict((key, index) for index, key in order)
 
 
-def _read_snapshot(reader: BinaryIO) -> tuple[int, Iterator[tuple[int, bytes, bytes]]]:
-    """A snapshot's applied index, and its records read one by one from ``reader``; raises
-    CorruptionError (bad magic here, a bad record when it is reached)."""
+def _read_snapshot(
+    reader: BinaryIO, check_only: bool = False
+) -> tuple[int, Iterator[tuple[int, bytes, bytes]]]:
+    """A snapshot's applied index, and its records read one by one from ``reader`` (see
+    _snapshot_records); raises CorruptionError (bad magic here, a bad record when reached)."""
     head = reader.read(16)
     old = head[:8] == _OLD_SNAP_MAGIC
     if not (old or head[:8] == _SNAP_MAGIC) or len(head) < 16:
         raise CorruptionError("not a KV snapshot (bad magic)", None, 0)
-    return _APPLIED.unpack_from(head, 8)[0], _snapshot_records(reader, old)
+    return _APPLIED.unpack_from(head, 8)[0], _snapshot_records(reader, old, check_only)
 
 
-def _snapshot_records(reader: BinaryIO, old: bool) -> Iterator[tuple[int, bytes, bytes]]:
-    read, off = reader.read, 16
-    while head := read(_SNAP_RECORD.size):
-        key = value = b""
-        if len(head) == _SNAP_RECORD.size:
-            tag, klen = _SNAP_RECORD.unpack(head)
-            key = read(klen)
-            raw = read(_LEN.size)
-            if len(key) == klen and len(raw) == _LEN.size:
-                (vlen,) = _LEN.unpack(raw)
-                value = read(vlen)
-                if len(value) == vlen:
-                    head = None  # the whole record is there
-        if head is not None:
-            raise CorruptionError(f"KV snapshot truncated at offset {off}", None, off)
-        off += _SNAP_RECORD.size + klen + _LEN.size + vlen
-        if tag == _SETTING_TAG:
-            if key != _MAX_SESSIONS_KEY or vlen != _APPLIED.size or value == bytes(8):
-                raise CorruptionError(f"bad KV snapshot setting at offset {off}", None, off)
-        elif tag not in _BUCKET_TAGS:
-            raise CorruptionError(f"bad KV snapshot record at offset {off}", None, off)
-        if tag == _SESSIONS_TAG:
-            if old:
-                raise FormatVersionError(
-                    "a KVSNAP01 snapshot with client sessions (see keyval.kv.state)", None, off
-                )
-            if klen != _SESSION.size or vlen < _SESSION_HEAD.size:
-                raise CorruptionError(f"bad KV snapshot session at offset {off}", None, off)
-        yield tag, key, value
+def _snapshot_records(
+    reader: BinaryIO, old: bool, check_only: bool = False
+) -> Iterator[tuple[int, bytes, bytes]]:
+    """The records after the header, each checked; with ``check_only`` it only checks them
+    (yielding nothing, and not copying the keys and values of the kv bucket)."""
+    # Records are cut from chunks read a MiB at a time (a few unpack_from per record, not four
+    # reads); a record that runs past the chunk is completed with the next.
+    buf, pos, base = b"", 0, 16  # base: the snapshot offset of buf[0]
+    head, length = _SNAP_RECORD.unpack_from, _LEN.unpack_from
+    while True:
+        need = pos + _SNAP_RECORD.size
+        if need <= len(buf):
+            tag, klen = head(buf, pos)
+            need += klen + _LEN.size
+            if need <= len(buf):
+                (vlen,) = length(buf, need - _LEN.size)
+                need += vlen
+                if need <= len(buf):
+                    start, pos = pos, need
+                    if tag != _KV_TAG or not check_only:
+                        key = buf[start + _SNAP_RECORD.size : need - _LEN.size - vlen]
+                        value = buf[need - vlen : need]
+                        if tag != _KV_TAG:
+                            _check_record(tag, key, value, old, base + pos)
+                        if not check_only:
+                            yield tag, key, value
+                    continue
+        more = reader.read(max(CHUNK_BYTES, need - len(buf)))
+        if not more:
+            if pos == len(buf):
+                return
+            raise CorruptionError(f"KV snapshot truncated at offset {base + pos}", None, base + pos)
+        buf, base, pos = buf[pos:] + more, base + pos, 0
+
+
+def _check_record(tag: int, key: bytes, value: bytes, old: bool, off: int) -> None:
+    """Raises if a decoded record cannot be part of a snapshot (``off``: where it ends)."""
+    if tag == _SETTING_TAG:
+        if key != _MAX_SESSIONS_KEY or len(value) != _APPLIED.size or value == bytes(8):
+            raise CorruptionError(f"bad KV snapshot setting at offset {off}", None, off)
+    elif tag not in _BUCKET_TAGS:
+        raise CorruptionError(f"bad KV snapshot record at offset {off}", None, off)
+    elif tag == _SESSIONS_TAG:
+        if old:
+            raise FormatVersionError(
+                "a KVSNAP01 snapshot with client sessions (see keyval.kv.state)", None, off
+            )
+        if len(key) != _SESSION.size or len(value) < _SESSION_HEAD.size:
+            raise CorruptionError(f"bad KV snapshot session at offset {off}", None, off)

@@ -1,6 +1,7 @@
 """The KV state machine: against a dict under random commands with retried requests,
 batched commits, snapshots, and reopen with log replay; and through a real crash."""
 
+import contextlib
 import os
 import random
 import shutil
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import threading
 import tracemalloc
+from unittest import mock
 
 import hypothesis
 import hypothesis.strategies as st
@@ -20,6 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from keyval.db import DB
 from keyval.errors import CorruptionError, FormatVersionError
+from keyval.kv import state
 from keyval.kv.state import (
     APPEND,
     DELETE,
@@ -33,8 +36,11 @@ from keyval.kv.state import (
     KVStateMachine,
     max_sessions_command,
 )
-from keyval.raft.records import Entry
+from keyval.raft.core import Config
+from keyval.raft.node import Node
+from keyval.raft.records import Entry, Snapshot
 from keyval.raft.snapdata import FileData
+from keyval.raft.storage import RaftStorage
 
 MAX_SESSIONS = 2  # in the model test: fewer than its three clients
 keys = st.sampled_from([b"a", b"b", b"c", b"key-" + b"k" * 40])
@@ -424,7 +430,8 @@ def test_a_damaged_snapshot_is_refused_and_changes_nothing(tmp_path_factory, cut
     sm.flush()
     before = _contents(sm)
     try:
-        sm.restore(bytes(data))
+        with mock.patch.object(state, "RESTORE_BATCH_BYTES", 16):  # a transaction per record
+            sm.restore(bytes(data))
     except (CorruptionError, FormatVersionError):
         assert _contents(sm) == before
         sm.close()
@@ -495,3 +502,99 @@ def test_a_lowered_limit_expires_the_least_recently_used_sessions_and_is_kept(tm
     sm.close()
     with pytest.raises(ValueError):
         max_sessions_command(0)
+
+
+RESTORE_CHILD = """
+import contextlib, os, sys
+from keyval.kv import state
+state.RESTORE_BATCH_BYTES = 2048  # many transactions, each a chance to be killed between
+sm = state.KVStateMachine(sys.argv[1])
+update = sm._db.update
+
+@contextlib.contextmanager
+def reporting_update():
+    with update() as tx:
+        yield tx
+    os.write(1, b"committed\\n")
+
+sm._db.update = reporting_update
+sm.restore(open(sys.argv[2], "rb").read())
+os.write(1, b"done\\n")
+"""
+
+
+def test_a_crash_while_restoring_leaves_the_old_state_or_a_marked_one(tmp_path):
+    """restore() writes a big snapshot in several transactions: killed at any point, the DB
+    reopens at its old state, or whole at the new one, or marked as being restored
+    (applied_index 0, so the node restores its snapshot again), and restoring again then
+    gives the new state exactly."""
+    source = KVStateMachine(str(tmp_path / "source.db"))
+    for i in range(1, 401):
+        source.apply(Entry(i, 1, Command(PUT, 0, 0, b"new%d" % i, b"n" * 100).encode()))
+    snapshot = tmp_path / "snapshot"
+    snapshot.write_bytes(bytes(source.snapshot()))
+    source.close()
+    new = {b"new%d" % i: b"n" * 100 for i in range(1, 401)}
+    rng = random.Random(5)
+    outcomes = set()
+    for round_ in range(8):
+        path = str(tmp_path / f"kv{round_}.db")
+        old = KVStateMachine(path)
+        for i in range(1, 6):
+            old.apply(Entry(i, 1, Command(PUT, 0, 0, b"old%d" % i, b"o").encode()))
+        old.close()
+        args = [sys.executable, "-c", RESTORE_CHILD, path, str(snapshot)]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE)
+        for _ in range(rng.randrange(0, 30)):
+            if proc.stdout.readline() in (b"", b"done\n"):
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        sm = KVStateMachine(path)
+        if sm.applied_index == 5:
+            outcomes.add("old")
+            assert sm.get(b"old3") == b"o" and sm.get(b"new1") is None
+        elif sm.applied_index == 400:
+            outcomes.add("new")
+            assert all(sm.get(k) == v for k, v in new.items()) and sm.get(b"old3") is None
+        else:
+            assert sm.applied_index == 0, sm.applied_index
+            outcomes.add("marked")
+            sm.restore(snapshot.read_bytes())
+            assert sm.applied_index == 400 and sm.get(b"new400") == new[b"new400"]
+            assert sm.get(b"old3") is None
+        sm.close()
+    assert "marked" in outcomes  # the kill landed between transactions at least once
+
+
+def test_a_node_restores_its_snapshot_again_over_a_restore_cut_short(tmp_path):
+    """The other half of the marker: the Raft driver sees applied index 0 and restores the
+    snapshot it saved before the restore began."""
+    source = KVStateMachine(str(tmp_path / "source.db"))
+    for i in range(1, 201):
+        source.apply(Entry(i, 1, Command(PUT, 0, 0, b"k%d" % i, b"v" * 100).encode()))
+    data = bytes(source.snapshot())
+    source.close()
+    with RaftStorage(str(tmp_path / "raft")) as storage:
+        storage.save_snapshot(Snapshot(200, 1, data))
+        sm = KVStateMachine(str(tmp_path / "kv.db"))
+        update, commits = sm._db.update, []
+
+        @contextlib.contextmanager
+        def failing_update():  # the machine dies after the third transaction
+            if len(commits) == 3:
+                raise OSError("killed")
+            with update() as tx:
+                yield tx
+            commits.append(1)
+
+        sm._db.update = failing_update
+        with mock.patch.object(state, "RESTORE_BATCH_BYTES", 1024), pytest.raises(OSError):
+            sm.restore(data)
+        sm.close(flush=False)
+        sm = KVStateMachine(str(tmp_path / "kv.db"))
+        assert sm.applied_index == 0 and sm.get(b"k200") is None
+        node = Node(Config(id=1, peers=(1, 2, 3)), storage, sm, send=lambda m: None)
+        assert node.applied == 200 and sm.applied_index == 200
+        assert all(sm.get(b"k%d" % i) == b"v" * 100 for i in range(1, 201))
+        sm.close()
