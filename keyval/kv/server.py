@@ -90,9 +90,13 @@ class Server:
         os.makedirs(data_dir, exist_ok=True)
         self.storage = RaftStorage(os.path.join(data_dir, "raft"), segment_size=segment_size)
         try:
-            # Not given max_sessions: the limit in force is the one the log sets (a leader
-            # sets its own; see KVService), the same on every node whatever each is given.
-            self.state_machine = KVStateMachine(os.path.join(data_dir, "kv.db"))
+            # The limit in force is the one the log sets (a leader sets its own before its
+            # term's first write; see KVService), the same on every node whatever each is
+            # given. Ours is used only until then: by a DB (or an older snapshot) from before
+            # the limit was replicated, whose entries were applied with it on every node.
+            self.state_machine = KVStateMachine(
+                os.path.join(data_dir, "kv.db"), max_sessions=max_sessions
+            )
         except BaseException:
             self.storage.close()
             raise

@@ -39,8 +39,10 @@ same entry. The limit is part of the replicated state, so it is the same on ever
 whatever each was started with: a SET_MAX_SESSIONS entry sets it from that entry on (sessions
 over a lowered limit expire there), the DB keeps it beside the applied index, and snapshots
 carry it. A leader proposes its configured limit before the first write of each term it
-leads (keyval.kv.service); until a log sets one, every node uses the default MAX_SESSIONS
-(or what the tests that build a state machine by hand give it).
+leads (keyval.kv.service), so every session is made under a limit the log set; the
+``max_sessions`` a state machine is built with applies only before that, to entries (and
+snapshots without the setting) of a keyval from before the limit was replicated, when it had
+to be the same on every node.
 A request with a sequence number above 1 from a client without a session is answered EXPIRED
 and changes nothing: it may be the retry of a request applied before the session was dropped,
 and applying it again could apply it twice (the client starts a new session; see
@@ -99,6 +101,11 @@ _BUCKET_TAGS = {1: KV, 2: SESSIONS}
 _KV_TAG, _SESSIONS_TAG = 1, 2
 _SETTING_TAG = 3  # a snapshot record of a replicated setting (the one: max_sessions)
 _MAX_SESSIONS_KEY = b"max_sessions"  # in "meta" and in snapshots: u64
+_KEY_LENGTHS = {  # tag -> the shortest and longest key a snapshot record of it may have
+    _KV_TAG: (1, MAX_KEY_SIZE),
+    _SESSIONS_TAG: (_SESSION.size, _SESSION.size),
+    _SETTING_TAG: (len(_MAX_SESSIONS_KEY), len(_MAX_SESSIONS_KEY)),
+}
 _RESTORING_KEY = b"restoring"  # in "meta" while a snapshot is written in: its applied index
 RESTORE_BATCH_BYTES = 8 << 20  # keys and values written per transaction by restore()
 _DELETED = object()  # marks a key deleted in the pending batch
@@ -446,11 +453,11 @@ class KVStateMachine:
         Raft driver saves a snapshot before it restores it, so on start it restores that
         snapshot again (and a node never serves a state it did not finish restoring)."""
         with open_reader(data) as reader:
-            applied, checks = _read_snapshot(reader, check_only=True)
+            applied, checks = _read_snapshot(reader, len(data), check_only=True)
             for _ in checks:
                 pass
         with self._flush_lock, self._lock, open_reader(data) as reader:
-            _, records = _read_snapshot(reader)
+            _, records = _read_snapshot(reader, len(data))
             with self._db.update() as tx:
                 for name in (KV, SESSIONS):
                     tx.delete_bucket(name)
@@ -505,7 +512,7 @@ def _by_last_use(sessions) -> OrderedDict[bytes, int]:
 
 
 def _read_snapshot(
-    reader: BinaryIO, check_only: bool = False
+    reader: BinaryIO, size: int, check_only: bool = False
 ) -> tuple[int, Iterator[tuple[int, bytes, bytes]]]:
     """A snapshot's applied index, and its records read one by one from ``reader`` (see
     _snapshot_records); raises CorruptionError (bad magic here, a bad record when reached)."""
@@ -513,14 +520,15 @@ def _read_snapshot(
     old = head[:8] == _OLD_SNAP_MAGIC
     if not (old or head[:8] == _SNAP_MAGIC) or len(head) < 16:
         raise CorruptionError("not a KV snapshot (bad magic)", None, 0)
-    return _APPLIED.unpack_from(head, 8)[0], _snapshot_records(reader, old, check_only)
+    return _APPLIED.unpack_from(head, 8)[0], _snapshot_records(reader, size, old, check_only)
 
 
 def _snapshot_records(
-    reader: BinaryIO, old: bool, check_only: bool = False
+    reader: BinaryIO, size: int, old: bool, check_only: bool = False
 ) -> Iterator[tuple[int, bytes, bytes]]:
-    """The records after the header, each checked; with ``check_only`` it only checks them
-    (yielding nothing, and not copying the keys and values of the kv bucket)."""
+    """The records after the header of a snapshot of ``size`` bytes, each checked (a length
+    past the end is refused before anything is read for it); with ``check_only`` it only
+    checks them (yielding nothing, and not copying the keys and values of the kv bucket)."""
     # Records are cut from chunks read a MiB at a time (a few unpack_from per record, not four
     # reads); a record that runs past the chunk is completed with the next.
     buf, pos, base = b"", 0, 16  # base: the snapshot offset of buf[0]
@@ -529,9 +537,16 @@ def _snapshot_records(
         need = pos + _SNAP_RECORD.size
         if need <= len(buf):
             tag, klen = head(buf, pos)
+            low, high = _KEY_LENGTHS.get(tag, (1, 0))
+            if not low <= klen <= high:
+                off = base + pos
+                raise CorruptionError(f"bad KV snapshot record at offset {off}", None, off)
             need += klen + _LEN.size
             if need <= len(buf):
                 (vlen,) = length(buf, need - _LEN.size)
+                if vlen > MAX_VALUE_SIZE:
+                    off = base + pos
+                    raise CorruptionError(f"bad KV snapshot record at offset {off}", None, off)
                 need += vlen
                 if need <= len(buf):
                     start, pos = pos, need
@@ -543,10 +558,12 @@ def _snapshot_records(
                         if not check_only:
                             yield tag, key, value
                     continue
+        if pos == len(buf) == size - base:
+            return
+        if base + need > size:
+            raise CorruptionError(f"KV snapshot truncated at offset {base + pos}", None, base + pos)
         more = reader.read(max(CHUNK_BYTES, need - len(buf)))
-        if not more:
-            if pos == len(buf):
-                return
+        if not more:  # the data is shorter than it said (a file truncated under us)
             raise CorruptionError(f"KV snapshot truncated at offset {base + pos}", None, base + pos)
         buf, base, pos = buf[pos:] + more, base + pos, 0
 

@@ -276,6 +276,7 @@ class RaftCore:
         if term != self.term:
             self.term = term
             self.vote = 0
+            self._drop_snapshot_receipt()  # a new term's leader resends what it wants
         self.lead = 0
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
@@ -384,6 +385,7 @@ class RaftCore:
             self.election_elapsed = 0
             self.lead = m.frm
             self._handle_append(m)
+            self._drop_stale_receipt()
         elif t is MsgType.HEARTBEAT:
             self.election_elapsed = 0
             self.lead = m.frm
@@ -392,6 +394,7 @@ class RaftCore:
             # its word, rather than stop (committing up to our last entry would be unsafe).
             if m.commit <= self.log.last_index():
                 self.log.commit_to(m.commit)
+                self._drop_stale_receipt()
             self._send(MsgType.HEARTBEAT_RESP, m.frm, context=m.context)
         elif t is MsgType.SNAP:
             self.election_elapsed = 0
@@ -428,10 +431,14 @@ class RaftCore:
         if c.index <= self.log.committed:
             # Already have it, or something newer: a duplicate or late chunk. Report where we
             # are so the leader leaves the snapshot state.
+            self._drop_stale_receipt()
             self._send(MsgType.APP_RESP, m.frm, index=self.log.committed)
             return
         rc = self._snap_receipt
-        if rc is None or (rc.index, rc.term) != (c.index, c.term):
+        same = rc is not None and (rc.index, rc.term) == (c.index, c.term)
+        if c.offset + len(c.data) > c.total or (same and rc.total != c.total):
+            return  # no leader sends this (the decoder refuses it): dropped, as if lost
+        if not same:
             if c.offset != 0:
                 # The start of this snapshot was received by a previous incarnation of this
                 # node (or a lost chunk): ask for it from the beginning.
@@ -442,8 +449,7 @@ class RaftCore:
                     chunk=SnapshotChunk(c.index, c.term, 0, c.total),
                 )
                 return
-            if rc is not None:
-                rc.data.discard()
+            self._drop_snapshot_receipt()
             rc = self._snap_receipt = _SnapshotReceipt(
                 c.index, c.term, c.total, self._snapshot_buffer()
             )
@@ -468,6 +474,18 @@ class RaftCore:
         else:
             self.log.restore(snap)
             self._send(MsgType.APP_RESP, m.frm, index=self.log.last_index())
+
+    def _drop_stale_receipt(self) -> None:
+        """Forgets a snapshot being received once the log has committed past it."""
+        rc = self._snap_receipt
+        if rc is not None and rc.index <= self.log.committed:
+            self._drop_snapshot_receipt()
+
+    def _drop_snapshot_receipt(self) -> None:
+        """Forgets a snapshot being received (and frees its buffer: a file, perhaps)."""
+        if self._snap_receipt is not None:
+            self._snap_receipt.data.discard()
+            self._snap_receipt = None
 
     # -- leader -------------------------------------------------------------------------------
 

@@ -115,7 +115,8 @@ def _check_contents(
     rather than stepped into the consensus core, whose invariants it would break.
 
     Appended entries follow ``index`` one by one, with terms that never go back, from the term
-    of the entry before them up to the sender's; a snapshot chunk names an index and a term."""
+    of the entry before them up to the sender's; a snapshot chunk names an index and a term,
+    and lies within the snapshot's total size."""
     if mtype is MsgType.APP and entries:
         prev_index, prev_term = index, log_term
         for e in entries:
@@ -128,6 +129,11 @@ def _check_contents(
             prev_index, prev_term = e.index, e.term
     if chunk is not None and (chunk.index < 1 or chunk.term < 1):
         raise MessageDecodeError(f"snapshot chunk at index {chunk.index}, term {chunk.term}")
+    if chunk is not None and chunk.offset + len(chunk.data) > chunk.total:
+        raise MessageDecodeError(
+            f"snapshot chunk of {len(chunk.data)} bytes at {chunk.offset} past its total "
+            f"{chunk.total}"
+        )
 
 
 def _put(out: bytearray, value: int) -> None:

@@ -178,6 +178,7 @@ class FileBuffer:
     it where it belongs (see keyval.raft.snapfile)."""
 
     def __init__(self, directory: str) -> None:
+        self._fd = -1  # until opened: what __del__ finds if the open fails
         self._fd = _unnamed_file(directory)
         self._size = 0
 

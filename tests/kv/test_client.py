@@ -262,6 +262,9 @@ def test_nodes_started_with_different_session_limits_use_the_leaders(tmp_path):
     peers = {i: ("127.0.0.1", p) for i, p in zip(IDS, ports, strict=True)}
     limits = dict(zip(IDS, (2, 3, 4), strict=True))
     servers = {i: Server(i, peers, str(tmp_path / f"n{i}"), max_sessions=limits[i]) for i in IDS}
+    # Each uses its own only until the log sets one: for entries applied before the limit
+    # was replicated (a DB or snapshot of an older keyval), when it had to match everywhere.
+    assert [servers[i].state_machine.max_sessions for i in IDS] == [2, 3, 4]
     applied = threading.Condition()
     for server in servers.values():  # a wake-up for the waits below on every applied entry
         server.node.on_apply = functools.partial(_notify_after, server.node.on_apply, applied)

@@ -598,3 +598,39 @@ def test_a_node_restores_its_snapshot_again_over_a_restore_cut_short(tmp_path):
         assert node.applied == 200 and sm.applied_index == 200
         assert all(sm.get(b"k%d" % i) == b"v" * 100 for i in range(1, 201))
         sm.close()
+
+
+def _record(tag: int, key: bytes, value: bytes, klen=None, vlen=None) -> bytes:
+    klen = len(key) if klen is None else klen
+    vlen = len(value) if vlen is None else vlen
+    return struct.pack("<BI", tag, klen) + key + struct.pack("<I", vlen) + value
+
+
+GOOD = _record(1, b"a", b"1") + _record(1, b"b", b"2")
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        GOOD + _record(1, b"", b"empty key"),
+        GOOD + _record(1, b"k" * (32 * 1024 + 1), b"key too long"),
+        GOOD + _record(2, b"short", bytes(20)),  # a session key is a u64 client id
+        GOOD + _record(9, b"k", b"no such bucket"),
+        GOOD + _record(1, b"k", b"", vlen=2**32 - 1),  # declares 4 GiB: never allocated
+        GOOD + _record(1, b"", b"", klen=2**31),
+        GOOD + b"\x01\x01",  # cut in a record's head
+    ],
+)
+def test_a_snapshot_with_a_record_no_state_holds_is_refused_before_anything_changes(
+    tmp_path, records
+):
+    sm = KVStateMachine(str(tmp_path / "kv.db"))
+    sm.apply(Entry(1, 1, Command(PUT, 0, 0, b"mine", b"kept").encode()))
+    snapshot = b"KVSNAP02" + struct.pack("<Q", 9) + records
+    with mock.patch.object(state, "RESTORE_BATCH_BYTES", 1), pytest.raises(CorruptionError):
+        sm.restore(snapshot)  # (one transaction per record, had it begun writing)
+    assert (sm.applied_index, sm.get(b"mine"), sm.get(b"a")) == (1, b"kept", None)
+    sm.close()
+    sm = KVStateMachine(str(tmp_path / "kv.db"))
+    assert (sm.applied_index, sm.get(b"mine"), sm.get(b"a")) == (1, b"kept", None)
+    sm.close()

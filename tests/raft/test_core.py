@@ -15,6 +15,7 @@ from keyval.raft.core import Config, RaftCore, Role
 from keyval.raft.memory import MemoryStorage
 from keyval.raft.messages import Message, MsgType, SnapshotChunk
 from keyval.raft.records import Entry, HardState, Snapshot
+from keyval.raft.snapdata import MemoryBuffer
 
 ELECTION = 10
 
@@ -412,3 +413,54 @@ def test_leader_sends_snapshot_in_a_window_of_chunks_and_resends_on_its_own_time
     assert p.snapshots[3] == [Snapshot(applied, 1, b"S" * 35)]
     p.run(p.tick(1))
     assert p[3].log.committed == p[1].log.committed
+
+
+class TrackedBuffer(MemoryBuffer):
+    """A receive buffer that knows whether it is still held (FileBuffer holds a file)."""
+
+    def __init__(self, live: set) -> None:
+        super().__init__()
+        self.live = live
+        live.add(self)
+
+    def discard(self) -> None:
+        super().discard()
+        self.live.discard(self)
+
+    def finish(self) -> bytes:
+        self.live.discard(self)
+        return super().finish()
+
+
+def tracked_follower(p: Peers, live: set) -> None:
+    cfg = Config(id=2, peers=p.ids, election_ticks=ELECTION)
+    buffers = lambda: TrackedBuffer(live)  # noqa: E731
+    p.cores[2] = RaftCore(cfg, p.storages[2], random.Random(2), snapshot_buffer=buffers)
+
+
+def test_a_partly_received_snapshot_is_let_go_once_a_new_term_begins():
+    p, live = Peers(3), set()
+    tracked_follower(p, live)
+    p[2].step(chunk(0, b"a" * 100))
+    p.flush(2)
+    assert len(live) == 1
+    p[2].step(chunk(100, b"b" * 250))  # past the total: no leader sends it; dropped as if lost
+    assert p.flush(2) == [] and len(p[2]._snap_receipt.data) == 100
+    p[2].step(Message(MsgType.HEARTBEAT, 2, 3, 3))  # another leader, a later term
+    p.flush(2)
+    assert live == set() and p[2]._snap_receipt is None
+
+
+def test_a_partly_received_snapshot_is_let_go_once_the_log_commits_past_it():
+    st = storage_with([2] * 60, hard_term=2)
+    p, live = Peers(3, storages={1: MemoryStorage(), 2: st, 3: MemoryStorage()}), set()
+    tracked_follower(p, live)
+    p[2].step(chunk(0, b"a" * 100))  # the snapshot at index 50, from leader 1 in term 2
+    p.flush(2)
+    assert len(live) == 1
+    p[2].step(Message(MsgType.HEARTBEAT, 2, 1, 2, commit=49))
+    p.flush(2)
+    assert len(live) == 1  # still needed: it covers more than the log has committed
+    p[2].step(Message(MsgType.HEARTBEAT, 2, 1, 2, commit=55))
+    p.flush(2)
+    assert live == set() and p[2]._snap_receipt is None

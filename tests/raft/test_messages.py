@@ -25,7 +25,18 @@ positive = st.integers(min_value=1, max_value=2**64 - 1)
 entries = st.lists(
     st.builds(Entry, index=positive, term=positive, data=st.binary(max_size=64)), max_size=5
 ).map(tuple)
-chunks = st.none() | st.builds(SnapshotChunk, positive, positive, u64, u64, st.binary(max_size=64))
+
+
+@st.composite
+def valid_chunk(draw) -> SnapshotChunk:
+    """A chunk a leader may send: its bytes lie within the snapshot's total."""
+    data = draw(st.binary(max_size=64))
+    offset = draw(st.integers(0, 2**64 - 1 - len(data)))
+    total = draw(st.integers(offset + len(data), 2**64 - 1))
+    return SnapshotChunk(draw(positive), draw(positive), offset, total, data)
+
+
+chunks = st.none() | valid_chunk()
 
 
 @st.composite
@@ -102,6 +113,8 @@ def test_corrupted_or_truncated_messages_fail_cleanly(msg, data):
         Message(MsgType.APP, 2, 1, 2, index=0, entries=(Entry(1, 3),)),
         Message(MsgType.SNAP, 2, 1, 1, chunk=SnapshotChunk(5, 0, 0, 1, b"x")),
         Message(MsgType.SNAP, 2, 1, 1, chunk=SnapshotChunk(0, 1, 0, 1, b"x")),
+        # bytes past the snapshot's total: a follower took them as part of it
+        Message(MsgType.SNAP, 2, 1, 1, chunk=SnapshotChunk(5, 1, 9, 10, b"xy")),
     ],
 )
 def test_contents_no_correct_peer_sends_are_refused_as_malformed(msg):
