@@ -420,6 +420,7 @@ class Server:
                 "first_index": self.storage.first_index,
                 "last_index": self.storage.last_index,
                 "kv_durable_index": self.state_machine.durable_index,
+                "max_sessions": self.state_machine.max_sessions,  # in force (the log's)
             }
 
 

@@ -290,6 +290,7 @@ def test_nodes_started_with_different_session_limits_use_the_leaders(tmp_path):
         limit = limits[leader.node_id]
         assert all(state == states[leader.node_id] for state in states.values()), states
         assert states[leader.node_id][0] == limit
+        assert {s.status()["max_sessions"] for s in servers.values()} == {limit}
         assert sum(session is not None for session in states[leader.node_id][1]) == limit
     finally:
         for client in clients:
