@@ -73,7 +73,7 @@ from bench.peers.pysyncobj_node import put_request, read_frame, write_frame
 from keyval.diskcheck import percentile
 from keyval.kv.client import Client
 from keyval.kv.local import LocalCluster, free_ports
-from keyval.kv.state import PUT, Command, KVStateMachine
+from keyval.kv.state import PUT, Command, KVStateMachine, register_command
 from keyval.raft.records import Entry, HardState, Snapshot
 from keyval.raft.storage import RaftStorage
 
@@ -416,13 +416,15 @@ def _grow_log(node_dir: str, log_bytes: int) -> tuple[int, int]:
         term = st.term(st.last_index)
         hs = st.hard_state()
         st.save_snapshot(Snapshot(applied, term, snap_data))
-        index, written, seq = applied, 0, 0
+        index, written, seq = applied + 1, 0, 0
+        st.append([Entry(index, term, register_command().encode())])  # a client's session
+        client = index  # a session's id is its REGISTER entry's index
         while written < log_bytes:
             batch = []
             for _ in range(BUILD_BATCH):
                 index += 1
                 seq += 1
-                data = Command(PUT, 7, seq, b"restart-%09d" % seq, value).encode()
+                data = Command(PUT, client, seq, b"restart-%09d" % seq, value).encode()
                 batch.append(Entry(index, term, data))
                 written += len(data)
             st.append(batch)

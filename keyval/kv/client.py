@@ -11,8 +11,10 @@ lost reply) the cluster applies it exactly once. The client finds the leader by 
 follower's NOT_LEADER answer names it) and retries until ``timeout`` seconds have passed, then
 raises :class:`~keyval.errors.Timeout`: the operation may or may not have taken effect.
 
-The cluster keeps a bounded number of sessions (``keyval.kv.state.MAX_SESSIONS``) and expires
-the least recently used. A write whose session expired is answered EXPIRED; if that answer
+A thread's first write opens its session on the cluster (one REGISTER write, whose log index
+is the session's id). The cluster keeps a bounded number of sessions
+(``keyval.kv.state.MAX_SESSIONS``) and expires the least recently used. A write whose session
+expired is answered EXPIRED; if that answer
 came to its only attempt, the write was never applied and the client sends it again at once
 in a new session; after several attempts it may have been, and the call raises
 :class:`~keyval.errors.SessionExpired` (the outcome is unknown, as after a timeout).
@@ -27,15 +29,23 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import threading
 import time
 import weakref
 
-from keyval.errors import KeyTooLarge, SessionExpired, Timeout, ValueTooLarge
+from keyval.errors import KeyTooLarge, KeyvalError, SessionExpired, Timeout, ValueTooLarge
 from keyval.kv import protocol
 from keyval.kv.frames import KIND_REQUEST, FrameError
-from keyval.kv.state import APPEND, DELETE, EXPIRED, NOT_FOUND, PUT, encode_command
+from keyval.kv.state import (
+    APPEND,
+    DELETE,
+    EXPIRED,
+    NOT_FOUND,
+    OK,
+    PUT,
+    encode_command,
+    register_command,
+)
 from keyval.kv.transport import ClientConnection
 
 MAX_KEY = 32 * 1024
@@ -43,7 +53,8 @@ MAX_VALUE = 4 * 2**20  # one frame carries a request; keep a margin below its 8 
 TRY_TIMEOUT = 2.5  # one attempt at one server; the server itself answers RETRY after 2 s
 _WRITE = bytes([protocol.WRITE])
 _RETRY = bytes([protocol.RETRY])
-_EXPIRED = bytes([EXPIRED])
+_EXPIRED, _OK = bytes([EXPIRED]), bytes([OK])
+_REGISTER = register_command().encode()
 
 
 class Client:
@@ -62,8 +73,9 @@ class Client:
 
     @property
     def client_id(self) -> int:
-        """The calling thread's client id (each thread has its own session)."""
-        return self._session()[0]
+        """The calling thread's client id (each thread has its own session; this opens it if
+        the thread has none)."""
+        return self._session(None)[0]
 
     # -- operations -------------------------------------------------------------------------
     # ``timeout``: seconds for this call, retries included (default: the client's).
@@ -117,18 +129,22 @@ class Client:
 
     # -- the retry loop ---------------------------------------------------------------------
 
-    def _session(self) -> tuple[int, itertools.count]:
+    def _session(self, timeout: float | None) -> tuple[int, itertools.count]:
+        """This thread's session: opened on the cluster (one REGISTER write) when it has none.
+        Its id is the index of that entry: never an id another client or an expired session
+        had, so no retry is ever taken for someone else's."""
         session = getattr(self._local, "session", None)
         if session is None:
-            # From the OS, not the random module: a forked process must not repeat its
-            # parent's ids, or the cluster would take one's writes for the other's retries.
-            client_id = int.from_bytes(os.urandom(8), "little") >> 1 or 1
+            reply = self._call(_WRITE + _REGISTER, timeout)
+            if reply[:1] != _OK or len(reply) != 9:
+                raise KeyvalError(f"the cluster did not open a session: {reply!r}")
+            client_id = int.from_bytes(reply[1:], "little")
             session = self._local.session = (client_id, itertools.count(1))
         return session
 
     def _write(self, op: int, key: bytes, value: bytes, timeout: float | None) -> bytes:
         _check(key, value)
-        client_id, seqs = self._session()
+        client_id, seqs = self._session(timeout)
         seq = next(seqs)
         reply = self._call(_WRITE + encode_command(op, client_id, seq, key, value), timeout)
         if reply[:1] != _EXPIRED:
@@ -139,7 +155,7 @@ class Client:
                 f"session {client_id:#x} expired while write {seq} was retried: it may or may "
                 "not have taken effect"
             )
-        client_id, seqs = self._session()  # sent once and refused: never applied
+        client_id, seqs = self._session(timeout)  # sent once and refused: never applied
         return self._call(_WRITE + encode_command(op, client_id, next(seqs), key, value), timeout)
 
     def _call(self, request: bytes, timeout: float | None = None) -> bytes:

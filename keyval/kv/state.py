@@ -19,7 +19,7 @@ again (see :meth:`KVStateMachine.restore`).
 
     command (an entry's data)         reply
       u8  op (PUT 1, APPEND 2, DELETE 3, u8  status (OK 0, NOT_FOUND 1, INVALID 2, EXPIRED 3)
-          SET_MAX_SESSIONS 4)
+          SET_MAX_SESSIONS 4, REGISTER 5) ... REGISTER: u64 the new session's id
       u64 client id                      ... value (for GET), or why (INVALID)
       u64 sequence number (0 = none)
       u32 key length, key, value
@@ -28,6 +28,7 @@ again (see :meth:`KVStateMachine.restore`).
       u64 last sequence number | u64 index of the entry that last used it | its reply
 
     SET_MAX_SESSIONS: client 0, seq 0, key "max_sessions", value u64 (>= 1)
+    REGISTER: client 0, seq 0, key "session", no value
 
     snapshot: "KVSNAP02" | u64 applied index | then records of
       u8 tag (1 kv, 2 sessions, 3 setting) | u32 key length | key | u32 value length | value
@@ -43,11 +44,15 @@ leads (keyval.kv.service), so every session is made under a limit the log set; t
 ``max_sessions`` a state machine is built with applies only before that, to entries (and
 snapshots without the setting) of a keyval from before the limit was replicated, when it had
 to be the same on every node.
-A request with a sequence number above 1 from a client without a session is answered EXPIRED
-and changes nothing: it may be the retry of a request applied before the session was dropped,
-and applying it again could apply it twice (the client starts a new session; see
-keyval.kv.client). A sequence number of 1 starts a session. So exactly-once holds for any
-request retried while fewer than ``max_sessions`` other clients start or use sessions.
+A session is opened by a REGISTER entry and named by that entry's index, so an id is never
+used twice: not by two clients, and not by one client after its session expired (a delayed
+duplicate of a REGISTER opens another session, never an old one again). A write with a
+sequence number (1, 2, ...) in a session that does not exist (expired, or never opened) is
+answered EXPIRED and changes nothing: it may be the retry of a write applied before the
+session was dropped, and applying it again would apply it twice (the client opens a new
+session; see keyval.kv.client). So a write is applied at most once, always; exactly once
+unless its session expired while it was retried, which the client reports. A sequence number
+of 0 writes outside any session, without de-duplication.
 
 Files of the format before sessions expired (sessions without a last index; "KVSNAP01"
 snapshots) are refused if they hold any session: the order in which those would expire
@@ -84,8 +89,8 @@ from keyval.errors import CorruptionError, FormatVersionError
 from keyval.raft.records import Entry
 from keyval.raft.snapdata import CHUNK_BYTES, FileBuffer, SnapshotData, open_reader
 
-PUT, APPEND, DELETE, SET_MAX_SESSIONS = 1, 2, 3, 4
-CLIENT_OPS = (PUT, APPEND, DELETE)  # what a client may ask; SET_MAX_SESSIONS is the leader's
+PUT, APPEND, DELETE, SET_MAX_SESSIONS, REGISTER = 1, 2, 3, 4, 5
+CLIENT_OPS = (PUT, APPEND, DELETE, REGISTER)  # a client's to ask; SET_MAX_SESSIONS the leader's
 OK, NOT_FOUND, INVALID, EXPIRED = 0, 1, 2, 3
 MAX_SESSIONS = 100_000  # client sessions kept (see the module docstring)
 _COMMAND = struct.Struct("<BQQI")
@@ -101,6 +106,7 @@ _BUCKET_TAGS = {1: KV, 2: SESSIONS}
 _KV_TAG, _SESSIONS_TAG = 1, 2
 _SETTING_TAG = 3  # a snapshot record of a replicated setting (the one: max_sessions)
 _MAX_SESSIONS_KEY = b"max_sessions"  # in "meta" and in snapshots: u64
+_REGISTER_KEY = b"session"  # the key of a REGISTER command (every command has one)
 _KEY_LENGTHS = {  # tag -> the shortest and longest key a snapshot record of it may have
     _KV_TAG: (1, MAX_KEY_SIZE),
     _SESSIONS_TAG: (_SESSION.size, _SESSION.size),
@@ -125,7 +131,7 @@ def decode_command(data: bytes) -> tuple[int, int, int, bytes, bytes]:
         raise ValueError(f"a command of {len(data)} bytes is too short")
     op, client, seq, klen = _COMMAND.unpack_from(data)
     end = _COMMAND.size + klen
-    if op not in (PUT, APPEND, DELETE, SET_MAX_SESSIONS) or end > len(data):
+    if op not in (PUT, APPEND, DELETE, SET_MAX_SESSIONS, REGISTER) or end > len(data):
         raise ValueError(f"malformed command (op {op}, key length {klen})")
     if not 0 < klen <= MAX_KEY_SIZE:
         raise ValueError(f"keys must be 1 to {MAX_KEY_SIZE} bytes, not {klen}")
@@ -146,6 +152,12 @@ class Command:
     @staticmethod
     def decode(data: bytes) -> Command:
         return Command(*decode_command(data))
+
+
+def register_command() -> Command:
+    """The entry that opens a client session: its reply is OK and the session's id (u64), the
+    entry's own index, so no two sessions ever share an id (see the module docstring)."""
+    return Command(REGISTER, 0, 0, _REGISTER_KEY)
 
 
 def max_sessions_command(limit: int) -> Command:
@@ -270,12 +282,16 @@ class KVStateMachine:
             return bytes([INVALID]) + str(exc).encode()
         if op == SET_MAX_SESSIONS:
             return self._set_max_sessions_locked(key, value)
+        if op == REGISTER:  # a new session, named by this entry's index
+            session = _SESSION.pack(entry.index)
+            self._use_session_locked(session, 0, entry.index, b"")
+            return _OK + session
         session_key = _SESSION.pack(client)
         if seq:
             last = self._session_locked(session_key)
-            if last is None and seq > 1:
+            if last is None:
                 return _EXPIRED  # perhaps applied before its session expired: not again
-            if last is not None and seq <= last[0]:
+            if seq <= last[0]:
                 return last[1] if seq == last[0] else bytes([OK])  # a stale retry
         if op == PUT:  # the one op that needs no read of the current value
             self._pending[key] = value

@@ -16,7 +16,10 @@ the server is crashed, disconnected, or outside the client's ``reach``. On ``Not
 client tries the hinted leader (or the next server), and when no answer comes within
 ``request_timeout_ms`` it tries the next server -- always with the same sequence number, so
 the service applies the request exactly once. Every operation goes into a history with the
-simulated call and return times, for :func:`keyval.kv.linearizability.check`.
+simulated call and return times, for :func:`keyval.kv.linearizability.check`. A write answered
+EXPIRED (its session was dropped: see keyval.kv.state) is sent again in a new session if
+that was its only attempt (it was not applied), as keyval.Client does; after several attempts
+its outcome is unknown, and it stays pending in the history (``Client.unknown`` counts them).
 
 Clients run either clerk-style (:meth:`Cluster.put` and friends run the network until the
 operation completes) or as workers: a generator that yields ``(kind, key, value)`` and is sent
@@ -38,13 +41,14 @@ from dataclasses import dataclass, field
 from keyval.errors import NotLeader
 from keyval.kv import linearizability as lin
 from keyval.kv.service import KVService
-from keyval.kv.state import APPEND, DELETE, PUT, Command, KVStateMachine
+from keyval.kv.state import APPEND, DELETE, PUT, Command, KVStateMachine, register_command
 from keyval.raft.simnet import DROP_RATE, MAX_DELAY_MS, RELIABLE_MAX_DELAY_MS, SimNet
 from keyval.raft.storage import RaftStorage
 
 SEED_ENV = "KEYVAL_KV_SEED"
 WRITE_OPS = {lin.PUT: PUT, lin.APPEND: APPEND, lin.DELETE: DELETE}
-OK, NOT_FOUND = b"\x00", b"\x01"
+OK, NOT_FOUND, EXPIRED = b"\x00", b"\x01", b"\x03"
+REGISTER_KIND = "register"  # a client's internal request that opens its session
 # With SimNet's default 50 ms tick: heartbeats every 100 ms and election timeouts of
 # 500-1,000 ms, the Raft lab's settings (at most ten heartbeats a second, a new leader well
 # within five seconds).
@@ -107,7 +111,9 @@ class _Request:
     seq: int  # 0 for a get
     token: int
     then: Callable[[object], None] | None
+    session: int = 0  # the client id it is sent under
     attempt: int = 0
+    tries_in_session: int = 0  # attempts sent under ``session``
     finished: bool = False
     served_by: list[int] = field(default_factory=list)  # servers that answered it
 
@@ -118,8 +124,11 @@ class Client:
 
     def __init__(self, cluster: Cluster, cid: int, reach: Iterable[int] | None = None) -> None:
         self.cluster = cluster
-        self.id = cid
+        self.id = cid  # in the history
+        self.session: int | None = None  # the client id the service sees (REGISTER gives it)
         self.seq = 0
+        self.unknown = 0  # writes given up on as EXPIRED after several attempts
+        self.sessions: list[int] = []  # every session it has had
         self.reach = None if reach is None else set(reach)
         self.target = cluster.rng.choice(self.servers())
         self.current: _Request | None = None
@@ -151,19 +160,38 @@ class Client:
         if self.current is not None:
             raise RuntimeError(f"client {self.id} already has a request outstanding")
         c = self.cluster
-        seq = 0
-        if kind != lin.GET:
-            self.seq += 1
-            seq = self.seq
         token = c.history.invoke(self.id, c.net.now, kind, key, value)
-        req = _Request(kind, key, value, seq, token, then)
+        req = _Request(kind, key, value, 0, token, then)
         self.current = req
-        self._send(req)
+        if kind != lin.GET and self.session is None:
+            self._register(lambda: self._send_in_session(req))
+        elif kind != lin.GET:
+            self._send_in_session(req)
+        else:
+            self._send(req)
         return req
+
+    def _send_in_session(self, req: _Request) -> None:
+        """Sends a write under the current session, with its next sequence number."""
+        self.seq += 1
+        req.session, req.seq, req.tries_in_session = self.session, self.seq, 0
+        self._send(req)
+
+    def _register(self, then: Callable[[], None]) -> None:
+        """Opens a session (a REGISTER write, retried like any), then ``then()``."""
+
+        def registered(reply: bytes) -> None:
+            self.session = int.from_bytes(reply[1:], "little")
+            self.sessions.append(self.session)
+            self.seq = 0
+            then()
+
+        self._send(_Request(REGISTER_KIND, b"", None, 0, -1, registered))
 
     def _send(self, req: _Request) -> None:
         c = self.cluster
         req.attempt += 1
+        req.tries_in_session += 1
         self.attempts += 1
         attempt, server = req.attempt, self.target
         if c.reachable(self, server) and not c.lost():
@@ -184,8 +212,11 @@ class Client:
         try:
             if req.kind == lin.GET:
                 service.read(req.key, done)
+            elif req.kind == REGISTER_KIND:
+                service.write(register_command(), done)
             else:
-                cmd = Command(WRITE_OPS[req.kind], self.id, req.seq, req.key, req.value or b"")
+                op = WRITE_OPS[req.kind]
+                cmd = Command(op, req.session, req.seq, req.key, req.value or b"")
                 service.write(cmd, done)
         except NotLeader as e:
             done(e)
@@ -220,6 +251,16 @@ class Client:
         req.served_by.append(server)
         if req.finished:
             return  # a second answer to a retried request (any attempt's answer is valid)
+        if req.kind == REGISTER_KIND:
+            if not (isinstance(result, bytes) and result[:1] == OK and len(result) == 9):
+                c.fail(f"client {self.id}: REGISTER got {result!r}")
+            req.finished = True
+            self.target = server
+            req.then(result)
+            return
+        if req.kind != lin.GET and result == EXPIRED:
+            self._expired(req)
+            return
         if req.kind != lin.GET and result not in (OK, NOT_FOUND):
             c.fail(f"client {self.id}: {req.kind} {req.key!r} got reply {result!r}")
         req.finished = True
@@ -230,6 +271,21 @@ class Client:
         c.history.complete(req.token, c.net.now, output)
         if req.then is not None:
             req.then(result)
+
+    def _expired(self, req: _Request) -> None:
+        """The write's session is gone. Sent once under it, it changed nothing: it goes again
+        in a new session. Else an earlier attempt may have been applied: unknown."""
+        if req.session != self.session:
+            return  # an answer from a session already replaced
+        self.session = None
+        if req.tries_in_session == 1:
+            self._register(lambda: self._send_in_session(req))
+            return
+        req.finished = True  # left pending in the history: it may or may not have happened
+        self.current = None
+        self.unknown += 1
+        if req.then is not None:
+            req.then(EXPIRED)
 
     def _timed_out(self, req: _Request, attempt: int) -> None:
         if req.finished or attempt != req.attempt:
@@ -311,7 +367,9 @@ class Cluster:
         tick_ms: int = 50,
         config: dict | None = None,
         pace_followers: bool = False,
+        max_sessions: dict[int, int] | None = None,
     ) -> None:
+        """``max_sessions``: each node's own session limit (a leader sets its own for all)."""
         self.seed = seed
         self.dir = tmp_path
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -327,6 +385,7 @@ class Cluster:
         self.max_raft_state_seen = 0
         self.max_snapshot_seen = 0
         self._storages: list[RaftStorage] = []
+        self.max_sessions = max_sessions
         options: dict = {}
         if durable_raft:
             options = {"storage_factory": self._open_storage, "storage_reopen": self._reopen}
@@ -352,13 +411,18 @@ class Cluster:
         if old is not None:
             # A crash: whatever the batch had not committed to the DB is lost.
             old.close(flush=False)
+        limit = {} if self.max_sessions is None else {"max_sessions": self.max_sessions[i]}
         self.machines[i] = KVStateMachine(
-            str(self.dir / f"kv{i}.db"), batch_entries=self.batch_entries, batch_seconds=1e9
+            str(self.dir / f"kv{i}.db"),
+            batch_entries=self.batch_entries,
+            batch_seconds=1e9,
+            **limit,
         )
         return self.machines[i]
 
     def _attach(self, i: int, node) -> None:
-        self.services[i] = KVService(node, self.machines[i])
+        limit = None if self.max_sessions is None else self.max_sessions[i]
+        self.services[i] = KVService(node, self.machines[i], max_sessions=limit)
 
     def _open_storage(self, i: int) -> RaftStorage:
         st = RaftStorage(str(self.dir / f"raft{i}"), segment_size=DISK_SEGMENT)

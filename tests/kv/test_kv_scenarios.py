@@ -15,6 +15,8 @@ with 10% loss each way on an unreliable network, and clients' requests and repli
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from keyval.kv.linearizability import APPEND, GET, PUT
@@ -423,3 +425,79 @@ def test_a_seed_replays_the_same_history(seed, tmp_path):
     first, second = run("a"), run("b")
     assert len(first) > 20
     assert first == second, f"seed={seed}: two runs differ"
+
+
+# -- sessions -----------------------------------------------------------------------------------
+
+
+def puts_and_gets_worker(ck, keys: int):
+    """Puts of unique values and gets on random keys; a put's outcome may end up unknown (an
+    expired session after retries), which the linearizability check allows for."""
+    rng = ck.cluster.rng
+    for j in itertools.count():
+        key = b"r%d" % rng.randrange(keys)
+        if rng.random() < 0.6:
+            yield (PUT, key, b"%d.%d" % (ck.id, j))
+        else:
+            yield (GET, key, None)
+
+
+def sessions_expire_alike_on_every_node(c: Cluster, clients: int, rounds: int) -> None:
+    """More clients than any node's session limit, nodes started with different limits,
+    crashes of every server, snapshots: sessions expire constantly, and every node expires
+    them at the same entries (the leader's limit is in the log), so at the end every node
+    holds the same sessions and the same data; the history is linearizable."""
+    c.wait_leader()
+    keys = 5
+    cks = [c.client() for _ in range(clients)]
+    c.start_workers({ck: puts_and_gets_worker(ck, keys) for ck in cks}, think_ms=30)
+    crash_rounds(c, rounds=rounds, load_ms=800)
+    c.net.heal()
+    c.stop_workers()
+    leader = c.wait_leader()
+    reader = c.client()
+    c.put(reader, b"last", b"write")  # commits in the last leader's term, past all the others
+    commit = c.net.nodes[leader].commit_index
+    nodes = c.net.nodes
+    c.run_until(
+        lambda: all(n is not None and n.applied >= commit for n in nodes.values()),
+        10 * ELECTION_TIMEOUT_MS,
+        f"every node applying {commit}",
+    )
+    ids = sorted({sid for ck in [*cks, reader] for sid in ck.sessions})
+    views = {
+        i: (
+            m.max_sessions,
+            [m.session(sid) for sid in ids],
+            [m.get(b"r%d" % k) for k in range(keys)],
+        )
+        for i, m in c.machines.items()
+    }
+    if len({repr(v) for v in views.values()}) != 1:
+        c.fail(f"nodes differ after applying {commit}: {views}")
+    limit, sessions, _ = views[leader]
+    if limit != c.max_sessions[leader] or sum(s is not None for s in sessions) > limit:
+        c.fail(f"limit {limit} with {sessions}")
+    if len(ids) <= clients + 1:
+        c.fail("no session ever expired")
+    c.check_linearizable()
+
+
+def test_sessions_expire_alike_on_every_node(make):
+    limits = {1: 4, 2: 5, 3: 6, 4: 7, 5: 8}
+    c = make(5, unreliable=True, max_raft_state=MAX_RAFT_STATE, max_sessions=limits)
+    sessions_expire_alike_on_every_node(c, clients=12, rounds=3)
+
+
+@pytest.mark.torture
+@pytest.mark.parametrize("run", range(6))
+def test_sessions_expire_alike_on_every_node_torture(make, run):
+    limits = {1: 3, 2: 9, 3: 4, 4: 8, 5: 5}
+    c = make(
+        5,
+        unreliable=True,
+        max_raft_state=MAX_RAFT_STATE,
+        max_sessions=limits,
+        durable_raft=run % 2 == 1,
+    )
+    sessions_expire_alike_on_every_node(c, clients=12, rounds=8)

@@ -6,7 +6,7 @@ import pytest
 
 from keyval.errors import NotLeader
 from keyval.kv.service import KVService
-from keyval.kv.state import APPEND, PUT, Command, KVStateMachine
+from keyval.kv.state import APPEND, PUT, Command, KVStateMachine, register_command
 from keyval.raft.simnet import SimNet
 
 
@@ -42,8 +42,8 @@ def call(net, op):
 def test_writes_complete_when_applied_and_reads_see_them(cluster):
     net, services = cluster
     lead = services[net.leader()]
-    assert call(net, lambda d: lead.write(Command(PUT, 7, 1, b"k", b"v1"), d)) == b"\x00"
-    assert call(net, lambda d: lead.write(Command(APPEND, 7, 2, b"k", b"+2"), d)) == b"\x00"
+    assert call(net, lambda d: lead.write(Command(PUT, 0, 0, b"k", b"v1"), d)) == b"\x00"
+    assert call(net, lambda d: lead.write(Command(APPEND, 0, 0, b"k", b"+2"), d)) == b"\x00"
     assert call(net, lambda d: lead.read(b"k", d)) == b"v1+2"
     assert call(net, lambda d: lead.read(b"missing", d)) is None
 
@@ -53,7 +53,7 @@ def test_reads_write_nothing_to_the_log(cluster):
     no entry to any node's log."""
     net, services = cluster
     lead = services[net.leader()]
-    assert call(net, lambda d: lead.write(Command(PUT, 7, 1, b"k", b"v"), d)) == b"\x00"
+    assert call(net, lambda d: lead.write(Command(PUT, 0, 0, b"k", b"v"), d)) == b"\x00"
     last = {i: n.storage.last_index for i, n in net.nodes.items()}
     for _ in range(20):
         assert call(net, lambda d: lead.read(b"k", d)) == b"v"
@@ -72,7 +72,8 @@ def test_a_follower_refuses_requests(cluster):
 def test_a_retried_request_is_applied_once(cluster):
     net, services = cluster
     lead = services[net.leader()]
-    cmd = Command(APPEND, 9, 1, b"log", b"x")
+    reply = call(net, lambda d: lead.write(register_command(), d))
+    cmd = Command(APPEND, int.from_bytes(reply[1:], "little"), 1, b"log", b"x")
     first = call(net, lambda d: lead.write(cmd, d))
     again = call(net, lambda d: lead.write(cmd, d))
     assert first == again
@@ -83,7 +84,7 @@ def test_requests_survive_a_restart_of_every_node(cluster):
     net, services = cluster
     lead = services[net.leader()]
     for seq in range(1, 21):
-        call(net, lambda d, s=seq: lead.write(Command(APPEND, 3, s, b"k", b"%d," % s), d))
+        call(net, lambda d, s=seq: lead.write(Command(APPEND, 0, 0, b"k", b"%d," % s), d))
     for i in net.ids:
         net.crash(i)
     for i in net.ids:
@@ -105,11 +106,11 @@ def test_a_write_whose_index_another_leader_filled_fails_instead_of_taking_its_r
     net.nodes[old].on_change = None  # leave the term check as the only guard
     net.disconnect(old)
     results = []
-    services[old].write(Command(PUT, 5, 1, b"k", b"lost"), results.append)
+    services[old].write(Command(PUT, 0, 0, b"k", b"lost"), results.append)
     others = [i for i in net.ids if i != old]
     assert net.run_until(lambda: net.leader() in others, 5_000)
     new = services[net.leader()]
-    assert call(net, lambda d: new.write(Command(PUT, 6, 1, b"k", b"kept"), d)) == b"\x00"
+    assert call(net, lambda d: new.write(Command(PUT, 0, 0, b"k", b"kept"), d)) == b"\x00"
     net.connect(old)
     assert net.run_until(lambda: results, 5_000), "the old leader's write never completed"
     assert isinstance(results[0], NotLeader)

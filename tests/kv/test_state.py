@@ -35,6 +35,7 @@ from keyval.kv.state import (
     Command,
     KVStateMachine,
     max_sessions_command,
+    register_command,
 )
 from keyval.raft.core import Config
 from keyval.raft.node import Node
@@ -57,11 +58,17 @@ class Model:
         self.last_use: dict[int, int] = {}  # client -> index of the entry that last used it
         self.max_sessions = max_sessions
 
+    def register(self, index: int) -> bytes:
+        self.sessions[index] = (0, b"")
+        self.last_use[index] = index
+        self.expire()
+        return bytes([OK]) + struct.pack("<Q", index)
+
     def apply(self, cmd: Command, index: int) -> bytes:
         last = self.sessions.get(cmd.client)
-        if cmd.seq > 1 and last is None:
+        if cmd.seq and last is None:
             return bytes([EXPIRED])
-        if cmd.seq and last is not None and cmd.seq <= last[0]:
+        if cmd.seq and cmd.seq <= last[0]:
             return last[1] if cmd.seq == last[0] else bytes([OK])
         if cmd.op == PUT:
             self.data[cmd.key], reply = cmd.value, bytes([OK])
@@ -94,7 +101,9 @@ class StateMachineModel(RuleBasedStateMachine):
         self.sm = self._open()
         self.log: list[Entry] = []  # the Raft log: every applied entry
         self.model = Model(MAX_SESSIONS)
+        self.session: dict[int, int | None] = {1: None, 2: None, 3: None}  # REGISTER's ids
         self.next_seq = {1: 1, 2: 1, 3: 1}
+        self.ids: set[int] = {424242}  # every session id used (and one never registered)
 
     def _open(self) -> KVStateMachine:
         # Three clients and room for two sessions: sessions expire all the time.
@@ -111,6 +120,18 @@ class StateMachineModel(RuleBasedStateMachine):
         self.log.append(entry)
         return self.sm.apply(entry)
 
+    def _next(self, client: int) -> tuple[int, int]:
+        """``client``'s session id and next sequence number, opening a session (a REGISTER
+        entry) when it has none."""
+        if self.session[client] is None:
+            expected = self.model.register(len(self.log) + 1)
+            assert self._apply(register_command().encode()) == expected
+            self.session[client] = len(self.log)
+            self.ids.add(len(self.log))
+            self.next_seq[client] = 1
+        self.next_seq[client] += 1
+        return self.session[client], self.next_seq[client] - 1
+
     @rule(
         op=st.sampled_from([PUT, APPEND, DELETE]),
         client=st.sampled_from([1, 2, 3]),
@@ -118,15 +139,24 @@ class StateMachineModel(RuleBasedStateMachine):
         value=values,
     )
     def command(self, op, client, key, value):
-        cmd = Command(op, client, self.next_seq[client], key, value)
-        self.next_seq[client] += 1
+        cmd = Command(op, *self._next(client), key, value)
         expected = self.model.apply(cmd, len(self.log) + 1)
         assert self._apply(cmd.encode()) == expected
 
     @rule(client=st.sampled_from([1, 2, 3]))
     def client_whose_session_expired_starts_a_new_one(self, client):
-        if client not in self.model.sessions:
-            self.next_seq[client] = 1
+        if self.session[client] not in self.model.sessions:
+            self.session[client] = None
+
+    @rule(op=st.sampled_from([PUT, APPEND, DELETE]), key=keys, value=values)
+    def write_outside_any_session(self, op, key, value):
+        cmd = Command(op, 0, 0, key, value)
+        assert self._apply(cmd.encode()) == self.model.apply(cmd, len(self.log) + 1)
+
+    @rule(seq=st.integers(1, 3))
+    def write_in_a_session_never_opened(self, seq):
+        cmd = Command(PUT, 424242, seq, b"a", b"never")
+        assert self._apply(cmd.encode()) == bytes([EXPIRED]) == self.model.apply(cmd, 0)
 
     @rule(
         commands=st.lists(
@@ -137,10 +167,7 @@ class StateMachineModel(RuleBasedStateMachine):
         value=values,
     )
     def batch_applied_at_once(self, commands, value):
-        cmds = []
-        for op, client, key in commands:
-            cmds.append(Command(op, client, self.next_seq[client], key, value))
-            self.next_seq[client] += 1
+        cmds = [Command(op, *self._next(client), key, value) for op, client, key in commands]
         entries = [Entry(len(self.log) + k + 1, 1, c.encode()) for k, c in enumerate(cmds)]
         self.log += entries
         expected = [self.model.apply(c, e.index) for c, e in zip(cmds, entries, strict=True)]
@@ -148,8 +175,7 @@ class StateMachineModel(RuleBasedStateMachine):
 
     @rule(client=st.sampled_from([1, 2, 3]), key=keys, value=values)
     def retried_request_is_applied_once(self, client, key, value):
-        cmd = Command(APPEND, client, self.next_seq[client], key, value)
-        self.next_seq[client] += 1
+        cmd = Command(APPEND, *self._next(client), key, value)
         first = self._apply(cmd.encode())
         assert self._apply(cmd.encode()) == first  # the retry: same reply, no second append
         assert first == self.model.apply(cmd, len(self.log) - 1)
@@ -212,8 +238,8 @@ class StateMachineModel(RuleBasedStateMachine):
         assert other.applied_index == applied
         for key in (b"a", b"b", b"c", b"key-" + b"k" * 40):
             assert other.get(key) == data.get(key)
-        for client in (1, 2, 3):
-            assert other.session(client) == sessions.get(client)
+        for sid in self.ids:
+            assert other.session(sid) == sessions.get(sid)
         other.close()
         os.unlink(other_path)
 
@@ -223,8 +249,8 @@ class StateMachineModel(RuleBasedStateMachine):
         assert self.sm.max_sessions == self.model.max_sessions
         for key in (b"a", b"b", b"c", b"key-" + b"k" * 40):
             assert self.sm.get(key) == self.model.data.get(key)
-        for client in (1, 2, 3):
-            assert self.sm.session(client) == self.model.sessions.get(client)
+        for sid in self.ids:
+            assert self.sm.session(sid) == self.model.sessions.get(sid)
 
 
 StateMachineModel.TestCase.settings = settings(
@@ -249,7 +275,7 @@ sm = KVStateMachine(sys.argv[1], batch_entries=7, batch_seconds=3600)
 i = sm.applied_index
 while True:
     i += 1
-    sm.apply(Entry(i, 1, Command(APPEND, 1, i, b"k%d" % (i % 5), b"<%d>" % i).encode()))
+    sm.apply(Entry(i, 1, Command(APPEND, 0, 0, b"k%d" % (i % 5), b"<%d>" % i).encode()))
     if sm.durable_index == i:
         os.write(1, b"%d\\n" % i)
 """
@@ -289,11 +315,12 @@ def test_reads_see_every_applied_entry_while_a_batch_is_written_to_the_db(tmp_pa
             with flushed:
                 flushed.notify_all()
 
+    sm.apply(Entry(1, 1, register_command().encode()))  # session 1
     flusher = threading.Thread(target=flush_often)
     flusher.start()
     try:
-        for i in range(1, 2001):
-            sm.apply(Entry(i, 1, Command(PUT, 1, i, b"k%d" % (i % 7), b"%d" % i).encode()))
+        for i in range(2, 2001):
+            sm.apply(Entry(i, 1, Command(PUT, 1, i - 1, b"k%d" % (i % 7), b"%d" % i).encode()))
             assert sm.get(b"k%d" % (i % 7)) == b"%d" % i
             if i > 7:
                 assert sm.get(b"k%d" % ((i - 3) % 7)) == b"%d" % (i - 3)
@@ -308,7 +335,7 @@ def test_reads_see_every_applied_entry_while_a_batch_is_written_to_the_db(tmp_pa
     sm.close()
     again = KVStateMachine(str(tmp_path / "kv.db"))
     assert again.get(b"k%d" % (2000 % 7)) == b"2000"
-    assert again.session(1)[0] == 2000
+    assert again.session(1)[0] == 1999
     again.close()
 
 
@@ -322,6 +349,7 @@ def test_a_command_the_db_cannot_hold_is_answered_invalid_and_changes_nothing(
 
     monkeypatch.setattr(state_module, "MAX_VALUE_SIZE", 10)  # 2 GiB for real: too big here
     sm = KVStateMachine(str(tmp_path / "kv.db"))
+    sm.apply(Entry(1, 1, register_command().encode()))  # session 1
     good = Command(PUT, 1, 1, b"k", b"12345678").encode()
     bad = [
         encode_command(PUT, 1, 2, b"", b"v"),  # an empty key
@@ -330,12 +358,12 @@ def test_a_command_the_db_cannot_hold_is_answered_invalid_and_changes_nothing(
         b"\x09" + bytes(20),  # an unknown op
         b"\x01",  # too short
     ]
-    entries = [Entry(1, 1, good)] + [Entry(2 + i, 1, d) for i, d in enumerate(bad)]
+    entries = [Entry(2, 1, good)] + [Entry(3 + i, 1, d) for i, d in enumerate(bad)]
     replies = sm.apply_many(entries)
     assert replies[0] == bytes([OK])
     assert [r[:1] for r in replies[1:]] == [bytes([INVALID])] * len(bad)
     assert all(len(r) > 1 for r in replies[1:])  # each says why
-    assert sm.applied_index == len(entries)
+    assert sm.applied_index == len(entries) + 1
     sm.flush()  # the batch reaches the DB: nothing in it the DB refuses
     assert sm.get(b"k") == b"12345678"
     assert sm.session(1) == (1, bytes([OK]))  # the invalid ones did not advance the session
@@ -383,11 +411,14 @@ def test_state_of_the_format_before_sessions_expired_is_read_only_without_sessio
 
 
 def _state_with_sessions(path) -> KVStateMachine:
+    """Sessions 1..5 (REGISTER entries 1..5), then 40 writes in them."""
     sm = KVStateMachine(str(path))
+    for i in range(1, 6):
+        sm.apply(Entry(i, 1, register_command().encode()))
     for i in range(1, 41):
         op, key, value = PUT if i % 3 else APPEND, b"k%d" % (i % 7), b"v%d" % i
         cmd = Command(op, client=i % 5 + 1, seq=i // 5 + 1, key=key, value=value)
-        sm.apply(Entry(i, 1, cmd.encode()))
+        sm.apply(Entry(5 + i, 1, cmd.encode()))
     return sm
 
 
@@ -426,7 +457,7 @@ def test_a_damaged_snapshot_is_refused_and_changes_nothing(tmp_path_factory, cut
     for flip in flips:
         data[flip % len(data)] ^= 1 << (flip % 8)
     sm = KVStateMachine(str(tmp / "target.db"))
-    sm.apply(Entry(1, 1, Command(PUT, client=9, seq=1, key=b"k1", value=b"mine").encode()))
+    sm.apply(Entry(1, 1, Command(PUT, client=0, seq=0, key=b"k1", value=b"mine").encode()))
     sm.flush()
     before = _contents(sm)
     try:
@@ -481,8 +512,8 @@ def test_a_snapshot_is_encoded_into_a_file_in_bounded_memory(tmp_path):
 )
 def test_a_malformed_session_limit_entry_is_invalid_and_changes_nothing(tmp_path, key, value):
     sm = KVStateMachine(str(tmp_path / "kv.db"), max_sessions=3)
-    for client in (1, 2, 3):
-        sm.apply(Entry(client, 1, Command(PUT, client, 1, b"k", b"v").encode()))
+    for client in (1, 2, 3):  # sessions 1, 2 and 3
+        sm.apply(Entry(client, 1, register_command().encode()))
     entry = Entry(4, 1, Command(SET_MAX_SESSIONS, 0, 0, key, value).encode())
     assert sm.apply(entry)[:1] == bytes([INVALID])
     assert sm.max_sessions == 3 and all(sm.session(c) is not None for c in (1, 2, 3))
@@ -491,9 +522,9 @@ def test_a_malformed_session_limit_entry_is_invalid_and_changes_nothing(tmp_path
 
 def test_a_lowered_limit_expires_the_least_recently_used_sessions_and_is_kept(tmp_path):
     sm = KVStateMachine(str(tmp_path / "kv.db"), max_sessions=10)
-    requests = [(1, 1), (2, 1), (3, 1), (1, 2)]  # (client, seq): client 2 is the least recent
-    for index, (client, seq) in enumerate(requests, start=1):
-        sm.apply(Entry(index, 1, Command(PUT, client, seq, b"k", b"v").encode()))
+    for index in (1, 2, 3):  # sessions 1, 2 and 3
+        sm.apply(Entry(index, 1, register_command().encode()))
+    sm.apply(Entry(4, 1, Command(PUT, 1, 1, b"k", b"v").encode()))  # 2 is the least recent now
     sm.apply(Entry(5, 1, max_sessions_command(2).encode()))
     assert [sm.session(c) is not None for c in (1, 2, 3)] == [True, False, True]
     sm.close()
