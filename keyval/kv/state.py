@@ -396,9 +396,7 @@ class KVStateMachine:
                             bucket.delete(key)
                         else:
                             bucket.put(key, value)
-                meta = tx.bucket(META)
-                meta.put(b"applied", _APPLIED.pack(applied))
-                meta.put(_MAX_SESSIONS_KEY, _APPLIED.pack(limit))
+                _record_applied(tx, applied, limit)
         except BaseException:
             with self._lock:  # not written: back under the newer changes, for the next try
                 self._flushing.update(self._pending)
@@ -503,10 +501,8 @@ class KVStateMachine:
                             break
                     else:
                         batch_end = True
-                        meta = tx.bucket(META)
-                        meta.put(b"applied", _APPLIED.pack(applied))
-                        meta.put(_MAX_SESSIONS_KEY, _APPLIED.pack(limit))
-                        meta.delete(_RESTORING_KEY)
+                        _record_applied(tx, applied, limit)
+                        tx.bucket(META).delete(_RESTORING_KEY)
             self.max_sessions = limit
             self._sessions_by_use = _by_last_use(sessions)
             self._applied = self._durable_index = applied
@@ -519,6 +515,14 @@ class KVStateMachine:
                 self._write_batch()
             with self._lock:
                 self._db.close()
+
+
+def _record_applied(tx, applied: int, limit: int) -> None:
+    """The applied index, and the session limit in force at it, into meta (in the transaction
+    that writes the state they describe)."""
+    meta = tx.bucket(META)
+    meta.put(b"applied", _APPLIED.pack(applied))
+    meta.put(_MAX_SESSIONS_KEY, _APPLIED.pack(limit))
 
 
 def _by_last_use(sessions) -> OrderedDict[bytes, int]:

@@ -186,11 +186,7 @@ class FileBuffer:
         return self._size
 
     def append(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(self._fd, view, self._size)
-            self._size += written
-            view = view[written:]
+        self._size = write_at(self._fd, data, self._size)
 
     def finish(self) -> FileData:
         fd, self._fd = self._fd, -1
@@ -203,6 +199,16 @@ class FileBuffer:
 
     def __del__(self) -> None:
         self.discard()
+
+
+def write_at(fd: int, data, pos: int) -> int:
+    """Writes all of ``data`` (bytes-like) at ``pos`` of ``fd``; the position after it."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, pos)
+        pos += written
+        view = view[written:]
+    return pos
 
 
 def _unnamed_file(directory: str) -> int:

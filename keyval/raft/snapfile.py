@@ -28,7 +28,7 @@ import xxhash
 
 from keyval.errors import CorruptionError, FormatVersionError
 from keyval.raft.records import Snapshot
-from keyval.raft.snapdata import FileData, iter_chunks
+from keyval.raft.snapdata import FileData, iter_chunks, write_at
 
 MAGIC = b"KVRAFTSN"
 VERSION = 1
@@ -71,28 +71,18 @@ def write(directory: str, snap: Snapshot) -> str:
         for chunk in iter_chunks(snap.data):
             digest.update(chunk)
             length += len(chunk)
-            pos = _write_at(fd, chunk, pos)
+            pos = write_at(fd, chunk, pos)
         # The header last: it needs the length and digest of what was streamed.
         head = HEADER.pack(
             MAGIC, VERSION, HEADER.size, snap.index, snap.term, length, digest.intdigest(), 0, 0
         )
-        _write_at(fd, head[:56] + struct.pack("<Q", xxhash.xxh3_64_intdigest(head[:56])), 0)
+        write_at(fd, head[:56] + struct.pack("<Q", xxhash.xxh3_64_intdigest(head[:56])), 0)
         os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)  # after the data is durable, so the name never points at a torn file
     fsync_dir(directory)
     return path
-
-
-def _write_at(fd: int, data, pos: int) -> int:
-    """Writes all of ``data`` at ``pos``; the position after it."""
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, pos)
-        pos += written
-        view = view[written:]
-    return pos
 
 
 def read_header(path: str) -> tuple[int, int, int, int]:
