@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import os
 import threading
 import time
 
@@ -214,6 +215,46 @@ def test_servers_compact_on_their_own_thread_and_restart_from_the_snapshot(tmp_p
     try:
         for n in range(350, 400):
             assert client.get(b"key-%d" % (n % 50)) == b"v" * 200 + b"%d" % n
+    finally:
+        client.close()
+        for server in servers.values():
+            server.close()
+
+
+def test_a_follower_behind_the_compacted_log_is_caught_up_by_a_streamed_snapshot(tmp_path):
+    """Over real TCP: a follower stopped while the others write and compact past its log
+    comes back, receives the leader's snapshot (read from its file, sent in chunks, gathered
+    in an unnamed file, saved, restored in bounded transactions) and holds every write."""
+    limit = 32 * 1024
+    ports = free_ports(len(IDS))
+    peers = {i: ("127.0.0.1", p) for i, p in zip(IDS, ports, strict=True)}
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    servers = _start_cluster(tmp_path, ports, max_raft_state=limit)
+    client = Client(addresses, timeout=20.0)
+    try:
+        leader = _leader(servers, client)
+        gone = next(i for i in IDS if servers[i] is not leader)
+        servers[gone].close()
+        values = {b"key-%d" % n: bytes([n % 251]) * 1000 for n in range(400)}  # 400 KB
+        for key, value in values.items():
+            client.put(key, value)
+        snap = leader.storage.snapshot()
+        assert len(snap.data) > 4 * 64 * 1024  # several chunks, more than one window
+        assert leader.storage.first_index > servers[gone].storage.last_index + 1
+        applied = threading.Condition()
+        back = Server(gone, peers, str(tmp_path / f"node{gone}"), max_raft_state=limit)
+        back.node.on_apply = functools.partial(_notify_after, back.node.on_apply, applied)
+        servers[gone] = back
+        back.start()
+        client.put(b"after", b"it came back")
+        with leader.node.lock:
+            commit = leader.node.commit_index
+        with applied:
+            assert applied.wait_for(lambda: back.node.applied >= commit, 30)
+        assert back.failure is None and back.storage.snapshot().index >= snap.index
+        assert all(back.state_machine.get(k) == v for k, v in values.items())
+        assert os.listdir(os.path.join(back.storage.path, "snap"))  # saved, no leftovers
+        assert all(n.endswith(".snap") for n in os.listdir(os.path.join(back.storage.path, "snap")))
     finally:
         client.close()
         for server in servers.values():
