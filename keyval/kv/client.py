@@ -16,8 +16,10 @@ is the session's id). The cluster keeps a bounded number of sessions
 (``keyval.kv.state.MAX_SESSIONS``) and expires the least recently used. A write whose session
 expired is answered EXPIRED; if that answer
 came to its only attempt, the write was never applied and the client sends it again at once
-in a new session; after several attempts it may have been, and the call raises
-:class:`~keyval.errors.SessionExpired` (the outcome is unknown, as after a timeout).
+in a new session (and again, should that one expire too before the write lands, within the
+call's ``timeout``, which covers every request the call makes); after several attempts it may
+have been, and the call raises :class:`~keyval.errors.SessionExpired` (the outcome is unknown,
+as after a timeout).
 
 Thread-safe: each thread has its own connections and its own session (a client id with its
 own sequence numbers). The cluster remembers one last sequence number per client id, so two
@@ -144,19 +146,26 @@ class Client:
 
     def _write(self, op: int, key: bytes, value: bytes, timeout: float | None) -> bytes:
         _check(key, value)
-        client_id, seqs = self._session(timeout)
-        seq = next(seqs)
-        reply = self._call(_WRITE + encode_command(op, client_id, seq, key, value), timeout)
-        if reply[:1] != _EXPIRED:
-            return reply
-        self._local.session = None  # expired on the cluster: later calls start a new one
-        if self._local.attempts > 1:
-            raise SessionExpired(
-                f"session {client_id:#x} expired while write {seq} was retried: it may or may "
-                "not have taken effect"
-            )
-        client_id, seqs = self._session(timeout)  # sent once and refused: never applied
-        return self._call(_WRITE + encode_command(op, client_id, next(seqs), key, value), timeout)
+        if timeout is None:
+            timeout = self.timeout
+        elif not timeout > 0:
+            raise ValueError(f"timeout must be positive, not {timeout!r}")
+        deadline = time.monotonic() + timeout  # for every request this call makes
+        while True:
+            client_id, seqs = self._session(_left(deadline, timeout))
+            seq = next(seqs)
+            request = _WRITE + encode_command(op, client_id, seq, key, value)
+            reply = self._call(request, _left(deadline, timeout))
+            if reply[:1] != _EXPIRED:
+                return reply
+            self._local.session = None  # expired on the cluster: later calls start a new one
+            if self._local.attempts > 1:
+                raise SessionExpired(
+                    f"session {client_id:#x} expired while write {seq} was retried: it may "
+                    "or may not have taken effect"
+                )
+            # Sent once and refused: never applied. Again, in a new session (which may expire
+            # before the write lands too, when sessions are opened faster than the limit).
 
     def _call(self, request: bytes, timeout: float | None = None) -> bytes:
         if timeout is None:
@@ -243,6 +252,14 @@ class _Connections(dict):
 
     def __eq__(self, other: object) -> bool:
         return self is other
+
+
+def _left(deadline: float, timeout: float) -> float:
+    """Seconds left before ``deadline``; Timeout when none are."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise Timeout(f"no answer within {timeout} s")
+    return left
 
 
 def _check(key: bytes, value: bytes) -> None:

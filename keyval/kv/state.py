@@ -50,9 +50,11 @@ duplicate of a REGISTER opens another session, never an old one again). A write 
 sequence number (1, 2, ...) in a session that does not exist (expired, or never opened) is
 answered EXPIRED and changes nothing: it may be the retry of a write applied before the
 session was dropped, and applying it again would apply it twice (the client opens a new
-session; see keyval.kv.client). So a write is applied at most once, always; exactly once
-unless its session expired while it was retried, which the client reports. A sequence number
-of 0 writes outside any session, without de-duplication.
+session; see keyval.kv.client); one in a session that cannot have been opened (its id is not
+below the write's own index: a client of an older keyval, which chose its own ids) is
+answered INVALID, which its server turns into a clear error. So a write is applied at most
+once, always; exactly once unless its session expired while it was retried, which the client
+reports. A sequence number of 0 writes outside any session, without de-duplication.
 
 Files of the format before sessions expired (sessions without a last index; "KVSNAP01"
 snapshots) are refused if they hold any session: the order in which those would expire
@@ -289,6 +291,10 @@ class KVStateMachine:
         session_key = _SESSION.pack(client)
         if seq:
             last = self._session_locked(session_key)
+            if last is None and client >= entry.index:  # no REGISTER came before it
+                return (
+                    bytes([INVALID]) + b"no session %d: a client opens one with REGISTER" % client
+                )
             if last is None:
                 return _EXPIRED  # perhaps applied before its session expired: not again
             if seq <= last[0]:

@@ -194,11 +194,17 @@ class Client:
         req.tries_in_session += 1
         self.attempts += 1
         attempt, server = req.attempt, self.target
+        session, seq = req.session, req.seq  # this attempt's: the request's may change
         if c.reachable(self, server) and not c.lost():
-            c.net.schedule(c.delay(), lambda: self._arrive(req, attempt, server))
+            c.net.schedule(c.delay(), lambda: self._arrive(req, attempt, server, session, seq))
         c.net.schedule(c.request_timeout_ms, lambda: self._timed_out(req, attempt))
 
-    def _arrive(self, req: _Request, attempt: int, server: int) -> None:
+    def _stale(self, req: _Request) -> bool:
+        """A write whose session was replaced (or is being): it goes again once the new one
+        is open, not under the old one."""
+        return req.kind not in (lin.GET, REGISTER_KIND) and req.session != self.session
+
+    def _arrive(self, req: _Request, attempt: int, server: int, session: int, seq: int) -> None:
         """The request reaches ``server`` (even if the client has moved on: a late duplicate
         is exactly what de-duplication is for)."""
         c = self.cluster
@@ -207,7 +213,7 @@ class Client:
         service = c.services[server]
 
         def done(result: object) -> None:
-            self._answer(req, attempt, server, result)
+            self._answer(req, attempt, server, result, session)
 
         try:
             if req.kind == lin.GET:
@@ -216,12 +222,14 @@ class Client:
                 service.write(register_command(), done)
             else:
                 op = WRITE_OPS[req.kind]
-                cmd = Command(op, req.session, req.seq, req.key, req.value or b"")
+                cmd = Command(op, session, seq, req.key, req.value or b"")
                 service.write(cmd, done)
         except NotLeader as e:
             done(e)
 
-    def _answer(self, req: _Request, attempt: int, server: int, result: object) -> None:
+    def _answer(
+        self, req: _Request, attempt: int, server: int, result: object, session: int
+    ) -> None:
         """``server`` sends its answer back."""
         c = self.cluster
         if not c.reachable(self, server) or c.lost():
@@ -229,14 +237,16 @@ class Client:
 
         def receive() -> None:
             if c.reachable(self, server):
-                self._receive(req, attempt, server, result)
+                self._receive(req, attempt, server, result, session)
 
         c.net.schedule(c.delay(), receive)
 
-    def _receive(self, req: _Request, attempt: int, server: int, result: object) -> None:
+    def _receive(
+        self, req: _Request, attempt: int, server: int, result: object, session: int
+    ) -> None:
         c = self.cluster
         if isinstance(result, NotLeader):
-            if req.finished or attempt != req.attempt:
+            if req.finished or attempt != req.attempt or self._stale(req):
                 return  # an answer to an attempt already given up on
             hint = _hint(result, c.net.ids)
             if hint is not None and hint != server and (self.reach is None or hint in self.reach):
@@ -259,7 +269,7 @@ class Client:
             req.then(result)
             return
         if req.kind != lin.GET and result == EXPIRED:
-            self._expired(req)
+            self._expired(req, session)
             return
         if req.kind != lin.GET and result not in (OK, NOT_FOUND):
             c.fail(f"client {self.id}: {req.kind} {req.key!r} got reply {result!r}")
@@ -272,11 +282,11 @@ class Client:
         if req.then is not None:
             req.then(result)
 
-    def _expired(self, req: _Request) -> None:
+    def _expired(self, req: _Request, session: int) -> None:
         """The write's session is gone. Sent once under it, it changed nothing: it goes again
         in a new session. Else an earlier attempt may have been applied: unknown."""
-        if req.session != self.session:
-            return  # an answer from a session already replaced
+        if session != req.session or self._stale(req):
+            return  # the answer to an attempt under a session already replaced
         self.session = None
         if req.tries_in_session == 1:
             self._register(lambda: self._send_in_session(req))
@@ -288,13 +298,13 @@ class Client:
             req.then(EXPIRED)
 
     def _timed_out(self, req: _Request, attempt: int) -> None:
-        if req.finished or attempt != req.attempt:
+        if req.finished or attempt != req.attempt or self._stale(req):
             return
         self._next_server()
         self._send(req)
 
     def _resend(self, req: _Request, attempt: int) -> None:
-        if not req.finished and attempt == req.attempt:
+        if not req.finished and attempt == req.attempt and not self._stale(req):
             self._send(req)
 
     def _next_server(self) -> None:

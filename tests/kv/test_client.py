@@ -296,6 +296,56 @@ def test_a_client_whose_session_expired_goes_on_in_a_new_one(tmp_path):
             server.close()
 
 
+def test_a_resend_whose_new_session_expires_too_goes_again_in_another(tmp_path):
+    """Room for one session: the first write's session expires, and so does the new one the
+    client opens for the resend, before the resend lands (another client opens one in
+    between). That resend was refused at its only attempt too: the client opens a third
+    session and the write lands, instead of its EXPIRED being taken for success."""
+    ports = free_ports(len(IDS))
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    servers = _start_cluster(tmp_path, ports, max_sessions=1)
+    first, other = Client(addresses, timeout=20.0), Client(addresses, timeout=20.0)
+    try:
+        first.put(b"a", b"1")
+        other.put(b"b", b"1")  # first's session expires
+        opened = first._session
+
+        def session(timeout):
+            fresh = getattr(first._local, "session", None) is None
+            out = opened(timeout)
+            if fresh and not hasattr(session, "done"):
+                session.done = True
+                # other's session expired when first opened this one: other opens another,
+                # and first's new session expires before first's resend lands
+                other.put(b"b", b"2")
+            return out
+
+        first._session = session
+        first.put(b"a", b"2")
+        assert first.get(b"a") == b"2"
+    finally:
+        first.close()
+        other.close()
+        for server in servers.values():
+            server.close()
+
+
+def test_a_write_in_a_session_no_register_opened_is_refused(cluster):
+    """A client id chosen by the client (as older keyval clients did) names no session the
+    cluster can have opened: a clear error, not EXPIRED (which such a client took for done)."""
+    servers, addresses = cluster
+    client = Client(addresses)
+    leader = _leader(servers, client)
+    conn = ClientConnection(("127.0.0.1", leader.peers[leader.node_id][1]))
+    try:
+        body = bytes([protocol.WRITE]) + encode_command(PUT, 2**62, 1, b"k", b"v")
+        reply = conn.request(KIND_REQUEST, body)
+        assert reply[0] == protocol.BAD_REQUEST and b"REGISTER" in reply, reply
+    finally:
+        conn.close()
+    assert client.get(b"k") is None
+
+
 def test_nodes_started_with_different_session_limits_use_the_leaders(tmp_path):
     """The limit is replicated: a node given another one does not expire sessions at other
     entries than its peers (their states would differ), it uses the leader's."""

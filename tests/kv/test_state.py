@@ -154,8 +154,18 @@ class StateMachineModel(RuleBasedStateMachine):
         assert self._apply(cmd.encode()) == self.model.apply(cmd, len(self.log) + 1)
 
     @rule(seq=st.integers(1, 3))
-    def write_in_a_session_never_opened(self, seq):
-        cmd = Command(PUT, 424242, seq, b"a", b"never")
+    def write_in_a_session_that_cannot_exist(self, seq):
+        # An id not below the write's index: no REGISTER made it (a client choosing its own).
+        cmd = Command(PUT, len(self.log) + 1 + seq, seq, b"a", b"never")
+        assert self._apply(cmd.encode())[:1] == bytes([INVALID])
+
+    @rule(seq=st.integers(1, 3))
+    def write_in_a_session_gone_or_never_opened(self, seq):
+        sid = len(self.log)  # an id below the write's index: perhaps a session that expired
+        if sid < 1 or sid in self.model.sessions:
+            return
+        cmd = Command(PUT, sid, seq, b"a", b"never")
+        self.ids.add(sid)
         assert self._apply(cmd.encode()) == bytes([EXPIRED]) == self.model.apply(cmd, 0)
 
     @rule(
