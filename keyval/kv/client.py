@@ -144,12 +144,17 @@ class Client:
             session = self._local.session = (client_id, itertools.count(1))
         return session
 
+    def _timeout(self, timeout: float | None) -> float:
+        """A call's timeout: the client's when None; ValueError unless positive."""
+        if timeout is None:
+            return self.timeout
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, not {timeout!r}")
+        return timeout
+
     def _write(self, op: int, key: bytes, value: bytes, timeout: float | None) -> bytes:
         _check(key, value)
-        if timeout is None:
-            timeout = self.timeout
-        elif not timeout > 0:
-            raise ValueError(f"timeout must be positive, not {timeout!r}")
+        timeout = self._timeout(timeout)
         deadline = time.monotonic() + timeout  # for every request this call makes
         while True:
             client_id, seqs = self._session(_left(deadline, timeout))
@@ -168,10 +173,7 @@ class Client:
             # before the write lands too, when sessions are opened faster than the limit).
 
     def _call(self, request: bytes, timeout: float | None = None) -> bytes:
-        if timeout is None:
-            timeout = self.timeout
-        elif not timeout > 0:
-            raise ValueError(f"timeout must be positive, not {timeout!r}")
+        timeout = self._timeout(timeout)
         # The first attempt at the believed leader is the common case and on every operation's
         # critical path: no clock reads unless it fails.
         conns = getattr(self._local, "conns", None)
