@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.keyval-installed
 SOURCES := pyproject.toml setup.py keyval/_wal_build.py keyval/_db_build.py \
-           $(wildcard csrc/*.c csrc/*.h csrc/db/*.c csrc/db/*.h)
+           $(wildcard csrc/*.c csrc/*.h csrc/python/*.c csrc/python/*.h csrc/db/*.c csrc/db/*.h)
 
 .PHONY: run test torture peers bench bench-quick lint clean
 

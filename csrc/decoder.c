@@ -88,60 +88,37 @@ static kv_segment *segment_of(kv_wal *w, uint64_t seq)
     return &w->segs[lo];
 }
 
-/* Where a read puts the records it copies: the framed layout of kv_wal_read_batch, or the
- * split layout of kv_wal_read_payloads (payloads, types and a struct format apart). */
+/* Where a read puts the records it copies (the framed layout of kv_wal_read_batch). */
 typedef struct {
     char *out;
     size_t cap, pos;
-    unsigned char *types; /* NULL: framed layout */
-    char *fmt;
-    size_t fmt_cap, fmt_pos;
 } read_sink;
 
-/* Writes "<len>s" (a struct code for len bytes); returns its length. snprintf costs more
- * than the rest of a small record's copy. */
-static size_t put_count(char *o, uint32_t len)
+/* Bytes a record of len payload bytes takes in the framed layout. */
+static size_t framed_size(uint32_t len)
 {
-    char digits[10];
-    size_t n = 0;
-    do {
-        digits[n++] = (char)('0' + len % 10);
-        len /= 10;
-    } while (len);
-    for (size_t i = 0; i < n; i++)
-        o[i] = digits[n - 1 - i];
-    o[n] = 's';
-    return n + 1;
+    return 16 + (((size_t)len + 7) & ~(size_t)7);
 }
 
 /* Appends one record to the sink; 0 when it does not fit. */
 static int sink_put(read_sink *k, uint64_t seq, const unsigned char *rec, uint32_t len)
 {
-    if (!k->types) {
-        size_t need = 16 + (((size_t)len + 7) & ~(size_t)7);
-        if (k->pos + need > k->cap)
-            return 0;
-        unsigned char *o = (unsigned char *)k->out + k->pos;
-        kv_put64(o, seq);
-        kv_put32(o + 8, len);
-        o[12] = rec[16];
-        o[13] = o[14] = o[15] = 0;
-        memcpy(o + 16, rec + KV_REC_HEADER_SIZE, len);
-        memset(o + 16 + len, 0, need - 16 - len);
-        k->pos += need;
-        return 1;
-    }
-    /* "<len>s" is at most 11 characters; one byte more is kept for the terminating NUL. */
-    if (k->pos + len > k->cap || k->fmt_pos + 12 > k->fmt_cap)
+    size_t need = framed_size(len);
+    if (k->pos + need > k->cap)
         return 0;
-    memcpy(k->out + k->pos, rec + KV_REC_HEADER_SIZE, len);
-    k->pos += len;
-    k->fmt_pos += put_count(k->fmt + k->fmt_pos, len);
+    unsigned char *o = (unsigned char *)k->out + k->pos;
+    kv_put64(o, seq);
+    kv_put32(o + 8, len);
+    o[12] = rec[16];
+    o[13] = o[14] = o[15] = 0;
+    memcpy(o + 16, rec + KV_REC_HEADER_SIZE, len);
+    memset(o + 16 + len, 0, need - 16 - len);
+    k->pos += need;
     return 1;
 }
 
-/* The walk shared by both layouts: every record verified as it is copied. A record that
- * does not fit ends the batch; KV_ESPACE with *need when not even the first one fits. */
+/* Copies records out, each verified as it is copied. A record that does not fit ends the
+ * batch; KV_ESPACE with *need when not even the first one fits. */
 static int read_records(kv_wal *w, uint64_t start, size_t max_records, read_sink *k,
                         size_t *n_records, size_t *need)
 {
@@ -195,13 +172,11 @@ static int read_records(kv_wal *w, uint64_t start, size_t max_records, read_sink
         }
         if (!sink_put(k, seq, rec, len)) {
             if (*n_records == 0) {
-                *need = k->types ? (size_t)len : 16 + (((size_t)len + 7) & ~(size_t)7);
+                *need = framed_size(len);
                 rc = -KV_ESPACE;
             }
             break;
         }
-        if (k->types)
-            k->types[*n_records] = rec[16];
         (*n_records)++;
         seq++;
     }
@@ -217,22 +192,6 @@ int kv_wal_read_batch(kv_wal *w, uint64_t start, size_t max_records, char *out, 
     read_sink k = {.out = out, .cap = cap};
     size_t need;
     int rc = read_records(w, start, max_records, &k, n_records, &need);
-    *used = rc == -KV_ESPACE ? need : k.pos;
-    return rc;
-}
-
-int kv_wal_read_payloads(kv_wal *w, uint64_t start, size_t max_records, char *out, size_t cap,
-                         unsigned char *types, char *fmt, size_t fmt_cap, size_t *n_records,
-                         size_t *used)
-{
-    if (fmt_cap < 2)
-        return -KV_ESPACE;
-    fmt[0] = '<';
-    read_sink k = {.out = out, .cap = cap, .types = types, .fmt = fmt, .fmt_cap = fmt_cap,
-                   .fmt_pos = 1};
-    size_t need;
-    int rc = read_records(w, start, max_records, &k, n_records, &need);
-    fmt[k.fmt_pos] = 0;
     *used = rc == -KV_ESPACE ? need : k.pos;
     return rc;
 }

@@ -104,14 +104,6 @@ uint64_t kv_wal_next_seq(kv_wal *w);
 int kv_wal_read_batch(kv_wal *w, uint64_t start, size_t max_records, char *out, size_t cap,
                       size_t *n_records, size_t *used);
 
-/* The same records split for Python's struct module: payloads back to back in out, one type
- * byte each in types, and in fmt a NUL-terminated struct format ("<" then "<len>s" per
- * record) that unpacks out into the payloads in one call. Stops before the first record that
- * does not fit out, or fmt (12 bytes per record), or max_records (the size of types). */
-int kv_wal_read_payloads(kv_wal *w, uint64_t start, size_t max_records, char *out, size_t cap,
-                         unsigned char *types, char *fmt, size_t fmt_cap, size_t *n_records,
-                         size_t *used);
-
 int kv_wal_truncate_front(kv_wal *w, uint64_t seq);
 int kv_wal_truncate_back(kv_wal *w, uint64_t seq);
 

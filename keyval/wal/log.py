@@ -32,9 +32,20 @@ FAULTS = {"write": lib.KV_FAULT_WRITE, "fsync": lib.KV_FAULT_FSYNC, "prepare": l
 DEFAULT_SEGMENT_SIZE = 64 * 2**20
 MAX_SEGMENT_SIZE = 2**30
 _BATCH_HEADER = Struct("<QIB")  # seq, length, type: the framing of kv_wal_read_batch
-# replay's batches: payload bytes and record count of the first read, then of every read.
+# replay's batches: buffer bytes and record count of the first read, then of every read.
 _FIRST_READ_BUFFER, _FIRST_READ_RECORDS = 64 << 10, 256
 _READ_BUFFER, _READ_RECORDS = 1 << 20, 16384
+
+
+def _python_types() -> dict:
+    """The Python types the C module makes at run time (see csrc/python/records.c)."""
+    out: dict = {}
+    if lib.kv_py_export(ffi.cast("void *", id(out))) != 0:  # pragma: no cover
+        raise ImportError("keyval._wal_cffi could not make its Python types")
+    return out
+
+
+FramedRecords = _python_types()["FramedRecords"]
 
 
 def error_from(err, code: int | None = None) -> Exception:
@@ -280,23 +291,23 @@ class WAL:
             if start is not None:  # as read(0): not "from the first", which is start=None
                 raise IndexError("sequence numbers start at 1")
             return iter(())
-        # The records come from C a batch at a time and are handed out by C iterators (chain
-        # over zip): no Python bytecode runs per record, which is what a 100 B record needs.
+        # The records come from C a batch at a time and each batch is handed out by a C
+        # iterator (FramedRecords): no Python bytecode runs per record, which is what a 100 B
+        # record needs.
         return chain.from_iterable(self._replay_batches(seq, stop))
 
     def _replay_batches(self, seq: int, stop: int | None) -> Iterator[Iterator[tuple]]:
-        """One ``zip(seqs, types, payloads)`` per batch read by ``kv_wal_read_payloads``."""
-        # Small reads stay cheap; a long replay grows the buffers to amortise the C calls.
+        """One iterator of ``(seq, type, payload)`` per batch read by ``kv_wal_read_batch``.
+
+        Every batch is read into the same buffer: chain drops a batch's iterator, which lets
+        the buffer go once its last record is out, before it asks for the next batch."""
+        # Small reads stay cheap; a long replay grows the buffer to amortise the C calls.
         cap, max_records = _FIRST_READ_BUFFER, _FIRST_READ_RECORDS
-        out, types, fmt = bytearray(cap), bytearray(max_records), bytearray(12 * max_records + 2)
+        out = bytearray(cap)
         n, used = ffi.new("size_t *"), ffi.new("size_t *")
-        last_layout, unpacker = b"", Struct("")
         while stop is None or seq < stop:
             want = max_records if stop is None else min(max_records, stop - seq)
-            rc = lib.kv_wal_read_payloads(
-                self._w, seq, want, ffi.from_buffer(out), len(out), ffi.from_buffer(types),
-                ffi.from_buffer(fmt), len(fmt), n, used,
-            )  # fmt: skip
+            rc = lib.kv_wal_read_batch(self._w, seq, want, ffi.from_buffer(out), len(out), n, used)
             if rc == -lib.KV_ESPACE:
                 out = bytearray(max(used[0], len(out)))
                 continue
@@ -305,19 +316,12 @@ class WAL:
             count = n[0]
             if count == 0:
                 return
-            # struct turns the batch into its payloads in one call, from the format C wrote.
-            # Batches of records of one size repeat the format: compiled once, then reused.
-            layout = bytes(fmt[: fmt.index(0)])
-            if layout != last_layout:
-                unpacker, last_layout = Struct(layout), layout
-            payloads = unpacker.unpack_from(out)
-            yield zip(range(seq, seq + count), bytes(types[:count]), payloads, strict=True)
+            yield FramedRecords(out, used[0], count)
             seq += count
             # Grown once the first batch came back full: the log goes on past it.
             if max_records < _READ_RECORDS and (count == want or 2 * used[0] > cap):
                 cap, max_records = _READ_BUFFER, _READ_RECORDS
                 out = bytearray(max(cap, len(out)))
-                types, fmt = bytearray(max_records), bytearray(12 * max_records + 2)
 
     # -- state -----------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ import pytest
 
 from keyval.errors import ClosedError, ValueTooLarge
 from keyval.wal import WAL
+from keyval.wal.log import FramedRecords
 
 from .conftest import SMALL_SEGMENT, payload, segment_files
 
@@ -43,8 +44,8 @@ def test_replay_yields_seq_type_payload_in_order_from_any_start(small_wal):
 
 def test_replay_batches_hold_many_empty_records_and_grow_for_a_big_one(wal_dir):
     # replay reads in batches bounded by record count and by bytes: more empty records than
-    # one batch holds, a record larger than the batch buffer, and sizes that change the
-    # batch's struct layout must all come back exactly, and stop must cut at any point.
+    # one batch holds, a record larger than the batch buffer, and records of many sizes in
+    # one batch must all come back exactly, and stop must cut at any point.
     big = bytes(range(256)) * 12_289  # 3 MiB + 256 B: past the 1 MiB batch buffer
     records = [(b"", 1)] * 20_000 + [(payload(7), 2), (big, 3)] + [(payload(9), 4)] * 5_000
     with WAL(wal_dir, segment_size=8 << 20, sync="none") as wal:
@@ -55,6 +56,46 @@ def test_replay_batches_hold_many_empty_records_and_grow_for_a_big_one(wal_dir):
         for start, stop in ((1, 16_385), (16_384, 20_003), (20_002, 20_003), (19_999, None)):
             end = len(records) + 1 if stop is None else stop
             assert list(wal.replay(start, stop)) == expected[start - 1 : end - 1]
+
+
+def test_replay_never_changes_a_tuple_the_caller_kept(small_wal):
+    # replay's C iterator refills the tuple it handed out last if nobody else holds it (as
+    # zip does): a kept one, whole or in part, must stay as it was.
+    for i in range(1, 50):
+        small_wal.append(payload(i), type=i % 5)
+    expected = [(i, i % 5, payload(i)) for i in range(1, 50)]
+    records = small_wal.replay()
+    first, second = next(records), next(records)
+    payloads = [p for _, _, p in records]
+    assert [first, second] == expected[:2]
+    assert payloads == [p for _, _, p in expected[2:]]
+    kept = []
+    for record in small_wal.replay():
+        kept.append(record)
+        record = None  # dropped and kept alternately: both paths of the iterator
+    assert kept == expected
+
+
+def test_framed_records_refuses_a_batch_it_cannot_read():
+    # The iterator over one batch of kv_wal_read_batch: counts past its buffer are refused
+    # when made, a record running past the bytes said to be used when reached.
+    with pytest.raises(ValueError):
+        FramedRecords(bytearray(16), 17, 1)
+    with pytest.raises(ValueError):
+        FramedRecords(bytearray(16), -1, 1)
+    with pytest.raises(TypeError):
+        FramedRecords("not a buffer", 1, 1)
+    batch = bytearray(32)
+    batch[8] = 100  # a 100-byte payload in 16 bytes
+    records = FramedRecords(batch, 32, 1)
+    with pytest.raises(SystemError):
+        next(records)
+    assert list(records) == []
+    batch[8] = 3
+    batch[0] = 7
+    batch[12] = 9
+    batch[16:19] = b"abc"
+    assert list(FramedRecords(batch, 24, 1)) == [(7, 9, b"abc")]
 
 
 def test_replay_refuses_bad_arguments_when_called_and_a_far_start_when_read(small_wal):
