@@ -89,7 +89,13 @@ from keyval.db import DB
 from keyval.db.page import MAX_KEY_SIZE, MAX_VALUE_SIZE
 from keyval.errors import CorruptionError, FormatVersionError
 from keyval.raft.records import Entry
-from keyval.raft.snapdata import CHUNK_BYTES, FileBuffer, SnapshotData, open_reader
+from keyval.raft.snapdata import (
+    CHUNK_BYTES,
+    FileBuffer,
+    SnapshotData,
+    open_reader,
+    remove_stale_buffers,
+)
 
 PUT, APPEND, DELETE, SET_MAX_SESSIONS, REGISTER = 1, 2, 3, 4, 5
 CLIENT_OPS = (PUT, APPEND, DELETE, REGISTER)  # a client's to ask; SET_MAX_SESSIONS the leader's
@@ -185,6 +191,9 @@ class KVStateMachine:
             raise ValueError(f"max_sessions must be at least 1, not {max_sessions}")
         self.max_sessions = max_sessions
         self._db = DB(path)
+        # The DB's lock makes this node the directory's only user: a snapshot buffer a crash
+        # left behind (see FileBuffer) is nobody's now.
+        remove_stale_buffers(os.path.dirname(os.path.abspath(path)))
         # _lock guards the in-memory state below; _flush_lock is held by the one thread that
         # writes a batch to the DB (taken before _lock, never while holding it).
         self._lock = threading.Lock()

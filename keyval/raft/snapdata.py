@@ -13,6 +13,7 @@ of); ``finish()`` hands back the data as one of the two kinds.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
@@ -211,11 +212,28 @@ def write_at(fd: int, data, pos: int) -> int:
     return pos
 
 
+# The name of a FileBuffer's file where the file system has no O_TMPFILE, for the instant
+# before its unlink: what remove_stale_buffers looks for after a crash in that instant.
+_STALE_PREFIX, _STALE_SUFFIX = ".keyval-buffer-", ".tmp"
+
+
 def _unnamed_file(directory: str) -> int:
     try:
         return os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
     except (AttributeError, OSError):
-        # A ".tmp" name: should a crash come before the unlink, the storage's open removes it.
-        fd, path = tempfile.mkstemp(suffix=".tmp", dir=directory)
+        fd, path = tempfile.mkstemp(prefix=_STALE_PREFIX, suffix=_STALE_SUFFIX, dir=directory)
         os.unlink(path)
         return fd
+
+
+def remove_stale_buffers(directory: str) -> int:
+    """Removes the named files FileBuffer left in ``directory`` when a crash came between
+    their creation and their unlink (file systems without O_TMPFILE only); returns how many.
+    Call it only while no FileBuffer of ``directory`` is being made (when opening its owner)."""
+    removed = 0
+    for name in os.listdir(directory):
+        if name.startswith(_STALE_PREFIX) and name.endswith(_STALE_SUFFIX):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, name))
+                removed += 1
+    return removed

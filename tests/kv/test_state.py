@@ -312,6 +312,19 @@ def test_a_crash_leaves_the_state_of_exactly_one_applied_index(tmp_path):
         sm.close()
 
 
+def test_opening_the_state_removes_snapshot_buffers_a_crash_left_beside_it(tmp_path):
+    # Where the file system has no O_TMPFILE, a snapshot's buffer has a name for an instant
+    # (keyval.raft.snapdata.FileBuffer); a crash then leaves it in the state's directory.
+    left = tmp_path / ".keyval-buffer-abc.tmp"
+    left.write_bytes(b"x" * 100)
+    sm = KVStateMachine(str(tmp_path / "kv.db"))
+    try:
+        assert not left.exists()
+        assert sorted(os.listdir(tmp_path)) == ["kv.db"]
+    finally:
+        sm.close()
+
+
 def test_reads_see_every_applied_entry_while_a_batch_is_written_to_the_db(tmp_path):
     """flush_if_due (a server's tick) writes the batch outside the lock that apply takes:
     entries go on being applied meanwhile, and get() sees the newest value throughout."""

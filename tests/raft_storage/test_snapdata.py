@@ -19,7 +19,13 @@ from keyval.raft.core import Config
 from keyval.raft.messages import Message, MsgType, SnapshotChunk
 from keyval.raft.node import Node
 from keyval.raft.records import Entry, Snapshot
-from keyval.raft.snapdata import FileBuffer, FileData, iter_chunks, open_reader
+from keyval.raft.snapdata import (
+    FileBuffer,
+    FileData,
+    iter_chunks,
+    open_reader,
+    remove_stale_buffers,
+)
 from keyval.raft.storage import RaftStorage
 
 BIG = 32 << 20  # a snapshot far bigger than the memory the streamed paths may use
@@ -96,6 +102,26 @@ def test_a_file_buffer_leaves_no_name_behind_and_hands_back_what_it_got(tmp_path
     dropped.append(b"never kept")
     dropped.discard()
     assert os.listdir(tmp_path) == []
+
+
+def test_without_o_tmpfile_a_buffer_is_named_only_until_unlinked_and_leftovers_go(
+    tmp_path, monkeypatch
+):
+    # A file system without O_TMPFILE: the file is made under a name and unlinked at once.
+    # A crash in between leaves the name; the owner's next open removes such names, and only
+    # those.
+    monkeypatch.delattr(os, "O_TMPFILE", raising=False)
+    buffer = FileBuffer(str(tmp_path))
+    buffer.append(b"kept in an unnamed file")
+    assert os.listdir(tmp_path) == []
+    assert buffer.finish() == b"kept in an unnamed file"
+    left = tmp_path / ".keyval-buffer-x1y2.tmp"
+    left.write_bytes(b"left by a crash")
+    others = [tmp_path / "kv.db", tmp_path / "keyval-buffer-not-ours.tmp", tmp_path / "x.tmp"]
+    for other in others:
+        other.write_bytes(b"not a buffer")
+    assert remove_stale_buffers(str(tmp_path)) == 1
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in others)
 
 
 def test_a_snapshot_file_is_the_same_written_from_bytes_or_from_a_file(tmp_path):
