@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from keyval.dirsync import fsync_dir
 from keyval.errors import ClosedError, CorruptionError, KeyvalError, LockedError, ReadOnlyError
 
 from .freelist import Freelist
@@ -78,14 +79,6 @@ def _pread(fd: int, n: int, offset: int) -> bytes:
     return bytes(view[:got])
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _create(path: str, page_size: int) -> None:
     """Write a fresh empty database under a temporary name, then move it into place.
 
@@ -115,7 +108,7 @@ def _create(path: str, page_size: int) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    _fsync_dir(path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 class DB:
@@ -562,7 +555,7 @@ class DB:
                         raise
                     os.rename(tmp, dst_path)  # a file system without hard links
             if self.sync:
-                _fsync_dir(dst_path)
+                fsync_dir(os.path.dirname(os.path.abspath(dst_path)))
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

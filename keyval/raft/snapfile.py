@@ -26,6 +26,7 @@ import struct
 
 import xxhash
 
+from keyval.dirsync import fsync_dir
 from keyval.errors import CorruptionError, FormatVersionError
 from keyval.raft.records import Snapshot
 from keyval.raft.snapdata import FileData, iter_chunks, write_at
@@ -50,14 +51,6 @@ def parse_name(name: str) -> tuple[int, int] | None:
         return int(name[:16], 16), int(name[17:33], 16)
     except ValueError:
         return None
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write(directory: str, snap: Snapshot) -> str:

@@ -56,6 +56,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from keyval.db import DB
+from keyval.dirsync import fsync_dir
 from keyval.errors import (
     ClosedError,
     CorruptionError,
@@ -231,7 +232,7 @@ class RaftStorage:
                 os.unlink(os.path.join(self._snap_dir, name))
                 changed = True
         if changed:
-            snapfile.fsync_dir(self._snap_dir)
+            fsync_dir(self._snap_dir)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -409,7 +410,7 @@ class RaftStorage:
         for _, name in names[:-SNAPSHOTS_KEPT]:
             os.unlink(os.path.join(self._snap_dir, name))
         if len(names) > SNAPSHOTS_KEPT:
-            snapfile.fsync_dir(self._snap_dir)
+            fsync_dir(self._snap_dir)
 
     def close(self) -> None:
         with self._lock:
