@@ -130,19 +130,31 @@ static int read_records(kv_wal *w, uint64_t start, size_t max_records, read_sink
         pthread_mutex_unlock(&w->mu);
         return rc;
     }
-    uint64_t last = last_visible(w);
-    if (start < w->front || start > last + 1) {
-        kv_set_error(&w->last_err, KV_ERANGE, 0, w->dir, -1,
-                     "seq %llu is outside the log [%llu, %llu]", (unsigned long long)start,
-                     (unsigned long long)w->front, (unsigned long long)last);
-        rc = -KV_ERANGE;
-        goto done;
-    }
-    if (start > last || max_records == 0)
-        goto done;
-    if (!w->failed && w->written_seq < last) {
+    uint64_t last;
+    for (int flushed = 0;; flushed = 1) {
+        last = last_visible(w);
+        if (start < w->front || start > last + 1) {
+            kv_set_error(&w->last_err, KV_ERANGE, 0, w->dir, -1,
+                         "seq %llu is outside the log [%llu, %llu]", (unsigned long long)start,
+                         (unsigned long long)w->front, (unsigned long long)last);
+            rc = -KV_ERANGE;
+            goto done;
+        }
+        if (start > last || max_records == 0)
+            goto done;
+        if (w->failed || w->written_seq >= last)
+            break;
+        if (flushed) {
+            /* Appends came while the mutex was free: what was written is read now. */
+            last = w->written_seq;
+            if (start > last)
+                goto done;
+            break;
+        }
         /* Records still in the user-space buffer are written (not synced) so that they can be
-         * read from the mapping like every other. */
+         * read from the mapping like every other. The flush may free the mutex (to write, or
+         * to wait for another thread's I/O), and a truncate_front or truncate_back may run
+         * meanwhile: the bounds are checked again after it, never used stale. */
         int e = kv_flush_locked(w, 0, 0, 0);
         if (e) {
             rc = e;

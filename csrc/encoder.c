@@ -57,6 +57,7 @@ void kv_fail_locked(kv_wal *w, int sys_errno, const char *path, const char *what
 {
     if (!w->failed) {
         w->failed = 1;
+        w->fail_told = 1; /* the call that failed returns the error (but see ticker_main) */
         kv_set_error(&w->fail_err, KV_EFAILED, sys_errno, path, -1,
                      "%s failed (%s); the log is read-only until it is reopened", what,
                      strerror(sys_errno));
@@ -93,6 +94,7 @@ static void unlock_and_wake(kv_wal *w)
 static int failed_locked(kv_wal *w)
 {
     w->last_err = w->fail_err;
+    w->fail_told = 1;
     return -KV_EFAILED;
 }
 
@@ -109,6 +111,11 @@ int kv_flush_locked(kv_wal *w, int sync, uint64_t target, int group)
             return failed_locked(w);
         if (owner)
             goto write;
+        /* A truncate_back (while the mutex was free) may have cut records up to target: none
+         * of an appender's (it waits for the appenders), but sync() may have been waiting for
+         * them. What is left is what there is to make durable. */
+        if (sync && target >= w->next_seq)
+            target = w->next_seq - 1;
         /* Checked before waiting for the leader: an appender whose record a finished fsync
          * covered returns at once, even while the next leader is busy (or gathering). */
         if (sync && w->durable_seq >= target)
@@ -334,13 +341,20 @@ static int writable_locked(kv_wal *w)
 }
 
 /* Waits while another thread places a batch (its records must get consecutive seqs, and it
- * may release the mutex while it flushes), then counts this thread as an appender. */
+ * may release the mutex while it flushes) or cuts the log's tail, then counts this thread as
+ * an appender. */
 static void enter_append_locked(kv_wal *w)
 {
-    while (w->batching)
+    while (w->batching || w->cutting)
         pthread_cond_wait(&w->cv, &w->mu);
     if (++w->appenders > w->peak_appenders)
         w->peak_appenders = w->appenders;
+}
+
+static void leave_append_locked(kv_wal *w)
+{
+    if (--w->appenders == 0 && w->cutting)
+        pthread_cond_broadcast(&w->cv); /* kv_wal_truncate_back waits for this */
 }
 
 /* A durable append has placed its record: the leader may be waiting for it. Only the record
@@ -378,7 +392,7 @@ int64_t kv_wal_append(kv_wal *w, unsigned type, const char *data, size_t len)
         if (e)
             seq = e;
     }
-    w->appenders--;
+    leave_append_locked(w);
     kv_leave_locked(w);
     unlock_and_wake(w);
     return seq;
@@ -456,7 +470,7 @@ int64_t kv_wal_append_batch(kv_wal *w, unsigned type, const uint8_t *types, cons
         if (e)
             first = e;
     }
-    w->appenders--;
+    leave_append_locked(w);
     kv_leave_locked(w);
     unlock_and_wake(w);
     return first;

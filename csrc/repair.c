@@ -62,7 +62,10 @@ int kv_clear_continues(kv_wal *w, kv_segment *s, uint64_t count, int fd)
         return 0;
     uint64_t off = s->offs[count - 1];
     const unsigned char *rec = s->map + off;
-    if (!(rec[17] & KV_REC_CONTINUES))
+    /* A header whose last rewrite was torn (see recover) is written again, whatever its
+     * flags byte says. */
+    if (!(rec[17] & KV_REC_CONTINUES) &&
+        kv_record_valid_at(s, off, s->first_seq + count - 1))
         return 0;
     unsigned char hdr[KV_REC_HEADER_SIZE];
     uint32_t len = kv_get32(rec + 4);

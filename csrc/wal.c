@@ -288,6 +288,28 @@ static int open_segment_header(kv_wal *w, kv_segment *s, kv_error *err)
 
 /* Reads every segment, checking that the seqs run on without a gap, and settles the tail of
  * the last one (a torn tail is cut unless in check mode). */
+/* Whether the record at off (seq) is whole but for a torn rewrite of its flags: its CRC is
+ * the one of its bytes with the CONTINUES flag either set or clear, and its flags byte one of
+ * those two. kv_clear_continues rewrites the header of the last record truncate_back keeps,
+ * and a crash may tear that write between the CRC and the flags. */
+static int torn_flags_rewrite(const kv_segment *s, uint64_t off, uint64_t seq)
+{
+    if (off + KV_REC_HEADER_SIZE > s->size)
+        return 0;
+    const unsigned char *p = s->map + off;
+    uint32_t len = kv_get32(p + 4);
+    if (kv_get64(p + 8) != seq || (uint64_t)len > s->size - off - KV_REC_HEADER_SIZE ||
+        (p[17] & ~KV_REC_CONTINUES))
+        return 0;
+    unsigned char hdr[KV_REC_HEADER_SIZE];
+    for (unsigned flags = 0; flags <= KV_REC_CONTINUES; flags += KV_REC_CONTINUES) {
+        kv_record_header_encode(hdr, s->salt, seq, p[16], flags, p + KV_REC_HEADER_SIZE, len);
+        if (memcmp(hdr, p, 4) == 0 && memcmp(hdr + 18, p + 18, KV_REC_HEADER_SIZE - 18) == 0)
+            return 1;
+    }
+    return 0;
+}
+
 static int recover(kv_wal *w, kv_error *err, const kv_bounds *b)
 {
     int check = w->flags & KV_OPEN_CHECK;
@@ -397,9 +419,22 @@ static int recover(kv_wal *w, kv_error *err, const kv_bounds *b)
         uint64_t nz = s->size;
         while (nz > s->end && s->map[nz - 1] == 0)
             nz--;
+        if (cut_pending && !check && expected == b->cut &&
+            torn_flags_rewrite(s, s->end, expected)) {
+            /* The last record the cut keeps, its header torn while truncate_back rewrote its
+             * flags: whole otherwise, so it is kept (kv_clear_continues rewrites it below). */
+            if (kv_segment_push_offset(s, (uint32_t)s->end) != 0) {
+                kv_set_error(err, KV_EIO, ENOMEM, s->path, -1, "out of memory");
+                return 1;
+            }
+            s->end += kv_record_size(kv_get32(s->map + s->end + 4));
+            expected++;
+        }
         uint64_t later;
         int64_t at = nz > s->end ? kv_find_later_record(s, s->end, expected - 1, &later) : -1;
-        if (at >= 0 && !(cut_pending && !check)) {
+        /* An interrupted truncate_back leaves bytes of the records after its cut, which is
+         * no sign of damage; a bad record at or before the cut is, as anywhere else. */
+        if (at >= 0 && !(cut_pending && !check && expected > b->cut)) {
             describe_bad_record(s, s->end, expected, why, sizeof why);
             if (PROBLEM(w, err, KV_ECORRUPT, s->path, (int64_t)s->end,
                         "%s, yet a valid record (seq %llu) follows at offset %lld: this is "
@@ -470,8 +505,13 @@ static void *ticker_main(void *arg)
             ;
         if (w->closing || w->failed)
             continue;
-        if (w->durable_seq < w->next_seq - 1)
-            kv_flush_locked(w, 1, w->next_seq - 1, 0); /* a failure makes the log fail-stop */
+        if (w->durable_seq < w->next_seq - 1) {
+            /* A failure makes the log fail-stop, and no caller hears of it from here: the
+             * next call does, or close() (see fail_told). */
+            int told = w->fail_told;
+            kv_flush_locked(w, 1, w->next_seq - 1, 0);
+            w->fail_told = told;
+        }
     }
     pthread_mutex_unlock(&w->mu);
     return NULL;
@@ -715,8 +755,15 @@ int kv_wal_close(kv_wal *w, kv_error *err)
     memset(err, 0, sizeof *err);
     pthread_mutex_lock(&w->mu);
     if (w->closing || w->stopping) {
+        /* Another thread is closing: this close, too, returns once the records are durable
+         * (or with that close's error), not before. */
+        while (!w->closing)
+            pthread_cond_wait(&w->cv, &w->mu);
+        int rc = w->close_rc;
+        if (rc)
+            *err = w->close_err;
         pthread_mutex_unlock(&w->mu);
-        return 0;
+        return rc;
     }
     /* Calls already inside finish (an append acknowledged by them is in the final flush);
      * later ones are refused. */
@@ -729,9 +776,20 @@ int kv_wal_close(kv_wal *w, kv_error *err)
             rc = kv_flush_locked(w, 1, w->next_seq - 1, 0);
         if (rc)
             *err = w->last_err;
+    } else if (w->failed && !w->fail_told && w->durable_seq + 1 < w->next_seq) {
+        /* Appends returned before their records were durable (sync "interval") and the log
+         * failed in the background before it could make them so, with no call to say it:
+         * they are lost with a crash, and close is the caller's last chance to hear it. */
+        kv_set_error(err, KV_EFAILED, w->fail_err.sys_errno, w->fail_err.path, -1,
+                     "records %llu to %llu were appended but never made durable: %s",
+                     (unsigned long long)w->durable_seq + 1,
+                     (unsigned long long)w->next_seq - 1, w->fail_err.msg);
+        rc = -KV_EFAILED;
     }
     while (w->io_busy)
         pthread_cond_wait(&w->cv, &w->mu);
+    w->close_rc = rc;
+    w->close_err = *err;
     w->closing = 1;
     pthread_cond_broadcast(&w->cv);
     pthread_cond_broadcast(&w->tick_cv);
@@ -783,6 +841,7 @@ static int mutable_locked(kv_wal *w)
     }
     if (w->failed) {
         w->last_err = w->fail_err;
+        w->fail_told = 1;
         return -KV_EFAILED;
     }
     return 0;
@@ -791,15 +850,31 @@ static int mutable_locked(kv_wal *w)
 int kv_wal_truncate_front(kv_wal *w, uint64_t seq)
 {
     pthread_mutex_lock(&w->mu);
-    int rc = mutable_locked(w);
-    if (rc || seq <= w->front)
-        goto done;
-    if (seq > w->next_seq) {
-        kv_set_error(&w->last_err, KV_ERANGE, 0, w->dir, -1,
-                     "truncate_front(%llu) is past the end of the log (next seq %llu)",
-                     (unsigned long long)seq, (unsigned long long)w->next_seq);
-        rc = -KV_ERANGE;
-        goto done;
+    int rc = kv_enter_locked(w);
+    if (rc) {
+        pthread_mutex_unlock(&w->mu);
+        return rc;
+    }
+    for (;;) {
+        rc = mutable_locked(w);
+        if (rc || seq <= w->front)
+            goto done;
+        if (seq > w->next_seq) {
+            kv_set_error(&w->last_err, KV_ERANGE, 0, w->dir, -1,
+                         "truncate_front(%llu) is past the end of the log (next seq %llu)",
+                         (unsigned long long)seq, (unsigned long long)w->next_seq);
+            rc = -KV_ERANGE;
+            goto done;
+        }
+        /* The records before the new front are durable before it is: were the front on disk
+         * past the last record that survives a crash, the log would not open (sync="none" or
+         * "interval" leave records unsynced; "always" has none). The flush frees the mutex,
+         * so everything above is checked again after it. */
+        if (w->durable_seq + 1 >= seq)
+            break;
+        rc = kv_flush_locked(w, 1, seq - 1, 0);
+        if (rc)
+            goto done;
     }
     /* The new front is durable before any segment goes: open drops segments below it. */
     kv_bounds b = {0, seq, 0};
@@ -824,6 +899,7 @@ int kv_wal_truncate_front(kv_wal *w, uint64_t seq)
         }
     }
 done:
+    kv_leave_locked(w);
     pthread_mutex_unlock(&w->mu);
     return rc;
 }
@@ -836,6 +912,12 @@ int kv_wal_truncate_back(kv_wal *w, uint64_t seq)
         pthread_mutex_unlock(&w->mu);
         return rc;
     }
+    /* No append is inside while the tail is cut: one waiting for its record to be durable
+     * would wait for a record that no longer is, and then take a later one's seq for its own.
+     * New appends wait at the door meanwhile (enter_append_locked). */
+    w->cutting++;
+    while (w->appenders > 0)
+        pthread_cond_wait(&w->cv, &w->mu);
     rc = mutable_locked(w);
     if (rc || seq + 1 >= w->next_seq)
         goto done;
@@ -897,6 +979,8 @@ fail:
     w->last_err = w->fail_err;
     rc = -KV_EFAILED;
 done:
+    if (--w->cutting == 0)
+        pthread_cond_broadcast(&w->cv); /* the appenders waiting at the door */
     kv_leave_locked(w);
     pthread_mutex_unlock(&w->mu);
     return rc;

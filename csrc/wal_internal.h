@@ -96,6 +96,7 @@ struct kv_wal {
      * frees: a thread inside the log never wakes up to freed segments. */
     int active, stopping;
     int batching; /* a thread is placing an append_many batch: other appenders wait */
+    int cutting;  /* truncate_back waits for the appenders inside; new ones wait for it */
 
     /* Adaptive group commit: a leader that saw several appenders during the last cycle waits
      * (at most one fsync's duration) for that many records before it syncs. */
@@ -110,6 +111,9 @@ struct kv_wal {
     int failed;        /* fail-stop: KV_EFAILED for every later write */
     kv_error fail_err; /* why */
     int closing;
+    int fail_told;        /* a call returned the fail-stop error (else close() does) */
+    int close_rc;         /* what kv_wal_close returned: a second close returns it too */
+    kv_error close_err;
     kv_error last_err;
 
     /* The pre-written next segment (prepare.c). */

@@ -70,9 +70,11 @@ static PyObject *records_next(records_object *self)
     if (self->left == 0)
         return NULL;
     const unsigned char *at = (const unsigned char *)self->view.buf + self->pos;
-    uint32_t len = kv_get32(at + 8);
-    Py_ssize_t size = FRAME_HEADER + (((Py_ssize_t)len + 7) & ~(Py_ssize_t)7);
-    if (size > self->end - self->pos) {
+    Py_ssize_t room = self->end - self->pos;
+    Py_ssize_t size = FRAME_HEADER;
+    if (room >= FRAME_HEADER)
+        size += ((Py_ssize_t)kv_get32(at + 8) + 7) & ~(Py_ssize_t)7;
+    if (size > room) {
         /* C wrote the batch; a short one is a bug, reported rather than read past. */
         records_release(self);
         PyErr_SetString(PyExc_SystemError, "FramedRecords: a record runs past its batch");
@@ -80,7 +82,8 @@ static PyObject *records_next(records_object *self)
     }
     PyObject *seq = PyLong_FromUnsignedLongLong(kv_get64(at));
     PyObject *type = PyLong_FromLong(at[12]);
-    PyObject *payload = PyBytes_FromStringAndSize((const char *)at + FRAME_HEADER, len);
+    PyObject *payload =
+        PyBytes_FromStringAndSize((const char *)at + FRAME_HEADER, (Py_ssize_t)kv_get32(at + 8));
     if (seq == NULL || type == NULL || payload == NULL) {
         Py_XDECREF(seq);
         Py_XDECREF(type);

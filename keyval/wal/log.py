@@ -372,13 +372,18 @@ class WAL:
         return out
 
     def close(self) -> None:
-        """Syncs and closes (durable on return, in every sync mode). Idempotent."""
+        """Syncs and closes (durable on return, in every sync mode). Idempotent: a later
+        call only waits until the first is done (another thread's) and raises nothing.
+
+        Raises ReadOnlyError if the log failed (fail-stop) with records appended but not
+        durable and no earlier call raised it (a background sync of ``"interval"``)."""
         if self._w is None:
             return
+        first = not self._closed
         self._closed = True
         err = ffi.new("kv_error *")
         rc = lib.kv_wal_close(self._w, err)
-        if rc < 0:
+        if rc < 0 and first:
             raise error_from(err, -rc)
 
     def __enter__(self) -> WAL:

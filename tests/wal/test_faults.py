@@ -2,6 +2,7 @@
 
 import errno
 import threading
+import time
 
 import pytest
 
@@ -122,3 +123,53 @@ def test_open_makes_what_a_killed_process_left_unsynced_durable(wal_dir):
     assert stats["fsyncs"] >= 1  # the recovered segment (and the directory) were synced
     assert [p for _, _, p in wal.replay()] == [record] * wal.last_seq
     wal.close()
+
+
+def test_truncate_front_past_unsynced_records_leaves_a_log_that_opens(wal_dir):
+    """With sync="none" the records before a new front may still be in the user-space buffer
+    when truncate_front makes the front durable. A killed process then left a front past the
+    log's end, and the log no longer opened. truncate_front now makes them durable first."""
+    import signal
+    import subprocess
+    import sys
+
+    child = (
+        "import os, signal\n"
+        "from keyval.wal import WAL\n"
+        f"wal = WAL({wal_dir!r}, sync='none')\n"
+        "for i in range(1, 101): wal.append(b'%d' % i)\n"
+        "wal.truncate_front(60)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", child], timeout=60)
+    assert done.returncode == -signal.SIGKILL
+    with WAL(wal_dir, sync="none") as wal:
+        assert wal.first_seq == 60
+        assert [(s, p) for s, _, p in wal.replay()] == [(i, b"%d" % i) for i in range(60, 101)]
+
+
+def test_close_raises_when_a_background_sync_failed_and_no_call_said_so(wal_dir):
+    """sync="interval": appends return before their records are durable and the background
+    sync that fails tells nobody. close() is the caller's last chance to hear that what it
+    appended is not durable; it raises, naming the records. (A failure a call already raised
+    is not raised again.)"""
+    wal = WAL(wal_dir, sync="interval", sync_interval=0.01)
+    wal.inject_fault("fsync", errno.EIO)
+    for i in range(1, 6):
+        wal.append(payload(i))
+    deadline = time.monotonic() + 10
+    while not wal.stats()["failed"]:  # the background sync runs every 10 ms
+        assert time.monotonic() < deadline, "the background sync never ran"
+        time.sleep(0.005)
+    with pytest.raises(ReadOnlyError) as info:
+        wal.close()
+    assert "records 1 to 5 were appended but never made durable" in str(info.value)
+    assert info.value.__cause__.errno == errno.EIO
+    wal.close()  # closed now: nothing more to say
+
+    told = WAL(wal_dir + "-told", sync="none")
+    told.append(b"x")
+    told.inject_fault("fsync", errno.EIO)
+    with pytest.raises(ReadOnlyError):
+        told.sync()
+    told.close()  # the failure was raised by sync(): close does not raise it twice

@@ -78,13 +78,16 @@ def test_replay_never_changes_a_tuple_the_caller_kept(small_wal):
 
 def test_framed_records_refuses_a_batch_it_cannot_read():
     # The iterator over one batch of kv_wal_read_batch: counts past its buffer are refused
-    # when made, a record running past the bytes said to be used when reached.
+    # when made, a record (or its header) running past the bytes said to be used when reached,
+    # before a byte past them is read.
     with pytest.raises(ValueError):
         FramedRecords(bytearray(16), 17, 1)
     with pytest.raises(ValueError):
         FramedRecords(bytearray(16), -1, 1)
     with pytest.raises(TypeError):
         FramedRecords("not a buffer", 1, 1)
+    with pytest.raises(SystemError):  # not even a record's header in the bytes used
+        next(FramedRecords(bytearray(24), 8, 1))
     batch = bytearray(32)
     batch[8] = 100  # a 100-byte payload in 16 bytes
     records = FramedRecords(batch, 32, 1)

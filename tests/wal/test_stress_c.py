@@ -1,6 +1,7 @@
-"""Threading races of the C WAL, driven from C (tests/wal/c/stress.c) at a speed Python's GIL
-would not reach: rotation while another thread's write is in flight, close while appenders run.
-Every acknowledged append must be in the log, byte for byte, after a reopen."""
+"""Threading races of the C WAL, driven from C (tests/wal/c/) at a speed Python's GIL would not
+reach: rotation while another thread's write is in flight, close while appenders run (stress.c),
+truncation while appends and reads run (cuts.c). Every acknowledged append must be in the log,
+byte for byte, after a reopen, unless a later cut removed it."""
 
 import shutil
 import subprocess
@@ -10,20 +11,29 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
-STRESS = Path(__file__).resolve().parent / "c" / "stress.c"
+PROGRAMS = Path(__file__).resolve().parent / "c"
+
+
+def _build(tmp_path_factory, name: str) -> Path:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    binary = tmp_path_factory.mktemp(name) / name
+    sources = [str(p) for p in sorted(CSRC.glob("*.c"))]
+    main = str(PROGRAMS / f"{name}.c")
+    subprocess.run(
+        ["gcc", "-O1", "-pthread", f"-I{CSRC}", main, *sources, "-o", str(binary)], check=True
+    )
+    return binary
 
 
 @pytest.fixture(scope="module")
 def stress_binary(tmp_path_factory) -> Path:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed")
-    binary = tmp_path_factory.mktemp("stress") / "stress"
-    sources = [str(p) for p in sorted(CSRC.glob("*.c"))]
-    subprocess.run(
-        ["gcc", "-O1", "-pthread", f"-I{CSRC}", str(STRESS), *sources, "-o", str(binary)],
-        check=True,
-    )
-    return binary
+    return _build(tmp_path_factory, "stress")
+
+
+@pytest.fixture(scope="module")
+def cuts_binary(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory, "cuts")
 
 
 @pytest.mark.parametrize("mode,rounds", [("rotate", 3), ("close", 40)])
@@ -37,3 +47,19 @@ def test_acknowledged_appends_survive_racing_rotation_and_close(
         timeout=120,
     )
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("mode", ["back", "front"])
+def test_truncation_racing_appends_and_reads_neither_hangs_nor_reads_freed_memory(
+    cuts_binary, tmp_path, mode
+):
+    # back: an append waiting for its fsync while truncate_back cut its record once waited
+    # forever, or took another record's seq for its own. front: a read that flushed (freeing
+    # the mutex) used bounds a truncate_front had moved meanwhile (a crash).
+    run = subprocess.run(
+        [str(cuts_binary), str(tmp_path / "log"), mode, "5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])

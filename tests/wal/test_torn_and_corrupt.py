@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from keyval.errors import CorruptionError
+from keyval.errors import CorruptionError, ReadOnlyError
 from keyval.fsck import main as fsck
 from keyval.wal import WAL
 
@@ -192,3 +192,51 @@ def test_fsck_cli_on_a_wal_dir_json(tmp_path, capsys):
     assert [(p["path"], p["offset"], p["repairable"]) for p in report["problems"]] == [
         (file, off, False)
     ]
+
+
+def _interrupted_cut(wal_dir: str, records: list[bytes], cut: int) -> str:
+    """A log of ``records`` (one append_many batch) whose truncate_back(cut) stopped after its
+    intent reached the bounds file: the state a crash there leaves (an injected write error
+    right after the bounds write). Returns the segment's path."""
+    wal = WAL(wal_dir, segment_size=1 << 20, sync="always")
+    wal.append_many(records)
+    path = wal.segments()[-1]["path"]
+    wal.inject_fault("write", after=1)  # the bounds file is written, zeroing the tail fails
+    with pytest.raises(ReadOnlyError):
+        wal.truncate_back(cut)
+    wal.close()
+    return path
+
+
+def test_an_interrupted_cut_does_not_hide_a_damaged_record_it_keeps(tmp_path):
+    # Open finishes the cut, and bytes of records after it are expected then; a bad record
+    # before it is damage as anywhere else, never zeroed away with them.
+    records = [b"record-%03d" % i * 4 for i in range(1, 101)]
+    path = _interrupted_cut(str(tmp_path / "log"), records, 90)
+    data = bytearray(pathlib.Path(path).read_bytes())
+    at = data.find(b"record-050")
+    data[at] ^= 0xFF
+    pathlib.Path(path).write_bytes(data)
+    with pytest.raises(CorruptionError) as info:
+        WAL(str(tmp_path / "log"))
+    assert info.value.path == path and info.value.offset == at - 20
+
+
+def test_an_interrupted_cut_keeps_its_last_record_whose_flags_rewrite_tore(tmp_path):
+    # truncate_back rewrites the header of the last record it keeps (its "more of the batch
+    # follows" flag goes). A crash tearing that write leaves the new flags with the old CRC
+    # (or the reverse): the record is whole, so open keeps it and finishes the rewrite.
+    records = [b"batch-%02d" % i for i in range(1, 9)]
+    path = _interrupted_cut(str(tmp_path / "log"), records, 5)
+    data = bytearray(pathlib.Path(path).read_bytes())
+    flags = data.find(b"batch-05") - 20 + 17
+    assert data[flags] == 1  # "continues": record 5 was inside the batch
+    data[flags] = 0  # the new flags reached the disk, the new CRC did not
+    pathlib.Path(path).write_bytes(data)
+    with WAL(str(tmp_path / "log")) as wal:
+        assert [p for _, _, p in wal.replay()] == records[:5]
+    assert fsck([str(tmp_path / "log")]) == 0
+    with WAL(str(tmp_path / "log")) as wal:
+        assert wal.last_seq == 5
+        wal.append(b"after")  # a new record, not part of the cut batch
+        assert [p for _, _, p in wal.replay(5)] == [b"batch-05", b"after"]

@@ -1,0 +1,211 @@
+/* Truncation racing the other calls of the WAL, driven by tests/wal/test_stress_c.py at C speed
+ * (Python's GIL would close the windows these races need):
+ *
+ *   cuts DIR back ROUNDS    durable appenders while another thread truncate_backs: no append
+ *                           may hang, and every acknowledged record that no cut removed after
+ *                           it was acknowledged must hold its bytes after a reopen.
+ *   cuts DIR front ROUNDS   a reader while appenders write and another thread truncate_fronts
+ *                           (sync "none", so reads flush and free the mutex): every read gives
+ *                           whole records or says the seq is gone, never garbage or corruption.
+ *
+ * exit 0: all good; 1: a check failed (printed); a hang is caught by the caller's timeout. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "wal.h"
+
+#define APPENDERS 3
+#define MAX_ACKS 200000
+#define MAX_CUTS 100000
+
+typedef struct {
+    uint64_t seq, tick;
+    unsigned char fill;
+} ack;
+
+typedef struct {
+    uint64_t below, ended; /* records >= below removed; the tick after the call returned */
+} cut;
+
+static kv_wal *w;
+static atomic_int stop, bad;
+static atomic_ullong clock_ticks;
+static ack acks[APPENDERS][MAX_ACKS];
+static size_t nacks[APPENDERS];
+static cut cuts[MAX_CUTS];
+static size_t ncuts;
+
+static void fail(const char *what, long long v)
+{
+    fprintf(stderr, "%s (%lld)\n", what, v);
+    bad = 1;
+}
+
+static void *appender(void *arg)
+{
+    long t = (long)arg;
+    char buf[64];
+    for (uint32_t i = 0; !stop && nacks[t] < MAX_ACKS; i++) {
+        unsigned char fill = (unsigned char)(i * 7 + t * 50 + 1);
+        memset(buf, fill, sizeof buf);
+        int64_t seq = kv_wal_append(w, 0, buf, sizeof buf);
+        if (seq < 0) {
+            fail("append failed", seq);
+            break;
+        }
+        acks[t][nacks[t]++] = (ack){(uint64_t)seq, ++clock_ticks, fill};
+    }
+    return NULL;
+}
+
+static void *back_cutter(void *arg)
+{
+    unsigned r = 1;
+    while (!stop && ncuts < MAX_CUTS) {
+        r = r * 1103515245u + 12345u;
+        uint64_t next = kv_wal_next_seq(w);
+        uint64_t to = next > 8 ? next - 1 - (r >> 16) % 6 : 0;
+        if (to < 2)
+            continue;
+        int rc = kv_wal_truncate_back(w, to);
+        if (rc < 0) {
+            fail("truncate_back failed", rc);
+            break;
+        }
+        cuts[ncuts++] = (cut){to + 1, ++clock_ticks};
+        usleep(200);
+    }
+    return NULL;
+}
+
+static void *front_cutter(void *arg)
+{
+    while (!stop) {
+        uint64_t next = kv_wal_next_seq(w);
+        if (next > 50) {
+            int rc = kv_wal_truncate_front(w, next - 40);
+            if (rc < 0) {
+                fail("truncate_front failed", rc);
+                break;
+            }
+        }
+        usleep(100);
+    }
+    return NULL;
+}
+
+static void *reader(void *arg)
+{
+    static char out[1 << 16];
+    while (!stop) {
+        uint64_t first = kv_wal_first_seq(w);
+        if (first == 0)
+            continue;
+        size_t n, used;
+        int rc = kv_wal_read_batch(w, first, 200, out, sizeof out, &n, &used);
+        if (rc == -KV_ERANGE)
+            continue; /* the front moved past it: fine */
+        if (rc < 0) {
+            kv_error e;
+            kv_wal_last_error(w, &e);
+            fprintf(stderr, "read: %s\n", e.msg);
+            fail("read failed", rc);
+            break;
+        }
+        size_t pos = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t len;
+            memcpy(&len, out + pos + 8, 4);
+            if (len != 64) {
+                fail("a record of the wrong length was read", len);
+                return NULL;
+            }
+            for (uint32_t k = 1; k < len; k++)
+                if (out[pos + 16 + k] != out[pos + 16]) {
+                    fail("a record with mixed bytes was read", (long long)i);
+                    return NULL;
+                }
+            pos += 16 + 64;
+        }
+    }
+    return NULL;
+}
+
+/* Every acknowledged record that no cut ending after its acknowledgement removed. */
+static int verify(const char *dir, kv_options *o)
+{
+    kv_error e;
+    kv_wal *r = kv_wal_open(dir, o, &e);
+    if (!r) {
+        fprintf(stderr, "reopen failed: %s\n", e.msg);
+        return 1;
+    }
+    char out[256];
+    int rc = 0;
+    for (int t = 0; t < APPENDERS && !rc; t++)
+        for (size_t i = 0; i < nacks[t] && !rc; i++) {
+            ack a = acks[t][i];
+            int removed = 0;
+            for (size_t c = ncuts; c-- > 0 && cuts[c].ended > a.tick;)
+                removed |= cuts[c].below <= a.seq;
+            if (removed)
+                continue;
+            size_t n, used;
+            int got = kv_wal_read_batch(r, a.seq, 1, out, sizeof out, &n, &used);
+            if (got != 0 || n != 1 || (unsigned char)out[16] != a.fill ||
+                (unsigned char)out[16 + 63] != a.fill) {
+                fprintf(stderr, "acknowledged seq %llu is missing or not its own (rc %d)\n",
+                        (unsigned long long)a.seq, got);
+                rc = 1;
+            }
+        }
+    kv_wal_close(r, &e);
+    kv_wal_free(r);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 4)
+        return 2;
+    const char *dir = argv[1];
+    int back = strcmp(argv[2], "back") == 0;
+    int rounds = atoi(argv[3]);
+    for (int round = 0; round < rounds; round++) {
+        char cmd[4200];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+        if (system(cmd) != 0)
+            return 2;
+        kv_options o = {.segment_size = 1u << 20,
+                        .sync_mode = back ? KV_SYNC_ALWAYS : KV_SYNC_NONE,
+                        .buffer_size = 4096};
+        kv_error e;
+        w = kv_wal_open(dir, &o, &e);
+        if (!w) {
+            fprintf(stderr, "open failed: %s\n", e.msg);
+            return 1;
+        }
+        stop = 0;
+        ncuts = 0;
+        memset(nacks, 0, sizeof nacks);
+        pthread_t th[APPENDERS + 2];
+        for (long t = 0; t < APPENDERS; t++)
+            pthread_create(&th[t], NULL, appender, (void *)t);
+        pthread_create(&th[APPENDERS], NULL, back ? back_cutter : front_cutter, NULL);
+        pthread_create(&th[APPENDERS + 1], NULL, reader, NULL);
+        usleep(300000);
+        stop = 1;
+        for (int t = 0; t < APPENDERS + 2; t++)
+            pthread_join(th[t], NULL);
+        if (kv_wal_close(w, &e) != 0)
+            fail(e.msg, 0);
+        kv_wal_free(w);
+        if (bad || (back && verify(dir, &o)))
+            return 1;
+    }
+    return 0;
+}
