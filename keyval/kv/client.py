@@ -42,6 +42,7 @@ from keyval.kv.state import (
     APPEND,
     DELETE,
     EXPIRED,
+    MAX_VALUE,
     NOT_FOUND,
     OK,
     PUT,
@@ -51,7 +52,6 @@ from keyval.kv.state import (
 from keyval.kv.transport import ClientConnection
 
 MAX_KEY = 32 * 1024
-MAX_VALUE = 4 * 2**20  # one frame carries a request; keep a margin below its 8 MiB limit
 TRY_TIMEOUT = 2.5  # one attempt at one server; the server itself answers RETRY after 2 s
 _WRITE = bytes([protocol.WRITE])
 _RETRY = bytes([protocol.RETRY])

@@ -39,12 +39,13 @@ import time
 from keyval.db.page import MAX_KEY_SIZE
 from keyval.errors import ClosedError, MessageDecodeError, NotLeader
 from keyval.kv import protocol
-from keyval.kv.frames import KIND_RAFT
+from keyval.kv.frames import KIND_RAFT, FrameError
 from keyval.kv.service import KVService
 from keyval.kv.state import (
     CLIENT_OPS,
     INVALID,
     MAX_SESSIONS,
+    MAX_VALUE,
     Command,
     KVStateMachine,
     max_sessions_command,
@@ -307,6 +308,11 @@ class Server:
     def _send(self, msg: messages.Message) -> None:
         try:
             self.transport.send(msg.to, KIND_RAFT, messages.encode(msg))
+        except FrameError as exc:
+            # Requests are capped so that every entry fits a message (MAX_VALUE): this is an
+            # entry from before that, or a bug. Lost, as the network may lose any message,
+            # rather than taken for a failure of this node (which would stop it).
+            log.error("node %d: a message to %d cannot be sent: %s", self.node_id, msg.to, exc)
         except ClosedError:
             if not self._stop.is_set():
                 raise
@@ -316,6 +322,10 @@ class Server:
     def _on_frames(self, peer_id: int, frames: list[tuple[int, bytes]]) -> None:
         """Steps every Raft message of one read from ``peer_id`` before processing them: the
         appends that queued up while this node was busy (an fsync) are written with one."""
+        if peer_id not in self.peers or peer_id == self.node_id:
+            # Its answers could go nowhere (the transport has no link to it): the transport
+            # closes this connection, with a log line, and nothing else changes.
+            raise FrameError(f"HELLO from node {peer_id}, not a peer of node {self.node_id}")
         msgs = []
         for kind, payload in frames:
             if kind != KIND_RAFT:
@@ -351,6 +361,11 @@ class Server:
                 command = Command.decode(body)
                 if command.op not in CLIENT_OPS:
                     raise ValueError(f"op {command.op} is not a client's to ask")
+                if len(command.value) > MAX_VALUE:
+                    # The entry must fit a Raft message and the value an answer's frame.
+                    raise ValueError(
+                        f"values must be at most {MAX_VALUE} bytes, not {len(command.value)}"
+                    )
                 return self._start(lambda done: self._write(command, done), respond, write=True)
             if op == protocol.READ:
                 if not 0 < len(body) <= MAX_KEY_SIZE:
@@ -399,6 +414,11 @@ class Server:
             if result[:1] == _INVALID:  # only a command no server checked gets this far
                 return bytes([protocol.BAD_REQUEST]) + result[1:]
             return bytes([protocol.OK]) + result
+        if result is not None and len(result) + 2 > self.transport.max_payload:
+            # A value stored before values were capped (MAX_VALUE): the client hears why, and
+            # the node answering it (maybe while applying entries) goes on.
+            why = b"the value of %d bytes is too long to send in one answer" % len(result)
+            return bytes([protocol.BAD_REQUEST]) + why
         return bytes([protocol.OK, 0 if result is None else 1]) + (result or b"")
 
     def _not_leader(self) -> bytes:

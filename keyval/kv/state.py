@@ -61,7 +61,8 @@ snapshots) are refused if they hold any session: the order in which those would 
 cannot be made the same on every node. Removing only kv.db does not help (the node's own
 Raft snapshot, and its peers', hold the same sessions): such a cluster starts anew.
 
-A key is 1 to MAX_KEY_SIZE bytes, and an APPEND may not grow a value past MAX_VALUE_SIZE.
+A key is 1 to MAX_KEY_SIZE bytes and a value at most MAX_VALUE (a PUT's, or what an APPEND
+grows it to): a request carrying one fits a Raft message, and a GET's answer a frame.
 The server refuses a command that breaks the format or these limits before proposing it; one
 that reaches the log all the same (a server that did not check) is answered INVALID on every
 node alike and changes nothing, so it can never stop a node that applies it, now or on every
@@ -96,6 +97,9 @@ from keyval.raft.snapdata import (
     open_reader,
     remove_stale_buffers,
 )
+
+# The longest value (see the module docstring): 4 MiB, half a frame (keyval.kv.frames).
+MAX_VALUE = 4 * 2**20
 
 PUT, APPEND, DELETE, SET_MAX_SESSIONS, REGISTER = 1, 2, 3, 4, 5
 CLIENT_OPS = (PUT, APPEND, DELETE, REGISTER)  # a client's to ask; SET_MAX_SESSIONS the leader's
@@ -309,12 +313,14 @@ class KVStateMachine:
             if seq <= last[0]:
                 return last[1] if seq == last[0] else bytes([OK])  # a stale retry
         if op == PUT:  # the one op that needs no read of the current value
+            if len(value) > MAX_VALUE:  # changes nothing, session too
+                return bytes([INVALID]) + b"values are at most %d bytes" % MAX_VALUE
             self._pending[key] = value
             reply = _OK
         elif op == APPEND:
             current = self._get_locked(key) or b""
-            if len(current) + len(value) > MAX_VALUE_SIZE:  # changes nothing, session too
-                return bytes([INVALID]) + b"the value would grow past %d bytes" % MAX_VALUE_SIZE
+            if len(current) + len(value) > MAX_VALUE:  # changes nothing, session too
+                return bytes([INVALID]) + b"the value would grow past %d bytes" % MAX_VALUE
             self._pending[key] = current + value
             reply = _OK
         else:

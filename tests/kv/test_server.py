@@ -2,16 +2,28 @@
 
 What the tick thread does between ticks: only a leader holds messages back for a nudge to
 send (keyval.raft.pacing), so only a leader wakes up to nudge; the others sleep until their
-next tick.
+next tick. And inputs that once stopped nodes: requests too long to replicate, answers too
+long to send, a HELLO from a node that is not a peer.
 """
 
 from __future__ import annotations
 
 import collections
+import socket
 import threading
 
+import pytest
+
+from keyval.db import DB
+from keyval.kv import protocol
+from keyval.kv.client import Client
+from keyval.kv.frames import HELLO, KIND_HELLO, KIND_RAFT, KIND_REQUEST, encode
 from keyval.kv.local import free_ports
 from keyval.kv.server import NUDGES_PER_TICK, Server
+from keyval.kv.state import MAX_VALUE, PUT, encode_command
+from keyval.kv.transport import ClientConnection
+from keyval.raft import messages
+from keyval.raft.messages import Message, MsgType
 
 IDS = (1, 2, 3)
 LEADER_TICKS = 20  # ticks a leader must have taken before the counts are read
@@ -79,3 +91,84 @@ def test_only_a_leader_wakes_up_between_ticks(tmp_path):
         # A leader is nudged between its ticks (a late wake-up may skip some).
         lead = counts[leaders[0]]
         assert lead["nudges"] >= (LEADER_TICKS - 2) * (NUDGES_PER_TICK - 1) // 2, counts
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Three Servers on 127.0.0.1; ``before_start(data_dir)`` may seed each node's directory."""
+    made: list[Server] = []
+
+    def start(before_start=None) -> tuple[dict[int, Server], Client]:
+        ports = free_ports(len(IDS))
+        peers = {i: ("127.0.0.1", p) for i, p in zip(IDS, ports, strict=True)}
+        for i in IDS:
+            if before_start is not None:
+                before_start(tmp_path / f"node{i}")
+            made.append(Server(i, peers, str(tmp_path / f"node{i}")))
+        for server in made:
+            server.start()
+        return {s.node_id: s for s in made}, Client([f"127.0.0.1:{p}" for p in ports])
+
+    yield start
+    for server in made:
+        server.close()
+
+
+def _all_serving(servers: dict[int, Server]) -> None:
+    assert not any(s.stopped.is_set() for s in servers.values()), {
+        i: s.failure for i, s in servers.items()
+    }
+
+
+def test_a_write_too_long_for_a_raft_message_is_refused_and_stops_no_node(cluster):
+    # It once passed the server's checks, then could not be sent to the followers: the leader
+    # stopped, and the client's retry stopped the next one.
+    servers, client = cluster()
+    client.put(b"a", b"1")
+    leader = next(s for s in servers.values() if s.node.is_leader)
+    conn = ClientConnection(leader.peers[leader.node_id], timeout=10)
+    try:
+        value = bytes(8 * 2**20 - 64)  # the request still fits one frame
+        request = bytes([protocol.WRITE]) + encode_command(PUT, 0, 0, b"k", value)
+        reply = conn.request(KIND_REQUEST, request, timeout=10)
+    finally:
+        conn.close()
+    assert reply[0] == protocol.BAD_REQUEST and b"at most %d" % MAX_VALUE in reply
+    with pytest.raises(ValueError, match="grow past"):  # appends cannot get there either
+        for _ in range(2):
+            client.append(b"grown", bytes(MAX_VALUE // 2 + 1))
+    client.put(b"a", b"2")
+    assert client.get(b"a") == b"2"
+    _all_serving(servers)
+
+
+def test_a_value_too_long_to_answer_is_refused_and_stops_no_node(cluster):
+    # A value stored before values were capped: its answer does not fit a frame. Building it
+    # raised inside the node applying entries, which stopped it (and the retry the next one).
+    def seed(data_dir) -> None:
+        data_dir.mkdir()
+        with DB(str(data_dir / "kv.db")) as db, db.update() as tx:
+            tx.create_bucket(b"kv").put(b"old", bytes(9 * 2**20))
+
+    servers, client = cluster(seed)
+    with pytest.raises(ValueError, match="too long to send"):
+        client.get(b"old")
+    client.put(b"a", b"1")
+    assert client.get(b"a") == b"1"
+    _all_serving(servers)
+
+
+def test_a_hello_from_a_node_that_is_not_a_peer_closes_only_that_connection(cluster):
+    # Its messages were stepped and the answers sent to an unknown node: KeyError, and every
+    # node it reached stopped (a fourth server started with a wrong peer list did the same).
+    servers, client = cluster()
+    client.put(b"a", b"1")
+    for server in servers.values():
+        with socket.create_connection(server.peers[server.node_id], timeout=10) as sock:
+            sock.sendall(encode(KIND_HELLO, HELLO.pack(99)))
+            stale = Message(MsgType.HEARTBEAT, server.node_id, 99, 0)
+            sock.sendall(encode(KIND_RAFT, messages.encode(stale)))
+            assert sock.recv(1) == b""  # the server closed the connection
+    client.put(b"a", b"2")
+    assert client.get(b"a") == b"2"
+    _all_serving(servers)

@@ -362,22 +362,19 @@ def test_reads_see_every_applied_entry_while_a_batch_is_written_to_the_db(tmp_pa
     again.close()
 
 
-def test_a_command_the_db_cannot_hold_is_answered_invalid_and_changes_nothing(
-    tmp_path, monkeypatch
-):
+def test_a_command_the_db_cannot_hold_is_answered_invalid_and_changes_nothing(tmp_path):
     """Such a command reaches the log only from a server that did not check it; applying it
     must not raise (every node would stop, and again on every restart) nor touch the state."""
-    import keyval.kv.state as state_module
-    from keyval.kv.state import INVALID, encode_command
+    from keyval.kv.state import INVALID, MAX_VALUE, encode_command
 
-    monkeypatch.setattr(state_module, "MAX_VALUE_SIZE", 10)  # 2 GiB for real: too big here
     sm = KVStateMachine(str(tmp_path / "kv.db"))
     sm.apply(Entry(1, 1, register_command().encode()))  # session 1
     good = Command(PUT, 1, 1, b"k", b"12345678").encode()
     bad = [
         encode_command(PUT, 1, 2, b"", b"v"),  # an empty key
         encode_command(PUT, 1, 2, b"x" * (32 * 1024 + 1), b"v"),  # a key over the limit
-        encode_command(APPEND, 1, 2, b"k", b"abc"),  # 8 + 3 bytes: past the (patched) limit
+        encode_command(PUT, 1, 2, b"big", bytes(MAX_VALUE + 1)),  # a value over the limit
+        encode_command(APPEND, 1, 2, b"k", bytes(MAX_VALUE - 7)),  # 8 more: past the limit
         b"\x09" + bytes(20),  # an unknown op
         b"\x01",  # too short
     ]
@@ -388,7 +385,7 @@ def test_a_command_the_db_cannot_hold_is_answered_invalid_and_changes_nothing(
     assert all(len(r) > 1 for r in replies[1:])  # each says why
     assert sm.applied_index == len(entries) + 1
     sm.flush()  # the batch reaches the DB: nothing in it the DB refuses
-    assert sm.get(b"k") == b"12345678"
+    assert sm.get(b"k") == b"12345678" and sm.get(b"big") is None
     assert sm.session(1) == (1, bytes([OK]))  # the invalid ones did not advance the session
     sm.close()
 
