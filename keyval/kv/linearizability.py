@@ -50,6 +50,8 @@ PUT = "put"
 APPEND = "append"
 DELETE = "delete"
 KINDS = frozenset({GET, PUT, APPEND, DELETE})
+# A completed delete's output: whether the key was there to delete (None: not observed).
+FOUND, ABSENT = b"found", b"absent"
 
 # How many search steps run between two looks at the clock: a clock read costs about as much as
 # a step, so checking every step would halve the speed, while 1,000 steps take well under 1 ms.
@@ -63,7 +65,8 @@ class Operation:
     ``call`` and ``ret`` are times on one monotonic clock (any unit, e.g. ns); ``ret`` is
     ``None`` (or ``math.inf``) when the operation never returned, so it may or may not have taken
     effect. ``value`` is the input of put/append (``None`` for get/delete); ``output`` is what a
-    completed get returned (``None`` = key absent) and is ignored for the other kinds.
+    completed get returned (``None`` = key absent), or whether a completed delete found the key
+    (``FOUND`` or ``ABSENT``; ``None``: not checked), and is ignored for put and append.
     """
 
     client: int
@@ -83,7 +86,7 @@ class Operation:
         if self.kind == GET:
             what = f"get({self.key!r}) -> {self.output!r}"
         elif self.kind == DELETE:
-            what = f"delete({self.key!r})"
+            what = f"delete({self.key!r})" + ("" if self.output is None else f" -> {self.output!r}")
         else:
             what = f"{self.kind}({self.key!r}, {self.value!r})"
         return f"client {self.client} [{self.call}, {ret}] {what}"
@@ -121,7 +124,8 @@ def step(state: bytes | None, op: Operation) -> tuple[bool, bytes | None]:
         return True, op.value
     if kind == APPEND:
         return True, op.value if state is None else state + op.value
-    return True, None  # DELETE
+    found = op.output  # DELETE
+    return found is None or (found == FOUND) == (state is not None), None
 
 
 class _Budget:

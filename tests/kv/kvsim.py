@@ -277,7 +277,12 @@ class Client:
         self.current = None
         self.completed += 1
         self.target = server
-        output = result if req.kind == lin.GET else None
+        if req.kind == lin.GET:
+            output = result
+        elif req.kind == lin.DELETE:
+            output = lin.FOUND if result == OK else lin.ABSENT
+        else:
+            output = None
         c.history.complete(req.token, c.net.now, output)
         if req.then is not None:
             req.then(result)

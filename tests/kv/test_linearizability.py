@@ -13,8 +13,10 @@ import time
 import pytest
 
 from keyval.kv.linearizability import (
+    ABSENT,
     APPEND,
     DELETE,
+    FOUND,
     GET,
     PUT,
     History,
@@ -34,8 +36,8 @@ def append(call, ret, value, key=K, client=0):
     return Operation(client, call, ret, APPEND, key, value)
 
 
-def delete(call, ret, key=K, client=0):
-    return Operation(client, call, ret, DELETE, key)
+def delete(call, ret, key=K, client=0, output=None):
+    return Operation(client, call, ret, DELETE, key, None, output)
 
 
 def get(call, ret, output, key=K, client=0):
@@ -119,6 +121,17 @@ def test_delete_of_a_missing_key_is_allowed_and_append_after_delete_starts_afres
     history = [delete(0, 1), append(2, 3, b"a"), delete(4, 5), append(6, 7, b"b")]
     assert check([*history, get(8, 9, b"b")]).ok is True
     assert check([*history, get(8, 9, b"ab")]).ok is False
+
+
+def test_a_delete_says_truly_whether_it_found_the_key():
+    assert check([put(0, 1, b"v"), delete(2, 3, output=FOUND)]).ok is True
+    assert check([put(0, 1, b"v"), delete(2, 3, output=ABSENT)]).ok is False
+    assert check([delete(0, 1, output=ABSENT), put(2, 3, b"v")]).ok is True
+    assert check([delete(0, 1, output=FOUND)]).ok is False
+    # Two deletes of one key at once: exactly one of them finds it.
+    both = [put(0, 1, b"v"), delete(2, 5, output=FOUND, client=1)]
+    assert check([*both, delete(3, 4, output=ABSENT, client=2)]).ok is True
+    assert check([*both, delete(3, 4, output=FOUND, client=2)]).ok is False
 
 
 def test_an_operation_that_never_returned_may_have_taken_effect():
@@ -215,7 +228,9 @@ def test_history_from_many_threads_over_a_locked_dict_is_linearizable():
                     store[key] = (out or b"") + value
                 elif kind == DELETE:
                     store.pop(key, None)
-            h.complete(token, out if kind == GET else None)
+            if kind == DELETE:
+                out = ABSENT if out is None else FOUND
+            h.complete(token, out if kind in (GET, DELETE) else None)
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(4)]
     for t in threads:
@@ -261,6 +276,7 @@ def sequential_history(
             state[key] = (output or b"") + value
         elif kind == DELETE:
             state.pop(key, None)
+            output = ABSENT if output is None else FOUND
         ops.append(Operation(rng.randrange(8), call, ret, kind, key, value, output))
     rng.shuffle(ops)  # the checker must not rely on input order
     return ops
