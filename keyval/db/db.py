@@ -14,6 +14,7 @@ import errno
 import fcntl
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -155,6 +156,9 @@ class DB:
         self._closing = False
         self._failed: BaseException | None = None
         self._map: PageMap | None = None
+        # Every map made and still alive (older ones until the transactions that use them go):
+        # close() unmaps them all.
+        self._maps: weakref.WeakSet[PageMap] = weakref.WeakSet()
 
         try:
             size = os.stat(self.path).st_size
@@ -203,6 +207,7 @@ class DB:
         self._meta = meta
         if _MAP_AVAILABLE:
             self._map = PageMap(self._fd, meta.page_size, self._file_pages, self.path)
+            self._maps.add(self._map)
         self._max_inline = max_inline_value(meta.page_size)
         self._freelist = Freelist(meta.page_size)
         self._freelist.load(meta.freelist, meta.hwm, self._read_freelist_run, self.path)
@@ -435,7 +440,9 @@ class DB:
         if self._file_pages <= cmap.pages:
             cmap.set_file_pages(self._file_pages)
             return None
-        return PageMap(self._fd, self.page_size, self._file_pages, self.path)
+        new_map = PageMap(self._fd, self.page_size, self._file_pages, self.path)
+        self._maps.add(new_map)
+        return new_map
 
     # -- maintenance -----------------------------------------------------------------------
 
@@ -532,6 +539,10 @@ class DB:
             raise FileExistsError(errno.EEXIST, "compact() destination exists", dst_path)
         directory = os.path.dirname(os.path.abspath(dst_path))
         tmp = os.path.join(directory, f".{os.path.basename(dst_path)}.{os.getpid()}.compacting")
+        # Left by a compact of this process id that crashed (a restarted container gets the same
+        # id): opening it would merge its stale contents into the copy. Removed, not reused.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         try:
             with (
                 self.view() as src,
@@ -583,9 +594,13 @@ class DB:
                 while self._open_reads:
                     self._cond.wait()
                 self._closed = True
-            if self._map is not None:
-                self._map.close()
-                self._map = None
+            # Every map, not only the current one: an older one that ended transactions still
+            # hold (until the garbage collector frees them) maps the file, and a mapping keeps
+            # the open file, and so its flock, alive after os.close: the file could not be
+            # opened again, by this process or another.
+            for old_map in list(self._maps):
+                old_map.close()
+            self._map = None
             os.close(self._fd)
             self._hot = {}
             self._cold = {}

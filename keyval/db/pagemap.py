@@ -94,7 +94,7 @@ class PageMap:
     :data:`CLookup`.
     """
 
-    __slots__ = ("address", "buf", "handle", "page_size", "pages", "path")
+    __slots__ = ("__weakref__", "address", "buf", "handle", "page_size", "pages", "path")
 
     def __init__(self, fd: int, page_size: int, file_pages: int, path: str):
         pages = max(MAP_BYTES // page_size, 2 * file_pages)

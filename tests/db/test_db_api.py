@@ -532,6 +532,54 @@ def test_compact_into_an_empty_file_and_a_failed_compact_leaves_nothing(
     assert sorted(os.listdir(tmp_path)) == sorted(["empty.db", os.path.basename(path)])
 
 
+def test_compact_does_not_merge_what_a_crashed_compact_left_behind(db, tmp_path):
+    # A compact that crashed (or was killed) leaves its temporary copy under a name made of the
+    # destination and the process id; a restarted container gets the same id. Opening that
+    # file again merged its stale buckets and keys into the new copy.
+    fill(db, 50)
+    dst = tmp_path / "copy.db"
+    left = tmp_path / f".copy.db.{os.getpid()}.compacting"
+    with DB(str(left)) as stale, stale.update() as tx:
+        tx.create_bucket(b"deleted since").put(b"secret", b"old")
+        tx.create_bucket(b"b").put(b"zz-stale", b"old")
+    db.compact(dst)
+    with DB(str(dst)) as out:
+        assert dump(out) == dump(db)
+    assert not left.exists()
+
+
+def test_close_unmaps_the_maps_ended_transactions_still_hold(tmp_path, monkeypatch):
+    # A map is replaced once the file outgrows it; ended transactions keep the old one until
+    # the garbage collector frees them, and a mapping keeps the file's flock: close() left the
+    # file locked, for this process and every other, while any of them was referenced.
+    import subprocess
+    import sys
+
+    import keyval.db.pagemap as pagemap
+
+    if not pagemap.AVAILABLE:
+        pytest.skip("the page map needs the C extension")
+    monkeypatch.setattr(pagemap, "MAP_BYTES", 16 * 512)  # a map of 16 pages, outgrown at once
+    path = str(tmp_path / "remap.db")
+    db = DB(path, page_size=512)
+    first = db._map
+    with db.view() as kept:  # an ended transaction, still referenced: it holds the first map
+        pass
+    fill(db, 200, value=lambda i: b"v" * 100)
+    assert db._map is not first
+    del first
+    db.close()
+    opened = subprocess.run(
+        [sys.executable, "-c", f"from keyval.db import DB; DB({path!r}).close()"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert opened.returncode == 0, opened.stderr[-1000:]
+    DB(path).close()
+    assert kept._closed
+
+
 def test_shrink_returns_free_tail_pages_to_the_file_system(db, path):
     fill(db, 4000, value=lambda i: b"x" * 100)
     with db.update() as tx:
