@@ -286,8 +286,6 @@ static int open_segment_header(kv_wal *w, kv_segment *s, kv_error *err)
     return 0;
 }
 
-/* Reads every segment, checking that the seqs run on without a gap, and settles the tail of
- * the last one (a torn tail is cut unless in check mode). */
 /* Whether the record at off (seq) is whole but for a torn rewrite of its flags: its CRC is
  * the one of its bytes with the CONTINUES flag either set or clear, and its flags byte one of
  * those two. kv_clear_continues rewrites the header of the last record truncate_back keeps,
@@ -310,6 +308,8 @@ static int torn_flags_rewrite(const kv_segment *s, uint64_t off, uint64_t seq)
     return 0;
 }
 
+/* Reads every segment, checking that the seqs run on without a gap, and settles the tail of
+ * the last one (a torn tail is cut unless in check mode). */
 static int recover(kv_wal *w, kv_error *err, const kv_bounds *b)
 {
     int check = w->flags & KV_OPEN_CHECK;

@@ -16,11 +16,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "wal.h"
+#include "common.h"
 
 #define APPENDERS 3
 #define MAX_ACKS 200000
 #define MAX_CUTS 100000
+#define RECORD 64 /* bytes of every record */
 
 typedef struct {
     uint64_t seq, tick;
@@ -48,7 +49,7 @@ static void fail(const char *what, long long v)
 static void *appender(void *arg)
 {
     long t = (long)arg;
-    char buf[64];
+    char buf[RECORD];
     for (uint32_t i = 0; !stop && nacks[t] < MAX_ACKS; i++) {
         unsigned char fill = (unsigned char)(i * 7 + t * 50 + 1);
         memset(buf, fill, sizeof buf);
@@ -120,7 +121,7 @@ static void *reader(void *arg)
         for (size_t i = 0; i < n; i++) {
             uint32_t len;
             memcpy(&len, out + pos + 8, 4);
-            if (len != 64) {
+            if (len != RECORD) {
                 fail("a record of the wrong length was read", len);
                 return NULL;
             }
@@ -129,7 +130,7 @@ static void *reader(void *arg)
                     fail("a record with mixed bytes was read", (long long)i);
                     return NULL;
                 }
-            pos += 16 + 64;
+            pos += 16 + RECORD;
         }
     }
     return NULL;
@@ -138,13 +139,9 @@ static void *reader(void *arg)
 /* Every acknowledged record that no cut ending after its acknowledgement removed. */
 static int verify(const char *dir, kv_options *o)
 {
-    kv_error e;
-    kv_wal *r = kv_wal_open(dir, o, &e);
-    if (!r) {
-        fprintf(stderr, "reopen failed: %s\n", e.msg);
+    kv_wal *r = open_log(dir, o, "reopen");
+    if (!r)
         return 1;
-    }
-    char out[256];
     int rc = 0;
     for (int t = 0; t < APPENDERS && !rc; t++)
         for (size_t i = 0; i < nacks[t] && !rc; i++) {
@@ -154,17 +151,9 @@ static int verify(const char *dir, kv_options *o)
                 removed |= cuts[c].below <= a.seq;
             if (removed)
                 continue;
-            size_t n, used;
-            int got = kv_wal_read_batch(r, a.seq, 1, out, sizeof out, &n, &used);
-            if (got != 0 || n != 1 || (unsigned char)out[16] != a.fill ||
-                (unsigned char)out[16 + 63] != a.fill) {
-                fprintf(stderr, "acknowledged seq %llu is missing or not its own (rc %d)\n",
-                        (unsigned long long)a.seq, got);
-                rc = 1;
-            }
+            rc = !record_is(r, a.seq, RECORD, a.fill);
         }
-    kv_wal_close(r, &e);
-    kv_wal_free(r);
+    close_log(r);
     return rc;
 }
 
@@ -176,19 +165,14 @@ int main(int argc, char **argv)
     int back = strcmp(argv[2], "back") == 0;
     int rounds = atoi(argv[3]);
     for (int round = 0; round < rounds; round++) {
-        char cmd[4200];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-        if (system(cmd) != 0)
+        if (remove_dir(dir))
             return 2;
         kv_options o = {.segment_size = 1u << 20,
                         .sync_mode = back ? KV_SYNC_ALWAYS : KV_SYNC_NONE,
                         .buffer_size = 4096};
-        kv_error e;
-        w = kv_wal_open(dir, &o, &e);
-        if (!w) {
-            fprintf(stderr, "open failed: %s\n", e.msg);
+        w = open_log(dir, &o, "open");
+        if (!w)
             return 1;
-        }
         stop = 0;
         ncuts = 0;
         memset(nacks, 0, sizeof nacks);
@@ -201,6 +185,7 @@ int main(int argc, char **argv)
         stop = 1;
         for (int t = 0; t < APPENDERS + 2; t++)
             pthread_join(th[t], NULL);
+        kv_error e;
         if (kv_wal_close(w, &e) != 0)
             fail(e.msg, 0);
         kv_wal_free(w);

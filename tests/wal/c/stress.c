@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "wal.h"
+#include "common.h"
 
 #define THREADS 3
 #define MAX_ACKS 2000000
@@ -54,32 +54,14 @@ static void *appender(void *arg)
 
 static int verify(const char *dir, kv_options *o)
 {
-    kv_error e;
-    kv_wal *r = kv_wal_open(dir, o, &e);
-    if (!r) {
-        fprintf(stderr, "reopen failed: %s\n", e.msg);
+    kv_wal *r = open_log(dir, o, "reopen");
+    if (!r)
         return 1;
-    }
-    static char out[4096];
     int rc = 0;
     for (int t = 0; t < THREADS && !rc; t++)
-        for (size_t i = 0; i < nacks[t] && !rc; i++) {
-            size_t n, used;
-            ack a = acks[t][i];
-            int got = kv_wal_read_batch(r, a.seq, 1, out, sizeof out, &n, &used);
-            uint32_t len;
-            memcpy(&len, out + 8, 4);
-            int same = got == 0 && n == 1 && len == a.len;
-            for (uint32_t k = 0; same && k < len; k++)
-                same = (unsigned char)out[16 + k] == a.fill;
-            if (!same) {
-                fprintf(stderr, "acknowledged seq %llu is missing or wrong after reopen (rc %d)\n",
-                        (unsigned long long)a.seq, got);
-                rc = 1;
-            }
-        }
-    kv_wal_close(r, &e);
-    kv_wal_free(r);
+        for (size_t i = 0; i < nacks[t] && !rc; i++)
+            rc = !record_is(r, acks[t][i].seq, acks[t][i].len, acks[t][i].fill);
+    close_log(r);
     return rc;
 }
 
@@ -91,32 +73,27 @@ int main(int argc, char **argv)
     close_mode = strcmp(argv[2], "close") == 0;
     int rounds = atoi(argv[3]);
     for (int round = 0; round < rounds; round++) {
-        char cmd[4200];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-        if (system(cmd) != 0)
+        if (remove_dir(dir))
             return 2;
         kv_options o = {.segment_size = close_mode ? 1u << 20 : 4u << 20,
                         .sync_mode = KV_SYNC_NONE,
                         .buffer_size = 4096};
-        kv_error e;
-        w = kv_wal_open(dir, &o, &e);
-        if (!w) {
-            fprintf(stderr, "open failed: %s\n", e.msg);
+        w = open_log(dir, &o, "open");
+        if (!w)
             return 1;
-        }
         stop = 0;
         memset(nacks, 0, sizeof nacks);
         pthread_t th[THREADS];
         for (long t = 0; t < THREADS; t++)
             pthread_create(&th[t], NULL, appender, (void *)t);
         usleep(close_mode ? 20000 : 300000);
+        kv_error e;
         if (close_mode)
             kv_wal_close(w, &e); /* while the appenders run */
         stop = 1;
         for (int t = 0; t < THREADS; t++)
             pthread_join(th[t], NULL);
-        kv_wal_close(w, &e);
-        kv_wal_free(w);
+        close_log(w);
         if (bad || verify(dir, &o))
             return 1;
     }
