@@ -124,12 +124,9 @@ static int read_records(kv_wal *w, uint64_t start, size_t max_records, read_sink
 {
     *n_records = 0;
     *need = 0;
-    pthread_mutex_lock(&w->mu);
-    int rc = kv_enter_locked(w);
-    if (rc) {
-        pthread_mutex_unlock(&w->mu);
+    int rc = kv_lock_enter(w);
+    if (rc)
         return rc;
-    }
     uint64_t last;
     for (int flushed = 0;; flushed = 1) {
         last = last_visible(w);

@@ -377,12 +377,9 @@ int64_t kv_wal_append(kv_wal *w, unsigned type, const char *data, size_t len)
 {
     if (type > 255)
         return -KV_EINVAL;
-    pthread_mutex_lock(&w->mu);
-    int64_t seq = kv_enter_locked(w);
-    if (seq) {
-        pthread_mutex_unlock(&w->mu);
+    int64_t seq = kv_lock_enter(w);
+    if (seq)
         return seq;
-    }
     enter_append_locked(w);
     seq = writable_locked(w);
     if (seq == 0)
@@ -403,12 +400,9 @@ int64_t kv_wal_append_batch(kv_wal *w, unsigned type, const uint8_t *types, cons
 {
     if (type > 255 || n == 0)
         return -KV_EINVAL;
-    pthread_mutex_lock(&w->mu);
-    int64_t first = kv_enter_locked(w), last = 0;
-    if (first) {
-        pthread_mutex_unlock(&w->mu);
+    int64_t first = kv_lock_enter(w), last = 0;
+    if (first)
         return first;
-    }
     enter_append_locked(w);
     first = writable_locked(w);
     int owner = 0;

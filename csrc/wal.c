@@ -744,6 +744,15 @@ int kv_enter_locked(kv_wal *w)
     return 0;
 }
 
+int kv_lock_enter(kv_wal *w)
+{
+    pthread_mutex_lock(&w->mu);
+    int rc = kv_enter_locked(w);
+    if (rc)
+        pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
 void kv_leave_locked(kv_wal *w)
 {
     if (--w->active == 0 && w->stopping)
@@ -849,12 +858,9 @@ static int mutable_locked(kv_wal *w)
 
 int kv_wal_truncate_front(kv_wal *w, uint64_t seq)
 {
-    pthread_mutex_lock(&w->mu);
-    int rc = kv_enter_locked(w);
-    if (rc) {
-        pthread_mutex_unlock(&w->mu);
+    int rc = kv_lock_enter(w);
+    if (rc)
         return rc;
-    }
     for (;;) {
         rc = mutable_locked(w);
         if (rc || seq <= w->front)
@@ -906,12 +912,9 @@ done:
 
 int kv_wal_truncate_back(kv_wal *w, uint64_t seq)
 {
-    pthread_mutex_lock(&w->mu);
-    int rc = kv_enter_locked(w);
-    if (rc) {
-        pthread_mutex_unlock(&w->mu);
+    int rc = kv_lock_enter(w);
+    if (rc)
         return rc;
-    }
     /* No append is inside while the tail is cut: one waiting for its record to be durable
      * would wait for a record that no longer is, and then take a later one's seq for its own.
      * New appends wait at the door meanwhile (enter_append_locked). */

@@ -185,6 +185,9 @@ void kv_fail_locked(kv_wal *w, int sys_errno, const char *path, const char *what
 
 /* wal.c: entering and leaving a call that may release the mutex (see `active`). */
 int kv_enter_locked(kv_wal *w);
+/* Locks the mutex and enters (kv_enter_locked); on refusal unlocks again and returns the code,
+ * so a call starts with `if ((rc = kv_lock_enter(w))) return rc;`. */
+int kv_lock_enter(kv_wal *w);
 void kv_leave_locked(kv_wal *w);
 
 /* prepare.c */
