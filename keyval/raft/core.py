@@ -225,14 +225,21 @@ class RaftCore:
 
     def has_ready(self) -> bool:
         self._flush_appends()
+        hs, ss = self._prev_hard_state, self._prev_soft_state
+        # Field by field rather than comparing new HardState/SoftState values: the driver
+        # asks this several times per message, on the path of every write.
         return bool(
             self.msgs
             or self.read_states
             or self.log.has_unstable()
             or self.log.pending_snapshot is not None
             or self.log.has_next_committed()
-            or self._hard_state() != self._prev_hard_state
-            or self._soft_state() != self._prev_soft_state
+            or self.term != hs.term
+            or self.vote != hs.vote
+            or self.log.committed != hs.commit
+            or self.lead != ss.leader
+            or self.role is not ss.role
+            or self.term != ss.term
         )
 
     def ready(self) -> Ready:
@@ -649,6 +656,8 @@ class RaftCore:
         pr = self.prs[to]
         if pr.is_paused():
             return False
+        if not send_if_empty and pr.next == self.log.last_index() + 1:
+            return False  # nothing new (the usual second look of _flush_appends's loop)
         prev = pr.next - 1
         prev_term = self.log.term(prev)
         try:
