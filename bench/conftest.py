@@ -1,6 +1,8 @@
 """Fixtures and hooks shared by every benchmark suite (conventions: :mod:`bench`).
 
 - ``bench_dir``: a fresh scratch directory on the file system under test, removed afterwards.
+- Every case starts after ``os.sync()``: no dirty data from earlier cases is written back
+  during its fsyncs.
 - Collects every suite's ``BENCH_GOALS`` and every case's outcome (passed, skipped with its
   reason, failed with the error) and, when ``KEYVAL_BENCH_SIDECAR`` names a file, writes them
   there as JSON at the end of the session. pytest-benchmark's own JSON only lists cases that
@@ -39,6 +41,14 @@ def bench_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _start_with_clean_disk() -> None:
+    """Every case starts with no dirty page cache left by the cases before it: the kernel
+    would otherwise write that back during this case, and every fsync here (one system's,
+    not another's, depending on the order) would wait behind it."""
+    os.sync()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
