@@ -173,7 +173,11 @@ class RaftCore:
         """Ask for a linearizable read identified by ``context`` (unique per request). A
         :class:`ReadState` with that context comes out in a later ready batch, unless
         leadership changes first (then nothing does: the caller retries after a timeout).
-        Raises :class:`~keyval.errors.NotLeader` when no leader is known."""
+        Raises :class:`~keyval.errors.NotLeader` when no leader is known, and ValueError for
+        an empty ``context`` (a heartbeat with none is not a read round, so it would wait
+        for a later read to be answered)."""
+        if not context:
+            raise ValueError("a read's context must not be empty")
         if self.role is Role.LEADER:
             self._leader_read(context, self.id)
         elif self.lead:

@@ -256,7 +256,8 @@ class Node:
 
     def read_index(self, context: bytes) -> None:
         """Start a linearizable read; ``on_read`` is called with ``context`` when it may be
-        served. Raises :class:`~keyval.errors.NotLeader` when no leader is known."""
+        served. Raises :class:`~keyval.errors.NotLeader` when no leader is known, ValueError
+        for an empty ``context``."""
         with self._lock:
             self.core.read_index(context)
             self._process()

@@ -334,6 +334,16 @@ def test_read_index_forwarded_by_a_follower():
     assert p.reads[1] == []
 
 
+def test_read_index_refuses_an_empty_context_and_changes_nothing():
+    p = Peers(3)
+    p.elect(1)
+    for node in (1, 3):
+        with pytest.raises(ValueError, match="context"):
+            p[node].read_index(b"")
+        assert p.flush(node) == []
+    assert p.reads[1] == [] and p.reads[3] == []
+
+
 # -- InstallSnapshot chunks ---------------------------------------------------------------------
 
 
