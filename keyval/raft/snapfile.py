@@ -21,6 +21,7 @@ renamed, and its directory fsynced, so a crash leaves either the whole file unde
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 
@@ -60,19 +61,26 @@ def write(directory: str, snap: Snapshot) -> str:
     tmp = path + TMP_SUFFIX
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        digest, length, pos = xxhash.xxh3_64(), 0, HEADER.size
-        for chunk in iter_chunks(snap.data):
-            digest.update(chunk)
-            length += len(chunk)
-            pos = write_at(fd, chunk, pos)
-        # The header last: it needs the length and digest of what was streamed.
-        head = HEADER.pack(
-            MAGIC, VERSION, HEADER.size, snap.index, snap.term, length, digest.intdigest(), 0, 0
-        )
-        write_at(fd, head[:56] + struct.pack("<Q", xxhash.xxh3_64_intdigest(head[:56])), 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        try:
+            digest, length, pos = xxhash.xxh3_64(), 0, HEADER.size
+            for chunk in iter_chunks(snap.data):
+                digest.update(chunk)
+                length += len(chunk)
+                pos = write_at(fd, chunk, pos)
+            # The header last: it needs the length and digest of what was streamed.
+            head = HEADER.pack(
+                MAGIC, VERSION, HEADER.size, snap.index, snap.term, length, digest.intdigest(), 0, 0
+            )
+            write_at(fd, head[:56] + struct.pack("<Q", xxhash.xxh3_64_intdigest(head[:56])), 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        # Nothing is left behind by a write that failed (a full disk, unreadable data):
+        # the caller was told, and fsck would otherwise report an interrupted write.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     os.rename(tmp, path)  # after the data is durable, so the name never points at a torn file
     fsync_dir(directory)
     return path

@@ -108,21 +108,47 @@ class _State:
         self.snap_index, self.snap_term = index, term
 
 
+def _unpack(layout: struct.Struct, raw: bytes, what: str, path: str) -> tuple[int, ...]:
+    """``raw`` as ``layout``. A value whose checksum held but whose size is wrong was never
+    written by this code: CorruptionError naming ``what``, not a struct.error."""
+    if len(raw) != layout.size:
+        raise CorruptionError(
+            f"{what} is {len(raw)} bytes, not {layout.size}: not written by keyval", path, None
+        )
+    return layout.unpack(raw)
+
+
 def replay_state(wal: WAL, db: DB, wal_path: str) -> _State:
     """Rebuilds the log index and hard state from raft.db's checkpoint and the WAL; reads only
-    (the fsck of a node directory uses it on a log opened for checking)."""
+    (the fsck of a node directory uses it on a log opened for checking). Raises
+    CorruptionError for any record or value this code could not have written (a wrong size,
+    an entry at index or term 0), even when its checksum holds."""
     hs, snap_index, snap_term = HardState(), 0, 0
     with db.view() as tx:
         names = set(tx.buckets())
         if b"meta" in names and (raw := tx.bucket(b"meta").get(b"hard_state")) is not None:
-            hs = HardState(*_HARD_STATE.unpack(raw))
+            hs = HardState(*_unpack(_HARD_STATE, raw, "the hard state in meta", db.path))
         if b"snapshot" in names and (raw := tx.bucket(b"snapshot").get(b"latest")) is not None:
-            snap_index, snap_term = _SNAP_META.unpack(raw)
+            snap_index, snap_term = _unpack(_SNAP_META, raw, "snapshot/latest", db.path)
     state = _State(hs, snap_index, snap_term, snap_index + 1, array("Q"), array("Q"), array("L"))
     seqs, terms, sizes = state.seqs, state.terms, state.sizes
     for seq, kind, payload in wal.replay():
         if kind == ENTRY:
+            if len(payload) < _ENTRY_HEAD.size:
+                raise CorruptionError(
+                    f"WAL record {seq}: an entry of {len(payload)} bytes, shorter than its header",
+                    wal_path,
+                    None,
+                )
             index, term = _ENTRY_HEAD.unpack_from(payload)
+            if index < 1 or term < 1:
+                # Never appended (validation refuses both); taken as below the snapshot, it
+                # would wipe the log after it.
+                raise CorruptionError(
+                    f"WAL record {seq} holds an entry at index {index}, term {term}",
+                    wal_path,
+                    None,
+                )
             if index < state.base:
                 # Covered by the snapshot; but in the log it replaced every entry after it,
                 # those past the snapshot too (a conflict rewritten before a snapshot whose
@@ -145,9 +171,13 @@ def replay_state(wal: WAL, db: DB, wal_path: str) -> _State:
         elif kind == HARD_STATE:
             # In WAL order the last one is the newest: every snapshot marker is followed by
             # the hard state checkpointed with it, so older records before it never win.
-            state.hard_state = HardState(*_HARD_STATE.unpack(payload))
+            state.hard_state = HardState(
+                *_unpack(_HARD_STATE, payload, f"WAL record {seq} (hard state)", wal_path)
+            )
         elif kind == SNAPSHOT:
-            index, term, keep = _MARKER.unpack(payload)
+            index, term, keep = _unpack(
+                _MARKER, payload, f"WAL record {seq} (snapshot marker)", wal_path
+            )
             if index >= state.snap_index:
                 state.apply_snapshot_point(index, term, bool(keep))
         else:
@@ -402,14 +432,18 @@ class RaftStorage:
             self._remove_old_snapshots()
 
     def _remove_old_snapshots(self) -> None:
-        names = sorted(
+        """Keeps the snapshot in force and the newest ones before it (SNAPSHOTS_KEPT in all);
+        files of newer snapshots are staged ones, not this call's to judge."""
+        in_force = (self._s.snap_index, self._s.snap_term)
+        older = sorted(
             (parsed, name)
             for name in os.listdir(self._snap_dir)
-            if (parsed := snapfile.parse_name(name)) is not None
+            if (parsed := snapfile.parse_name(name)) is not None and parsed <= in_force
         )
-        for _, name in names[:-SNAPSHOTS_KEPT]:
+        doomed = older[:-SNAPSHOTS_KEPT]
+        for _, name in doomed:
             os.unlink(os.path.join(self._snap_dir, name))
-        if len(names) > SNAPSHOTS_KEPT:
+        if doomed:
             fsync_dir(self._snap_dir)
 
     def close(self) -> None:

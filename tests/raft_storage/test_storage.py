@@ -8,7 +8,8 @@ import pytest
 from keyval.errors import ClosedError, CorruptionError, LogCompacted, LogUnavailable
 from keyval.raft import snapfile
 from keyval.raft.records import Entry, HardState, Snapshot
-from keyval.raft.storage import RaftStorage
+from keyval.raft.storage import ENTRY, HARD_STATE, SNAPSHOT, RaftStorage
+from keyval.wal import WAL
 
 SEGMENT = 8192
 
@@ -160,6 +161,58 @@ def test_a_staged_snapshot_left_by_a_crash_or_discarded_is_removed(node):
     node.close()
 
 
+def test_saving_a_snapshot_keeps_it_while_newer_ones_are_staged(node):
+    node.append(ents(1, 100))
+    node.save_snapshot(Snapshot(10, 1, b"old"))
+    node.stage_snapshot(Snapshot(50, 1, b"staged a"))
+    node.stage_snapshot(Snapshot(60, 1, b"staged b"))
+    node.save_snapshot(Snapshot(20, 1, b"in force"))
+    assert node.snapshot() == Snapshot(20, 1, b"in force")
+    node = reopen(node)  # the staged ones go; the one in force stays
+    assert node.snapshot() == Snapshot(20, 1, b"in force")
+    names = sorted(os.listdir(os.path.join(node.path, "snap")))
+    assert names == [snapfile.file_name(10, 1), snapfile.file_name(20, 1)]
+    node.close()
+
+
+@pytest.mark.parametrize(
+    "kind, payload, message",
+    [
+        (ENTRY, b"short", "shorter than its header"),
+        (ENTRY, bytes(16) + b"data", "index 0, term 0"),  # would wipe the log as "compacted"
+        (HARD_STATE, b"\x01" * 8, "hard state"),
+        (SNAPSHOT, b"\x01" * 4, "snapshot marker"),
+    ],
+)
+def test_a_record_keyval_could_not_have_written_is_corruption(tmp_path, kind, payload, message):
+    path = str(tmp_path / "node")
+    with RaftStorage(path, segment_size=SEGMENT) as st:
+        st.append(ents(1, 5))
+    with WAL(os.path.join(path, "wal"), segment_size=SEGMENT) as wal:
+        wal.append(payload, type=kind)  # its checksum holds: only its contents are wrong
+    with pytest.raises(CorruptionError, match=message) as info:
+        RaftStorage(path, segment_size=SEGMENT)
+    assert info.value.path == os.path.join(path, "wal")
+
+
+@pytest.mark.parametrize(
+    "bucket, key, message",
+    [(b"meta", b"hard_state", "hard state"), (b"snapshot", b"latest", "snapshot/latest")],
+)
+def test_a_raft_db_value_of_the_wrong_size_is_corruption(tmp_path, bucket, key, message):
+    from keyval.db import DB
+
+    path = str(tmp_path / "node")
+    with RaftStorage(path, segment_size=SEGMENT) as st:
+        st.append(ents(1, 5))
+        st.set_hard_state(HardState(1, 1, 3))
+    with DB(os.path.join(path, "raft.db")) as db, db.update() as tx:
+        tx.create_bucket(bucket, exist_ok=True).put(key, b"junk")
+    with pytest.raises(CorruptionError, match=message) as info:
+        RaftStorage(path, segment_size=SEGMENT)
+    assert info.value.path == os.path.join(path, "raft.db")
+
+
 def test_a_corrupt_snapshot_file_is_reported_with_its_path(node):
     node.append(ents(1, 10))
     node.save_snapshot(Snapshot(5, 1, b"x" * 1000))
@@ -182,6 +235,8 @@ def test_a_corrupt_snapshot_file_is_reported_with_its_path(node):
         ([Entry(11, 1, "text")], TypeError),  # data not bytes
         ([(11, 1, b"x")], TypeError),  # not an Entry
         ([Entry(13, 3)], ValueError),  # gap after last_index
+        ([None], TypeError),  # not an Entry, first
+        ([Entry(11, 2**64)], ValueError),  # a term past u64
     ],
 )
 def test_bad_entries_are_refused_and_write_nothing(node, bad, error):
@@ -190,6 +245,16 @@ def test_bad_entries_are_refused_and_write_nothing(node, bad, error):
     with pytest.raises(error):
         node.append(bad)
     assert node.last_index == 10 and node._wal.next_seq == wal_before
+
+
+def test_values_past_u64_are_refused_and_write_nothing(node):
+    node.append(ents(1, 10))
+    with pytest.raises(ValueError):
+        node.set_hard_state(HardState(2**64, 0, 0))
+    with pytest.raises(ValueError):
+        node.save_snapshot(Snapshot(2**64, 1, b"s"))
+    assert node.hard_state() == HardState() and node.snapshot() is None
+    assert os.listdir(os.path.join(node.path, "snap")) == []
 
 
 def test_an_entry_below_the_previous_term_is_refused(node):
