@@ -96,10 +96,11 @@ def check_path(path: str, repair: bool = False) -> Report:
         elif kind == "db":
             report.problems = _db_checker().check_file(path)
         elif kind == "server":
-            for part in (
-                check_path(os.path.join(path, "raft"), repair),
-                check_path(os.path.join(path, "kv.db"), repair),
-            ):
+            # kv.db is checked as the database it must be, not by its looks: one whose meta
+            # pages are gone is corrupt, not "not a keyval file".
+            kv = Report(path=os.path.join(path, "kv.db"), kind="db")
+            kv.problems = _db_checker().check_file(kv.path)
+            for part in (check_path(os.path.join(path, "raft"), repair), kv):
                 if part.error:
                     raise KeyvalError(part.error)
                 report.problems += part.problems
@@ -109,9 +110,11 @@ def check_path(path: str, repair: bool = False) -> Report:
 
             report.problems = check_node_dir(path)
             if repair and report.problems and all(p.repairable for p in report.problems):
-                from keyval.raft.storage import RaftStorage
+                from keyval.raft.storage import WAL_DIR, RaftStorage
+                from keyval.wal.check import segment_options
 
-                RaftStorage(path).close()  # opening repairs: cuts torn tails, drops .tmp files
+                # Opening repairs: cuts torn tails, drops .tmp files.
+                RaftStorage(path, **segment_options(os.path.join(path, WAL_DIR))).close()
                 report.repairs = [f"repaired: {p}" for p in report.problems]
         elif not os.path.exists(path):
             report.error = f"{path}: no such file or directory"
@@ -119,6 +122,8 @@ def check_path(path: str, repair: bool = False) -> Report:
             report.error = f"{path}: not a keyval WAL directory or database file"
     except (KeyvalError, OSError) as exc:
         report.error = str(exc)
+    except Exception as exc:  # a bug here must not exit 1, which says "errors corrected"
+        report.error = f"{path}: fsck failed: {type(exc).__name__}: {exc}"
     return report
 
 

@@ -48,14 +48,18 @@ def repair_dir(path: str) -> list[str]:
         raise fatal[0]
     if not findings:
         return []
-    # The size the log was written with: opening with another would replace its prepared
-    # next segment with one of that size (64 MiB by default).
+    with WAL(path, sync="none", **segment_options(path)):
+        pass
+    return [f"repaired: {f}" for f in findings]
+
+
+def segment_options(path: str) -> dict[str, int]:
+    """The ``segment_size`` the log in ``path`` was written with, as WAL options (none when it
+    has no segment). A repair opens the log with it: opening with another size would replace
+    its prepared next segment with one of that size (64 MiB by default)."""
     sizes = [
         os.path.getsize(os.path.join(path, name))
         for name in os.listdir(path)
         if name.endswith(SEGMENT_SUFFIX)
     ]
-    options = {"segment_size": max(sizes)} if sizes else {}
-    with WAL(path, sync="none", **options):
-        pass
-    return [f"repaired: {f}" for f in findings]
+    return {"segment_size": max(sizes)} if sizes else {}

@@ -62,6 +62,38 @@ def test_fsck_repairs_a_node_whose_wal_has_a_torn_tail(node_dir):
     assert fsck([node_dir]) == 0
 
 
+def segment_sizes(wal_dir: str) -> set[int]:
+    return {
+        os.path.getsize(os.path.join(wal_dir, n))
+        for n in os.listdir(wal_dir)
+        if n.endswith((".wal", ".prep"))
+    }
+
+
+def test_fsck_repair_keeps_the_segment_size_the_log_was_written_with(node_dir):
+    wal_dir = os.path.join(node_dir, "wal")
+    assert segment_sizes(wal_dir) == {8192}
+    with open(os.path.join(node_dir, "snap", "x.snap.tmp"), "wb") as f:  # a repairable leftover
+        f.write(b"partial")
+    assert fsck([node_dir]) == 4
+    assert fsck([node_dir, "--repair"]) == 1
+    assert segment_sizes(wal_dir) == {8192}  # not replaced by a 64 MiB prepared segment
+
+
+def test_fsck_reports_a_server_kv_db_without_meta_pages_as_corrupt(tmp_path):
+    from keyval.db import DB
+
+    server = tmp_path / "server"
+    with RaftStorage(str(server / "raft"), segment_size=8192) as st:
+        st.append([Entry(1, 1, b"x")])
+    with DB(str(server / "kv.db")) as db, db.update() as tx:
+        tx.create_bucket(b"kv").put(b"k", b"v")
+    assert fsck([str(server)]) == 0
+    with open(server / "kv.db", "r+b") as f:
+        f.write(b"\0" * 8192)  # both meta pages
+    assert fsck([str(server)]) == 4  # corruption, not "not a keyval file" (8)
+
+
 def test_fsck_json_and_usage_errors(node_dir):
     out = subprocess.run(
         [sys.executable, "-m", "keyval.fsck", node_dir, "--json"], capture_output=True, text=True
