@@ -27,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
         default=64 * 2**20,
         help="snapshot and compact once the Raft log passes this many bytes",
     )
+    parser.add_argument(
+        "--segment-size",
+        type=int,
+        default=64 * 2**20,
+        help="bytes per Raft log segment; the node keeps the next one written out ahead of time",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -41,7 +47,13 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.setswitchinterval(SWITCH_INTERVAL)
     try:
-        server = Server(args.id, peers, args.data, max_raft_state=args.max_raft_state)
+        server = Server(
+            args.id,
+            peers,
+            args.data,
+            max_raft_state=args.max_raft_state,
+            segment_size=args.segment_size,
+        )
     except (ValueError, OSError) as exc:
         print(f"keyval serve: {exc}", file=sys.stderr)
         return 1

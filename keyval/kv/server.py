@@ -44,6 +44,7 @@ from keyval.kv.service import KVService
 from keyval.kv.state import (
     CLIENT_OPS,
     INVALID,
+    MAX_COMMAND,
     MAX_SESSIONS,
     MAX_VALUE,
     Command,
@@ -54,7 +55,7 @@ from keyval.kv.transport import Transport
 from keyval.raft import messages
 from keyval.raft.core import Config
 from keyval.raft.node import Node
-from keyval.raft.storage import RaftStorage
+from keyval.raft.storage import ENTRY_OVERHEAD, RaftStorage
 
 log = logging.getLogger("keyval.kv.server")
 
@@ -64,6 +65,8 @@ ELECTION_TICKS = 15  # a follower waits 150-300 ms without a leader before it ca
 HEARTBEAT_TICKS = 3
 POLL_SECONDS = 0.1  # how long a thread waiting for work may take to notice close()
 _INVALID = bytes([INVALID])
+# The smallest Raft log segment a node takes (about 4 MiB): one of the longest commands fits.
+MIN_SEGMENT_SIZE = (ENTRY_OVERHEAD + MAX_COMMAND + 7) // 8 * 8
 REQUEST_TIMEOUT = 2.0  # a request not committed by then is answered RETRY (the client retries)
 
 
@@ -85,6 +88,12 @@ class Server:
         if node_id not in peers:
             raise ValueError(f"node {node_id} is not among the peers {sorted(peers)}")
         max_sessions_command(max_sessions)  # ValueError for a bad limit, before opening anything
+        if type(segment_size) is int and segment_size < MIN_SEGMENT_SIZE:
+            # Else the first command that long would stop every node: none could log it.
+            raise ValueError(
+                f"segment_size must be at least {MIN_SEGMENT_SIZE} bytes, so that the longest "
+                f"command fits one segment, not {segment_size}"
+            )
         self.node_id = node_id
         self.peers = peers
         self.data_dir = data_dir

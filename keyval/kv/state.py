@@ -106,6 +106,7 @@ CLIENT_OPS = (PUT, APPEND, DELETE, REGISTER)  # a client's to ask; SET_MAX_SESSI
 OK, NOT_FOUND, INVALID, EXPIRED = 0, 1, 2, 3
 MAX_SESSIONS = 100_000  # client sessions kept (see the module docstring)
 _COMMAND = struct.Struct("<BQQI")
+MAX_COMMAND = _COMMAND.size + MAX_KEY_SIZE + MAX_VALUE  # the longest entry data a client's makes
 _SESSION = struct.Struct("<Q")  # a session's key: the client id
 _SESSION_HEAD = struct.Struct("<QQ")  # a session's value: last seq, last index (then reply)
 _FORMAT, _FORMAT_KEY = b"\x02", b"format"  # of the DB file, in "meta"

@@ -67,7 +67,7 @@ from keyval.raft import snapfile
 from keyval.raft.records import Entry, HardState, Snapshot
 from keyval.raft.snapdata import FileBuffer
 from keyval.raft.validation import check_entries, check_hard_state, check_snapshot
-from keyval.wal import WAL
+from keyval.wal import RECORD_OVERHEAD, WAL
 
 log = logging.getLogger("keyval.raft.storage")
 
@@ -76,6 +76,9 @@ _ENTRY_HEAD = struct.Struct("<QQ")
 _HARD_STATE = struct.Struct("<QQQ")
 _MARKER = struct.Struct("<QQB")
 _SNAP_META = struct.Struct("<QQ")  # raft.db "snapshot"/"latest": index, term
+# Bytes a segment holds besides an entry's data when that entry is its only record: an entry
+# with more data than segment_size - ENTRY_OVERHEAD cannot be appended (ValueTooLarge).
+ENTRY_OVERHEAD = RECORD_OVERHEAD + _ENTRY_HEAD.size
 WAL_DIR, DB_FILE, SNAP_DIR = "wal", "raft.db", "snap"
 SNAPSHOTS_KEPT = 2
 DEFAULT_SEGMENT_SIZE = 64 * 2**20

@@ -7,6 +7,6 @@
 See :class:`WAL` for the durability contract and ``csrc/format.h`` for the on-disk format.
 """
 
-from keyval.wal.log import WAL
+from keyval.wal.log import RECORD_OVERHEAD, WAL
 
-__all__ = ["WAL"]
+__all__ = ["RECORD_OVERHEAD", "WAL"]

@@ -31,6 +31,9 @@ SYNC_MODES = {
 FAULTS = {"write": lib.KV_FAULT_WRITE, "fsync": lib.KV_FAULT_FSYNC, "prepare": lib.KV_FAULT_PREPARE}
 DEFAULT_SEGMENT_SIZE = 64 * 2**20
 MAX_SEGMENT_SIZE = 2**30
+# A record's payload may be up to segment_size - RECORD_OVERHEAD bytes: the segment header (64)
+# and its own record header (20) share the segment with it (csrc/format.h).
+RECORD_OVERHEAD = 64 + 20
 _BATCH_HEADER = Struct("<QIB")  # seq, length, type: the framing of kv_wal_read_batch
 # replay's batches: buffer bytes and record count of the first read, then of every read.
 _FIRST_READ_BUFFER, _FIRST_READ_RECORDS = 64 << 10, 256
@@ -102,7 +105,7 @@ class WAL:
     the durable records. Reopen to go on. Only no space for a *new* segment is not fail-stop
     (nothing was written): it raises ``OSError(ENOSPC)`` and a later append may succeed.
 
-    A record must fit in one segment: at most ``segment_size - 84`` payload bytes, else
+    A record must fit in one segment: at most ``segment_size - RECORD_OVERHEAD`` (84) payload bytes, else
     :class:`~keyval.errors.ValueTooLarge`. Every method is thread-safe; the C core releases the
     GIL for writes, fsyncs and reads. One process at a time may open a log
     (:class:`~keyval.errors.LockedError` otherwise).

@@ -21,12 +21,13 @@ from keyval.kv import protocol
 from keyval.kv.client import Client
 from keyval.kv.frames import KIND_RAFT, KIND_REQUEST
 from keyval.kv.local import free_ports
-from keyval.kv.server import Server
+from keyval.kv.server import MIN_SEGMENT_SIZE, Server
 from keyval.kv.state import PUT, encode_command, max_sessions_command
 from keyval.kv.transport import ClientConnection
 from keyval.raft import messages
 
 IDS = (1, 2, 3)
+SEGMENT = MIN_SEGMENT_SIZE  # 4 MiB, not 64: each node writes its next segment out ahead
 THREADS = 12
 PUTS_PER_THREAD = 40
 
@@ -47,7 +48,7 @@ def cluster(tmp_path):
 
 def _start_cluster(root, ports: list[int], **options) -> dict[int, Server]:
     peers = {i: ("127.0.0.1", p) for i, p in zip(IDS, ports, strict=True)}
-    servers = {i: Server(i, peers, str(root / f"node{i}"), **options) for i in IDS}
+    servers = {i: Server(i, peers, str(root / f"node{i}"), segment_size=SEGMENT, **options) for i in IDS}
     for server in servers.values():
         server.start()
     return servers
@@ -242,7 +243,9 @@ def test_a_follower_behind_the_compacted_log_is_caught_up_by_a_streamed_snapshot
         assert len(snap.data) > 4 * 64 * 1024  # several chunks, more than one window
         assert leader.storage.first_index > servers[gone].storage.last_index + 1
         applied = threading.Condition()
-        back = Server(gone, peers, str(tmp_path / f"node{gone}"), max_raft_state=limit)
+        back = Server(
+            gone, peers, str(tmp_path / f"node{gone}"), max_raft_state=limit, segment_size=SEGMENT
+        )
         back.node.on_apply = functools.partial(_notify_after, back.node.on_apply, applied)
         servers[gone] = back
         back.start()
@@ -352,7 +355,10 @@ def test_nodes_started_with_different_session_limits_use_the_leaders(tmp_path):
     ports = free_ports(len(IDS))
     peers = {i: ("127.0.0.1", p) for i, p in zip(IDS, ports, strict=True)}
     limits = dict(zip(IDS, (2, 3, 4), strict=True))
-    servers = {i: Server(i, peers, str(tmp_path / f"n{i}"), max_sessions=limits[i]) for i in IDS}
+    servers = {
+        i: Server(i, peers, str(tmp_path / f"n{i}"), max_sessions=limits[i], segment_size=SEGMENT)
+        for i in IDS
+    }
     # Each uses its own only until the log sets one: for entries applied before the limit
     # was replicated (a DB or snapshot of an older keyval), when it had to match everywhere.
     assert [servers[i].state_machine.max_sessions for i in IDS] == [2, 3, 4]

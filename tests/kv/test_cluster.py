@@ -20,13 +20,17 @@ from keyval.errors import KeyvalError
 from keyval.fsck import check_path
 from keyval.fsck import main as fsck
 from keyval.kv.local import LocalCluster
+from keyval.kv.server import MIN_SEGMENT_SIZE
 
 NODES = (1, 2, 3)
 
 
 @pytest.fixture
 def cluster(tmp_path):
-    c = LocalCluster(str(tmp_path), size=len(NODES))
+    # 4 MiB segments, not 64: each node writes its next segment out ahead.
+    c = LocalCluster(
+        str(tmp_path), size=len(NODES), extra_args=("--segment-size", str(MIN_SEGMENT_SIZE))
+    )
     c.start()
     yield c
     c.stop()

@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import collections
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
 
 from keyval.db import DB
+from keyval.db.page import MAX_KEY_SIZE
 from keyval.kv import protocol
 from keyval.kv.client import Client
 from keyval.kv.frames import HELLO, KIND_HELLO, KIND_RAFT, KIND_REQUEST, encode
 from keyval.kv.local import free_ports
-from keyval.kv.server import NUDGES_PER_TICK, Server
+from keyval.kv.server import MIN_SEGMENT_SIZE, NUDGES_PER_TICK, Server
 from keyval.kv.state import MAX_VALUE, PUT, encode_command
 from keyval.kv.transport import ClientConnection
 from keyval.raft import messages
 from keyval.raft.messages import Message, MsgType
 
 IDS = (1, 2, 3)
+SEGMENT = MIN_SEGMENT_SIZE  # 4 MiB, not 64: each node writes its next segment out ahead
 LEADER_TICKS = 20  # ticks a leader must have taken before the counts are read
 
 
@@ -45,7 +49,7 @@ class _CountingEvent(threading.Event):
 def test_only_a_leader_wakes_up_between_ticks(tmp_path):
     ports = free_ports(len(IDS))
     peers = {i: ("127.0.0.1", p) for i, p in zip(IDS, ports, strict=True)}
-    servers = {i: Server(i, peers, str(tmp_path / f"node{i}")) for i in IDS}
+    servers = {i: Server(i, peers, str(tmp_path / f"node{i}"), segment_size=SEGMENT) for i in IDS}
     counts = {i: collections.Counter() for i in IDS}
     lock = threading.Lock()
     enough = threading.Event()
@@ -104,7 +108,7 @@ def cluster(tmp_path):
         for i in IDS:
             if before_start is not None:
                 before_start(tmp_path / f"node{i}")
-            made.append(Server(i, peers, str(tmp_path / f"node{i}")))
+            made.append(Server(i, peers, str(tmp_path / f"node{i}"), segment_size=SEGMENT))
         for server in made:
             server.start()
         return {s.node_id: s for s in made}, Client([f"127.0.0.1:{p}" for p in ports])
@@ -172,3 +176,56 @@ def test_a_hello_from_a_node_that_is_not_a_peer_closes_only_that_connection(clus
     client.put(b"a", b"2")
     assert client.get(b"a") == b"2"
     _all_serving(servers)
+
+
+def test_the_longest_command_fits_the_smallest_segment(cluster):
+    servers, client = cluster()  # every node on MIN_SEGMENT_SIZE
+    key, value = b"K" * MAX_KEY_SIZE, bytes(range(256)) * (MAX_VALUE // 256)
+    client.put(key, value)
+    client.put(b"after", b"1")  # the next segment takes the next entry
+    assert client.get(key) == value
+    for server in servers.values():
+        wal = server.storage._wal
+        assert wal.stats()["segments"] >= 2, "the command should have filled a segment"
+    _all_serving(servers)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"segment_size": MIN_SEGMENT_SIZE - 8},  # the longest command would stop every node
+        {"max_sessions": 0},
+    ],
+)
+def test_a_bad_option_is_refused_before_anything_is_made(tmp_path, args):
+    peers = {1: ("127.0.0.1", free_ports(1)[0])}
+    with pytest.raises(ValueError, match=next(iter(args))):
+        Server(1, peers, str(tmp_path / "node"), **args)
+    with pytest.raises(ValueError, match="not among the peers"):
+        Server(2, peers, str(tmp_path / "node"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_serve_says_why_it_refuses_a_segment_size(tmp_path):
+    port = free_ports(1)[0]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keyval.cli",
+            "serve",
+            "--id",
+            "1",
+            "--peers",
+            f"1=127.0.0.1:{port}",
+            "--data",
+            str(tmp_path / "node"),
+            "--segment-size",
+            "4096",
+        ],
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert b"segment_size must be at least %d" % MIN_SEGMENT_SIZE in done.stderr
+    assert list(tmp_path.iterdir()) == []

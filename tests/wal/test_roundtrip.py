@@ -4,7 +4,7 @@ import pytest
 
 from keyval.errors import ClosedError, ValueTooLarge
 from keyval.wal import WAL
-from keyval.wal.log import FramedRecords
+from keyval.wal.log import RECORD_OVERHEAD, FramedRecords
 
 from .conftest import SMALL_SEGMENT, payload, segment_files
 
@@ -198,7 +198,7 @@ def test_truncations_outside_the_log_are_refused(small_wal):
 
 
 def test_largest_record_fills_a_segment_and_one_byte_more_is_refused(wal_dir):
-    largest = SMALL_SEGMENT - 64 - 20
+    largest = SMALL_SEGMENT - RECORD_OVERHEAD
     with WAL(wal_dir, segment_size=SMALL_SEGMENT, sync="none") as wal:
         wal.append(b"small")
         seq = wal.append(b"L" * largest)
