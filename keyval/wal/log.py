@@ -105,9 +105,9 @@ class WAL:
     the durable records. Reopen to go on. Only no space for a *new* segment is not fail-stop
     (nothing was written): it raises ``OSError(ENOSPC)`` and a later append may succeed.
 
-    A record must fit in one segment: at most ``segment_size - RECORD_OVERHEAD`` (84) payload bytes, else
-    :class:`~keyval.errors.ValueTooLarge`. Every method is thread-safe; the C core releases the
-    GIL for writes, fsyncs and reads. One process at a time may open a log
+    A record must fit in one segment: at most ``segment_size - RECORD_OVERHEAD`` (84) payload
+    bytes, else :class:`~keyval.errors.ValueTooLarge`. Every method is thread-safe; the C core
+    releases the GIL for writes, fsyncs and reads. One process at a time may open a log
     (:class:`~keyval.errors.LockedError` otherwise).
     """
 

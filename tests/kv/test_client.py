@@ -48,7 +48,9 @@ def cluster(tmp_path):
 
 def _start_cluster(root, ports: list[int], **options) -> dict[int, Server]:
     peers = {i: ("127.0.0.1", p) for i, p in zip(IDS, ports, strict=True)}
-    servers = {i: Server(i, peers, str(root / f"node{i}"), segment_size=SEGMENT, **options) for i in IDS}
+    servers = {
+        i: Server(i, peers, str(root / f"node{i}"), segment_size=SEGMENT, **options) for i in IDS
+    }
     for server in servers.values():
         server.start()
     return servers
