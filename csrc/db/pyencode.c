@@ -17,10 +17,8 @@
  *                        OverflowError), as a commit seals branches after their children
  *
  * Keys and values must be exactly bytes (TypeError), lists of one length (ValueError), keys
- * at most 65535 bytes and values below 4 GiB (ValueError, as the format's fields). Uses only
- * the stable ABI of Python 3.11, as the rest of the module.
+ * at most 65535 bytes and values below 4 GiB (ValueError, as the format's fields).
  */
-#define Py_LIMITED_API 0x030B0000
 #include <Python.h>
 
 #include "internal.h"

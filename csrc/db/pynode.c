@@ -35,10 +35,7 @@
  * only down the tree: no cycle can pass through one. So CNode, the C base class of Node that
  * holds its fields (csrc/db/pynode.h), is not a collector type at all, and its Python subclass
  * adds no fields and so is not one either. Its fields are what the C put path reads directly.
- *
- * Uses only the stable ABI of Python 3.11, as the rest of the module.
  */
-#define Py_LIMITED_API 0x030B0000
 #include <Python.h>
 
 #include <structmember.h>

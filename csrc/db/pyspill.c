@@ -24,10 +24,7 @@
  * again below it. So pages get the ids and bytes the Python loop gives them, which the tests
  * check on whole files. Errors (from allocate, or lists that are not what they should be)
  * propagate; the commit then fails as a whole, so a half-sealed branch is never written.
- *
- * Uses only the stable ABI of Python 3.11, as the rest of the module.
  */
-#define Py_LIMITED_API 0x030B0000
 #include <Python.h>
 #include <stdlib.h>
 

@@ -13,10 +13,7 @@
  * evenly (by bytes). A leaf of at most min_entries entries or at most page_size bytes is one
  * page. keys and vals: lists of exactly bytes of one length (TypeError, ValueError otherwise);
  * page_size and min_entries >= 1, threshold >= 0 (ValueError). The tests hold it to _pieces.
- *
- * Uses only the stable ABI of Python 3.11, as the rest of the module.
  */
-#define Py_LIMITED_API 0x030B0000
 #include <Python.h>
 #include <stdlib.h>
 
