@@ -74,7 +74,9 @@ _leaf_cuts = PY_EXPORTS.get("leaf_cuts")
 
 # A dirty node with more entries than this is halved at once during the transaction, so an
 # insert never moves more than a few KiB of list (a bulk load into one node would be O(n^2)).
-SPLIT_ENTRIES = 1024
+# 512, not 1,024: a random 1M-key load's puts went 5% faster (half the memmove per insert;
+# the splits it adds are a few thousand); an ascending load's did not change.
+SPLIT_ENTRIES = 512
 
 # A piece made by a split keeps at least this many entries when it can.
 MIN_ENTRIES = 2

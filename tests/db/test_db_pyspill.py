@@ -51,7 +51,7 @@ def transactions(draw):
     for _ in range(draw(st.integers(1, 3))):
         ops = []
         start = draw(st.integers(0, 5_000))
-        # ascending, past SPLIT_ENTRIES (1,024) in one leaf: packed leaves
+        # ascending, past SPLIT_ENTRIES (512) in one leaf: packed leaves
         value = b"v" * draw(st.sampled_from([1, 10, 100]))
         ops += [(b"k%08d" % (start + i), value) for i in range(draw(st.integers(0, 2_500)))]
         rnd = random.Random(draw(st.integers(0, 2**32)))
