@@ -228,7 +228,7 @@ static db_node_object *dirty_node(PyObject *node)
     db_node_object *n = (db_node_object *)node;
     if (n->dirty != Py_True || n->keys == NULL || n->vals == NULL ||
         !PyList_CheckExact(n->keys) || !PyList_CheckExact(n->vals) ||
-        PyList_Size(n->keys) != PyList_Size(n->vals))
+        PyList_GET_SIZE(n->keys) != PyList_GET_SIZE(n->vals))
         return NULL;
     return n;
 }
@@ -236,40 +236,35 @@ static db_node_object *dirty_node(PyObject *node)
 /* 1: done; 0: not handled, nothing changed (Bucket._put takes it); -1: error raised. */
 static int fast_put(lookup_object *o, PyObject *self, PyObject *key, PyObject *value)
 {
-    char *k, *v;
-    Py_ssize_t klen, vlen;
-    if (PyBytes_AsStringAndSize(key, &k, &klen) < 0 || PyBytes_AsStringAndSize(value, &v, &vlen) < 0)
-        return -1;
+    /* Both exactly bytes (bucket_put checked). */
+    const char *k = PyBytes_AS_STRING(key);
+    Py_ssize_t klen = PyBytes_GET_SIZE(key), vlen = PyBytes_GET_SIZE(value);
     if (klen == 0 || klen > MAX_KEY || vlen > o->max_value)
         return 0; /* the Python path refuses the key, or stores the value in an overflow run */
     /* Borrowed references all the way down: nothing below runs Python code until the leaf
      * is changed, so the tree cannot change under them. */
     db_node_object *node = dirty_node(o->node);
     for (int depth = 0; node != NULL && node->leaf != Py_True; depth++) {
-        if (depth == MAX_DEPTH || PyList_Size(node->vals) == 0)
+        if (depth == MAX_DEPTH || PyList_GET_SIZE(node->vals) == 0)
             return 0;
         Py_ssize_t i = bisect(node->keys, k, klen, 1);
         if (i < 0)
             return 0;
-        node = dirty_node(PyList_GetItem(node->vals, i > 0 ? i - 1 : 0));
+        node = dirty_node(PyList_GET_ITEM(node->vals, i > 0 ? i - 1 : 0)); /* i <= len */
     }
     if (node == NULL || node->leaf != Py_True)
         return 0;
     PyObject *keys = node->keys, *vals = node->vals;
-    Py_ssize_t n = PyList_Size(keys);
+    Py_ssize_t n = PyList_GET_SIZE(keys);
     Py_ssize_t i = bisect(keys, k, klen, 0);
     if (i < 0)
         return 0;
     if (i < n) {
-        char *p;
-        Py_ssize_t plen;
-        PyObject *there = PyList_GetItem(keys, i);
-        if (PyBytes_AsStringAndSize(there, &p, &plen) < 0) {
-            PyErr_Clear();
+        PyObject *there = PyList_GET_ITEM(keys, i);
+        if (!PyBytes_CheckExact(there))
             return 0;
-        }
-        if (plen == klen && memcmp(p, k, (size_t)klen) == 0) {
-            PyObject *old = PyList_GetItem(vals, i); /* borrowed */
+        if (PyBytes_GET_SIZE(there) == klen && memcmp(PyBytes_AS_STRING(there), k, (size_t)klen) == 0) {
+            PyObject *old = PyList_GET_ITEM(vals, i); /* borrowed */
             if (!PyBytes_CheckExact(old))
                 return 0; /* a nested bucket (an error) or an overflow run to free */
             if (increment(&o->mods) < 0)
