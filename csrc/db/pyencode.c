@@ -31,19 +31,19 @@ static int leaf_measure(PyObject *keys, PyObject *vals, Py_ssize_t *count, size_
         PyErr_SetString(PyExc_TypeError, "a leaf's keys and values are lists");
         return -1;
     }
-    Py_ssize_t n = PyList_Size(keys);
-    if (PyList_Size(vals) != n) {
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    if (PyList_GET_SIZE(vals) != n) {
         PyErr_SetString(PyExc_ValueError, "a leaf has as many values as keys");
         return -1;
     }
     size_t total = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *k = PyList_GetItem(keys, i), *v = PyList_GetItem(vals, i);
+        PyObject *k = PyList_GET_ITEM(keys, i), *v = PyList_GET_ITEM(vals, i);
         if (!PyBytes_CheckExact(k) || !PyBytes_CheckExact(v)) {
             PyErr_SetString(PyExc_TypeError, "a plain leaf holds bytes keys and values");
             return -1;
         }
-        Py_ssize_t kl = PyBytes_Size(k), vl = PyBytes_Size(v);
+        Py_ssize_t kl = PyBytes_GET_SIZE(k), vl = PyBytes_GET_SIZE(v);
         if (kl > UINT16_MAX || (uint64_t)vl > UINT32_MAX) {
             PyErr_SetString(PyExc_ValueError, "leaf entry cannot be encoded: a key over 65535 bytes or a value of 4 GiB");
             return -1;
@@ -138,7 +138,11 @@ PyObject *db_encode_plain_leaf(unsigned long long pgid, PyObject *keys, PyObject
         PyErr_SetString(PyExc_ValueError, "leaf cannot be encoded: more entries than the format holds");
         return NULL;
     }
-    if (a < 0 || n < 0 || PyList_Size(keys) < b || PyList_Size(vals) < b) {
+    if (!PyList_CheckExact(keys) || !PyList_CheckExact(vals)) {
+        PyErr_SetString(PyExc_TypeError, "a leaf's keys and values are lists");
+        return NULL;
+    }
+    if (a < 0 || n < 0 || PyList_GET_SIZE(keys) < b || PyList_GET_SIZE(vals) < b) {
         PyErr_SetString(PyExc_RuntimeError, "a leaf changed while it was being encoded");
         return NULL;
     }
@@ -150,19 +154,19 @@ PyObject *db_encode_plain_leaf(unsigned long long pgid, PyObject *keys, PyObject
     uint8_t *e = p + DB_HEADER_SIZE;
     uint8_t *d = p + start;
     for (Py_ssize_t i = a; i < b; i++, e += DB_LEAF_ELEMENT) {
-        PyObject *k = PyList_GetItem(keys, i), *v = PyList_GetItem(vals, i);
-        char *kp, *vp;
-        Py_ssize_t kl, vl;
-        if (!PyBytes_CheckExact(k) || !PyBytes_CheckExact(v) ||
-            PyBytes_AsStringAndSize(k, &kp, &kl) < 0 || PyBytes_AsStringAndSize(v, &vp, &vl) < 0 ||
-            kl > UINT16_MAX || (uint64_t)vl > UINT32_MAX ||
+        /* The unchecked macros: i < b <= both lengths, and no Python code runs in this loop. */
+        PyObject *k = PyList_GET_ITEM(keys, i), *v = PyList_GET_ITEM(vals, i);
+        if (!PyBytes_CheckExact(k) || !PyBytes_CheckExact(v))
+            goto changed;
+        Py_ssize_t kl = PyBytes_GET_SIZE(k), vl = PyBytes_GET_SIZE(v);
+        if (kl > UINT16_MAX || (uint64_t)vl > UINT32_MAX ||
             (size_t)kl + (size_t)vl > (size_t)(p + used - d))
             goto changed;
         e[0] = DB_FLAG_VALUE;
         db_put16(e + 1, (uint16_t)kl);
         db_put32(e + 3, (uint32_t)vl);
-        memcpy(d, kp, (size_t)kl);
-        memcpy(d + kl, vp, (size_t)vl);
+        memcpy(d, PyBytes_AS_STRING(k), (size_t)kl);
+        memcpy(d + kl, PyBytes_AS_STRING(v), (size_t)vl);
         d += kl + vl;
     }
     if (d != p + used)

@@ -35,17 +35,17 @@
 /* A clean node's tuple of list[a:b], untracked as clean_tuple's (csrc/db/pynode.c). */
 static PyObject *clean_slice(PyObject *list, Py_ssize_t a, Py_ssize_t b)
 {
+    if (!PyList_CheckExact(list) || a < 0 || a > b || b > PyList_GET_SIZE(list)) {
+        PyErr_SetString(PyExc_RuntimeError, "a leaf changed while it was being sealed");
+        return NULL;
+    }
     PyObject *t = PyTuple_New(b - a);
     if (t == NULL)
         return NULL;
     for (Py_ssize_t i = a; i < b; i++) {
-        PyObject *item = PyList_GetItem(list, i);
-        if (item == NULL) {
-            Py_DECREF(t);
-            return NULL;
-        }
+        PyObject *item = PyList_GET_ITEM(list, i);
         Py_INCREF(item);
-        PyTuple_SetItem(t, i - a, item);
+        PyTuple_SET_ITEM(t, i - a, item);
     }
     if (b > a)
         PyObject_GC_UnTrack(t);

@@ -44,8 +44,8 @@ Py_ssize_t db_cut_plain_leaf(PyObject *keys, PyObject *vals, Py_ssize_t page_siz
                         "leaf_cuts: page_size and min_entries are positive, threshold is not negative");
         return -1;
     }
-    Py_ssize_t n = PyList_Size(keys);
-    if (PyList_Size(vals) != n) {
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    if (PyList_GET_SIZE(vals) != n) {
         PyErr_SetString(PyExc_ValueError, "a leaf has as many values as keys");
         return -1;
     }
@@ -58,12 +58,12 @@ Py_ssize_t db_cut_plain_leaf(PyObject *keys, PyObject *vals, Py_ssize_t page_siz
     }
     cum[0] = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *k = PyList_GetItem(keys, i), *v = PyList_GetItem(vals, i);
+        PyObject *k = PyList_GET_ITEM(keys, i), *v = PyList_GET_ITEM(vals, i);
         if (!PyBytes_CheckExact(k) || !PyBytes_CheckExact(v)) {
             PyErr_SetString(PyExc_TypeError, "a plain leaf holds bytes keys and values");
             goto fail;
         }
-        cum[i + 1] = cum[i] + DB_LEAF_ELEMENT + PyBytes_Size(k) + PyBytes_Size(v);
+        cum[i + 1] = cum[i] + DB_LEAF_ELEMENT + PyBytes_GET_SIZE(k) + PyBytes_GET_SIZE(v);
     }
     Py_ssize_t count = 0;
     cuts[0] = 0;
