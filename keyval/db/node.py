@@ -250,9 +250,11 @@ def _merge(left: Node, right: Node, separator: bytes) -> None:
     if left.leaf:
         left.plain = left.plain and right.plain
         left.keys.extend(right.keys)
-    else:
+    elif right.vals:
         left.keys.append(separator)
         left.keys.extend(right.keys[1:])
+    # else: a branch emptied by the deletes below it brings nothing, not even the separator
+    # (which, with no child to go with it, made the commit fail: keys outnumbered children).
     left.vals.extend(right.vals)
 
 
