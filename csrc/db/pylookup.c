@@ -277,14 +277,29 @@ static int fast_put(lookup_object *o, PyObject *self, PyObject *key, PyObject *v
             return 1;
         }
     }
-    if (increment(&o->mods) < 0 || list_insert(keys, i, key) < 0)
-        return -1;
-    if (list_insert(vals, i, value) < 0) {
-        PySequence_DelItem(keys, i); /* out of memory: leave the leaf as it was */
+    /* The new count is made first: failing after the entry went in would leave the bucket
+     * counting one key less than its tree holds, and a commit would write that. */
+    Py_ssize_t count = o->count == NULL ? -1 : PyLong_AsSsize_t(o->count);
+    if (count == -1) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_AttributeError, "a bucket counter is not set");
         return -1;
     }
-    if (increment(&o->count) < 0)
+    PyObject *next_count = PyLong_FromSsize_t(count + 1);
+    if (next_count == NULL)
         return -1;
+    if (increment(&o->mods) < 0 || list_insert(keys, i, key) < 0) {
+        Py_DECREF(next_count);
+        return -1;
+    }
+    if (list_insert(vals, i, value) < 0) {
+        PySequence_DelItem(keys, i); /* out of memory: leave the leaf as it was */
+        Py_DECREF(next_count);
+        return -1;
+    }
+    PyObject *was = o->count;
+    o->count = next_count;
+    Py_DECREF(was);
     if (n + 1 > o->split_entries) {
         PyObject *r = PyObject_CallMethodObjArgs(self, split_name, key, NULL);
         if (r == NULL)

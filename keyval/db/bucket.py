@@ -8,8 +8,9 @@ bucket, never both.
 
 from __future__ import annotations
 
+import functools
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from keyval.errors import (
     BucketExists,
     BucketNotFound,
     KeyTooLarge,
+    KeyvalError,
     ReadOnlyError,
     TxClosedError,
     ValueTooLarge,
@@ -86,6 +88,25 @@ def check_value(value) -> bytes:
 def check_bound(key) -> None:
     if key is not None and not isinstance(key, bytes):
         raise TypeError(f"keys are bytes, not {type(key).__name__}")
+
+
+def _write(method: Callable) -> Callable:
+    """A bucket write. The errors its checks raise (KeyvalError, TypeError, ValueError) come
+    before it changes anything; any other exception out of it (MemoryError, KeyboardInterrupt)
+    may leave it half done, a leaf with more values than keys, say. The transaction is then
+    broken: it can only roll back (Tx.commit refuses), so no half write reaches the file."""
+
+    @functools.wraps(method)
+    def write(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (KeyvalError, TypeError, ValueError):
+            raise
+        except BaseException as exc:
+            self._tx._break(exc)
+            raise
+
+    return write
 
 
 class Bucket(_Base):
@@ -386,6 +407,7 @@ class Bucket(_Base):
     if CLookup is None:
         get = _get
 
+    @_write
     def _put(self, key: bytes, value: bytes) -> None:
         """Set ``key`` to ``value``. Raises BucketExists if ``key`` names a nested bucket.
 
@@ -453,6 +475,7 @@ class Bucket(_Base):
     if CLookup is None:
         put = _put
 
+    @_write
     def _split_after_put(self, key: bytes) -> None:
         """The C put's split: the leaf of ``key`` outgrew SPLIT_ENTRIES (its path is dirty)."""
         self._unbalanced = True
@@ -466,6 +489,7 @@ class Bucket(_Base):
         if new_root is not None:
             self._node = new_root
 
+    @_write
     def delete(self, key: bytes) -> bool:
         """Remove ``key``; returns whether it was there. A nested bucket's name raises
         BucketExists (use delete_bucket)."""
@@ -554,6 +578,7 @@ class Bucket(_Base):
         self._children[child._name] = child
         return child
 
+    @_write
     def create_bucket(self, name: bytes, exist_ok: bool = False) -> Bucket:
         """Create the nested bucket ``name`` (BucketExists if it exists, unless ``exist_ok``;
         BucketExists too if ``name`` is a plain key)."""
@@ -574,6 +599,7 @@ class Bucket(_Base):
         self._children[name] = child
         return child
 
+    @_write
     def delete_bucket(self, name: bytes) -> None:
         """Delete the nested bucket ``name`` and everything in it; raises BucketNotFound."""
         name = check_key(name)

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from functools import partial
 from typing import TYPE_CHECKING
 
-from keyval.errors import ReadOnlyError, TxClosedError
+from keyval.errors import KeyvalError, ReadOnlyError, TxClosedError
 
 from .bucket import Bucket, ShrinkBudget, check_key
 from .meta import Meta
@@ -64,6 +64,8 @@ class Tx:
         self._hwm = meta.hwm
         self._root = Bucket(self, None, b"", BucketHeader.of_page(meta.root, 0))
         self._force_commit = False
+        # The exception that left a write half done (see bucket._write): no commit then.
+        self._broken: BaseException | None = None
         # shrink(): pages from here on are to be emptied (see _relocate_tail); 0: all of them.
         # _shrink_moved: whether this commit moves any page down.
         self._shrink_cut = 0
@@ -133,6 +135,10 @@ class Tx:
 
     # -- ending ----------------------------------------------------------------------------
 
+    def _break(self, exc: BaseException) -> None:
+        if self._broken is None:
+            self._broken = exc
+
     def rollback(self) -> None:
         """Discard the transaction's changes (nothing of them ever reached the file)."""
         if self._closed:
@@ -145,11 +151,18 @@ class Tx:
         """Make the changes durable and visible; see the module docstring for the protocol.
 
         On an I/O error the database refuses further writes (ReadOnlyError) until reopened:
-        after a failed write or fsync the state of the file is unknown.
+        after a failed write or fsync the state of the file is unknown. After a write that
+        failed midway (see bucket._write) it rolls back and raises KeyvalError.
         """
         self._check()
         if not self.writable:
             raise ReadOnlyError("a read-only transaction cannot commit")
+        if self._broken is not None:
+            self.rollback()
+            raise KeyvalError(
+                "the transaction was rolled back, not committed: one of its writes failed "
+                f"midway ({type(self._broken).__name__}) and may have been left half done"
+            ) from self._broken
         try:
             if self._root._dirty or self._force_commit:
                 self._db._commit(self)

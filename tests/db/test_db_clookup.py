@@ -17,11 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keyval.db import DB, pagemap
+from keyval.db.check import check_file
 from keyval.db.page import MAX_KEY_SIZE
 from keyval.errors import (
     BucketExists,
     BucketNotFound,
     KeyTooLarge,
+    KeyvalError,
     ReadOnlyError,
     TxClosedError,
 )
@@ -359,3 +361,44 @@ def test_puts_in_c_of_every_key_again_find_each_in_its_leaf(path):
                 assert list(b.items()) == [(k, value) for k in keys]
         with db.view() as tx:
             assert list(tx.bucket(b"b").items()) == [(k, b"3") for k in keys]
+
+
+@pytest.mark.parametrize("nth", range(0, 48, 3))
+def test_a_put_that_runs_out_of_memory_never_commits_half_of_itself(path, nth):
+    """A put into a full in-memory leaf (C put, then the split in Python) with its nth
+    allocation failing. Either the put lands whole, or it raises MemoryError having changed
+    nothing, or the transaction is broken and its commit refuses: never a committed file
+    whose bucket counts one key less than its tree holds (the C put once counted the key
+    after inserting it), or a half-split leaf."""
+    testcapi = pytest.importorskip("_testcapi", reason="needs CPython's _testcapi")
+    keys = [b"k%04d" % i for i in range(0, 1024, 2)]  # 512: one leaf, full (SPLIT_ENTRIES)
+    new = b"k0001"
+    outcome = None
+    with DB(path) as db:
+        try:
+            with db.update() as tx:
+                b = tx.create_bucket(b"b")
+                for k in keys:
+                    b.put(k, b"v")
+                assert b._mods > 256  # each change makes a new int: an allocation
+                testcapi.set_nomemory(nth, nth + 1)
+                try:
+                    b.put(new, b"new")
+                    outcome = "landed"
+                except MemoryError:
+                    outcome = "refused"
+                finally:
+                    testcapi.remove_mem_hooks()
+                if outcome == "refused" and tx._broken is None:
+                    assert (len(b), b.get(new)) == (len(keys), None)  # nothing changed
+        except KeyvalError as exc:
+            assert outcome == "refused" and "rolled back" in str(exc)
+            outcome = "rolled back"
+        with db.view() as tx:
+            if outcome == "rolled back":
+                assert list(tx.buckets()) == []
+            else:
+                b = tx.bucket(b"b")
+                expect = sorted([*keys, new]) if outcome == "landed" else keys
+                assert ([k for k, _ in b.items()], len(b)) == (expect, len(expect))
+    assert check_file(path) == []
