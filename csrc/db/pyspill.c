@@ -35,13 +35,19 @@
 /* A clean node's tuple of list[a:b], untracked as clean_tuple's (csrc/db/pynode.c). */
 static PyObject *clean_slice(PyObject *list, Py_ssize_t a, Py_ssize_t b)
 {
-    if (!PyList_CheckExact(list) || a < 0 || a > b || b > PyList_GET_SIZE(list)) {
+    if (a < 0 || a > b) {
         PyErr_SetString(PyExc_RuntimeError, "a leaf changed while it was being sealed");
         return NULL;
     }
     PyObject *t = PyTuple_New(b - a);
     if (t == NULL)
         return NULL;
+    /* Checked after the allocation, which may run a collection and so finalizers. */
+    if (!PyList_CheckExact(list) || b > PyList_GET_SIZE(list)) {
+        Py_DECREF(t);
+        PyErr_SetString(PyExc_RuntimeError, "a leaf changed while it was being sealed");
+        return NULL;
+    }
     for (Py_ssize_t i = a; i < b; i++) {
         PyObject *item = PyList_GET_ITEM(list, i);
         Py_INCREF(item);
