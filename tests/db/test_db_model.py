@@ -37,6 +37,7 @@ keys = st.one_of(
     st.binary(min_size=1, max_size=24).map(lambda b: b"k" + b),
     st.integers(100, 2500).map(lambda n: b"K" + b"x" * n),  # keys bigger than a page
 )
+bounds = st.one_of(keys, st.integers(0, 700).map(lambda i: b"r%04d" % i))
 values = st.one_of(
     st.binary(max_size=40),
     st.integers(0, 6000).map(lambda n: bytes([n % 251]) * n),  # overflow values
@@ -48,6 +49,12 @@ ops = st.lists(
         st.tuples(st.just("delete"), paths, keys),
         st.tuples(st.just("create"), paths),
         st.tuples(st.just("drop"), paths),
+        # Runs of keys and deletes of key ranges: deep trees, and whole branches emptied
+        # beside underfull ones (a merge of such a pair once broke the commit).
+        st.tuples(
+            st.just("load"), paths, st.integers(0, 400), st.integers(1, 300), st.integers(0, 60)
+        ),
+        st.tuples(st.just("delete_range"), paths, bounds, bounds),
     ),
     min_size=1,
     max_size=25,
@@ -85,6 +92,18 @@ def apply(tx, model: dict, op: tuple) -> None:
     elif kind == "delete":
         existed = db_bucket(tx, path, True).delete(op[2])
         assert existed == (model_bucket(model, path, True)["kv"].pop(op[2], None) is not None)
+    elif kind == "load":
+        _, _, start, count, pad = op
+        bucket, kv = db_bucket(tx, path, True), model_bucket(model, path, True)["kv"]
+        for i in range(start, start + count):
+            key = b"r%04d" % i + b"x" * pad
+            bucket.put(key, b"%d" % i)
+            kv[key] = b"%d" % i
+    elif kind == "delete_range":
+        bucket, kv = db_bucket(tx, path, True), model_bucket(model, path, True)["kv"]
+        for key in [k for k in kv if op[2] <= k < op[3]]:
+            assert bucket.delete(key)
+            del kv[key]
     elif kind == "create":
         db_bucket(tx, path, True)
         model_bucket(model, path, True)
