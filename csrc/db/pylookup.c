@@ -186,20 +186,33 @@ static Py_ssize_t bisect(PyObject *keys, const char *k, Py_ssize_t klen, int rig
     return lo;
 }
 
+/* A new reference to field + 1 for an int field; NULL with an exception if it is not one. */
+static PyObject *plus_one(PyObject *field)
+{
+    Py_ssize_t v = field == NULL ? -1 : PyLong_AsSsize_t(field);
+    if (v == -1 && (field == NULL || PyErr_Occurred())) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_AttributeError, "a bucket counter is not set");
+        return NULL;
+    }
+    return PyLong_FromSsize_t(v + 1);
+}
+
+/* *slot = next, which the slot takes over. */
+static void replace(PyObject **slot, PyObject *next)
+{
+    PyObject *was = *slot;
+    *slot = next;
+    Py_XDECREF(was);
+}
+
 /* *slot += 1 for an int field; -1 with an exception if it is not one. */
 static int increment(PyObject **slot)
 {
-    Py_ssize_t v = *slot == NULL ? -1 : PyLong_AsSsize_t(*slot);
-    if (v == -1 && (*slot == NULL || PyErr_Occurred())) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_AttributeError, "a bucket counter is not set");
-        return -1;
-    }
-    PyObject *next = PyLong_FromSsize_t(v + 1), *was = *slot;
+    PyObject *next = plus_one(*slot);
     if (next == NULL)
         return -1;
-    *slot = next;
-    Py_DECREF(was);
+    replace(slot, next);
     return 0;
 }
 
@@ -279,13 +292,7 @@ static int fast_put(lookup_object *o, PyObject *self, PyObject *key, PyObject *v
     }
     /* The new count is made first: failing after the entry went in would leave the bucket
      * counting one key less than its tree holds, and a commit would write that. */
-    Py_ssize_t count = o->count == NULL ? -1 : PyLong_AsSsize_t(o->count);
-    if (count == -1) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_AttributeError, "a bucket counter is not set");
-        return -1;
-    }
-    PyObject *next_count = PyLong_FromSsize_t(count + 1);
+    PyObject *next_count = plus_one(o->count);
     if (next_count == NULL)
         return -1;
     if (increment(&o->mods) < 0 || list_insert(keys, i, key) < 0) {
@@ -297,9 +304,7 @@ static int fast_put(lookup_object *o, PyObject *self, PyObject *key, PyObject *v
         Py_DECREF(next_count);
         return -1;
     }
-    PyObject *was = o->count;
-    o->count = next_count;
-    Py_DECREF(was);
+    replace(&o->count, next_count);
     if (n + 1 > o->split_entries) {
         PyObject *r = PyObject_CallMethodObjArgs(self, split_name, key, NULL);
         if (r == NULL)

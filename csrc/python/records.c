@@ -133,7 +133,7 @@ static int records_traverse(records_object *self, visitproc visit, void *arg)
 
 static void records_dealloc(records_object *self)
 {
-    PyTypeObject *type = Py_TYPE(self);
+    PyTypeObject *type = Py_TYPE((PyObject *)self);
     PyObject_GC_UnTrack(self);
     records_release(self);
     Py_CLEAR(self->result);
