@@ -44,6 +44,7 @@ from keyval.raft.snapdata import FileData
 from keyval.raft.storage import RaftStorage
 
 MAX_SESSIONS = 2  # in the model test: fewer than its three clients
+SEGMENT = 2**20  # 1 MiB WAL segments, not 64: each open log writes its next one out ahead
 keys = st.sampled_from([b"a", b"b", b"c", b"key-" + b"k" * 40])
 values = st.binary(max_size=60)
 
@@ -626,7 +627,7 @@ def test_a_node_restores_its_snapshot_again_over_a_restore_cut_short(tmp_path):
         source.apply(Entry(i, 1, Command(PUT, 0, 0, b"k%d" % i, b"v" * 100).encode()))
     data = bytes(source.snapshot())
     source.close()
-    with RaftStorage(str(tmp_path / "raft")) as storage:
+    with RaftStorage(str(tmp_path / "raft"), segment_size=SEGMENT) as storage:
         storage.save_snapshot(Snapshot(200, 1, data))
         sm = KVStateMachine(str(tmp_path / "kv.db"))
         update, commits = sm._db.update, []

@@ -17,6 +17,8 @@ from keyval.raft.entrycache import EntryCache
 from keyval.raft.records import Entry, Snapshot
 from keyval.raft.storage import RaftStorage
 
+SEGMENT = 2**20  # 1 MiB WAL segments, not 64: each open log writes its next one out ahead
+
 
 def _read(fn, *args):
     try:
@@ -40,7 +42,7 @@ def _check_reads(cache: EntryCache, st: RaftStorage) -> None:
 @pytest.mark.parametrize("seed", range(6))
 def test_reads_match_the_storage(tmp_path, seed: int) -> None:
     rng = random.Random(seed)
-    st = RaftStorage(str(tmp_path / "raft"))
+    st = RaftStorage(str(tmp_path / "raft"), segment_size=SEGMENT)
     cache = EntryCache(st, max_entries=rng.choice([3, 7, 50]), max_bytes=rng.choice([40, 10_000]))
     term = 1
     try:
@@ -70,7 +72,7 @@ def test_reads_match_the_storage(tmp_path, seed: int) -> None:
 
 def test_served_from_memory(tmp_path) -> None:
     """Entries just written are read without touching the storage's entries()."""
-    st = RaftStorage(str(tmp_path / "raft"))
+    st = RaftStorage(str(tmp_path / "raft"), segment_size=SEGMENT)
     try:
         entries = [Entry(i, 1, b"x%d" % i) for i in range(1, 6)]
         st.append(entries)
@@ -94,7 +96,7 @@ def test_served_from_memory(tmp_path) -> None:
 def test_a_snapshot_that_drops_the_log(tmp_path) -> None:
     """After a snapshot past the log's end (a follower catching up), the old entries are not
     served, and entries written after it are."""
-    st = RaftStorage(str(tmp_path / "raft"))
+    st = RaftStorage(str(tmp_path / "raft"), segment_size=SEGMENT)
     try:
         cache = EntryCache(st)
         old = [Entry(i, 1, b"old") for i in range(1, 4)]

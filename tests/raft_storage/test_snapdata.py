@@ -30,6 +30,7 @@ from keyval.raft.storage import RaftStorage
 
 BIG = 32 << 20  # a snapshot far bigger than the memory the streamed paths may use
 MEMORY_BOUND = 6 << 20  # peak Python allocations allowed while streaming BIG (chunk buffers)
+SEGMENT = 2**20  # 1 MiB WAL segments, not 64: each open log writes its next one out ahead
 
 
 def file_data(tmp_path, data: bytes, offset: int = 0) -> FileData:
@@ -162,7 +163,7 @@ def peak_while(fn) -> int:
 
 
 def test_the_leader_reads_a_stored_snapshot_a_chunk_at_a_time(tmp_path):
-    with RaftStorage(str(tmp_path / "node")) as storage:
+    with RaftStorage(str(tmp_path / "node"), segment_size=SEGMENT) as storage:
         storage.append([Entry(i, 1, b"e") for i in range(1, 11)])
         digest = xxhash.xxh3_64()
         buffer = FileBuffer(str(tmp_path))
@@ -211,7 +212,7 @@ def test_a_follower_receives_saves_and_restores_a_snapshot_in_bounded_memory(tmp
     for chunk in pseudo_random_chunks(total, chunk_size, seed=9):
         expected.update(chunk)
     sent: list[Message] = []
-    with RaftStorage(str(tmp_path / "follower")) as storage:
+    with RaftStorage(str(tmp_path / "follower"), segment_size=SEGMENT) as storage:
         machine = StreamingMachine()
         node = Node(Config(id=2, peers=(1, 2, 3)), storage, machine, send=sent.append)
 
@@ -228,5 +229,5 @@ def test_a_follower_receives_saves_and_restores_a_snapshot_in_bounded_memory(tmp
         assert sent[-1].type is MsgType.APP_RESP and sent[-1].index == 500
         names = os.listdir(os.path.join(storage.path, "snap"))
         assert names == [snapfile.file_name(500, 3)]  # the received data left no other file
-    with RaftStorage(str(tmp_path / "follower")) as storage:
+    with RaftStorage(str(tmp_path / "follower"), segment_size=SEGMENT) as storage:
         assert storage.snapshot().data == b"".join(pseudo_random_chunks(total, chunk_size, 9))
