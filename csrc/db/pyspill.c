@@ -227,10 +227,8 @@ static PyObject *py_seal_leaves(PyObject *module, PyObject *const *args, Py_ssiz
         }
     }
     /* Each page allocates five objects of collected types (node, tuples, run), none of which
-     * can be part of a cycle. Counted, they set off a collection every 140 pages, and now and
-     * then a full one that walks the whole heap (14 ms beside a 1M-key list, once per 1M-key
-     * load); so the collector waits until this call is over. */
-    int collecting = PyGC_Disable();
+     * can be part of a cycle; Tx.commit keeps the collector waiting for the whole commit, so
+     * they set off no collection. */
     /* Back to front, so a splice leaves the indices below it valid; stop at the first child
      * left to spill, so that pages are allocated in the order the Python loop allocates. */
     Py_ssize_t j = end;
@@ -242,8 +240,6 @@ static PyObject *py_seal_leaves(PyObject *module, PyObject *const *args, Py_ssiz
         if (pages == 0)
             break;
     }
-    if (collecting)
-        PyGC_Enable();
     if (!PyErr_Occurred())
         out = PyLong_FromSsize_t(j);
 done:
