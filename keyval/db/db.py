@@ -80,6 +80,48 @@ def _pread(fd: int, n: int, offset: int) -> bytes:
     return bytes(view[:got])
 
 
+def _temporary(path: str, kind: str) -> str:
+    """The name under which this process builds ``path`` (``kind``: creating, compacting)."""
+    directory, base = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".{base}.{os.getpid()}.{kind}")
+
+
+def _remove_stale(path: str, kind: str) -> None:
+    """Remove what other processes that died while building ``path`` left behind.
+
+    A temporary (see _temporary) is stale when the process named in it is gone and nobody
+    holds its lock: its builder holds one from the start (another PID namespace sharing the
+    directory may see a live builder's process as gone, not its lock). This process's own
+    leftover is the caller's to handle. Errors are ignored: a leftover costs only space."""
+    directory, base = os.path.split(os.path.abspath(path))
+    prefix, suffix = f".{base}.", f".{kind}"
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(prefix) and n.endswith(suffix)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix) : -len(suffix)]
+        if not pid.isdigit() or int(pid) == os.getpid() or _process_alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.unlink(os.path.join(directory, name))
+            finally:
+                os.close(fd)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists, as another user
+        return True
+    return True
+
+
 def _create(path: str, page_size: int) -> None:
     """Write a fresh empty database under a temporary name, then move it into place.
 
@@ -87,10 +129,11 @@ def _create(path: str, page_size: int) -> None:
     if ``path`` exists) stands in for rename so two processes creating the same file cannot
     replace each other's.
     """
-    base = os.path.basename(path)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{base}.{os.getpid()}.creating")
+    _remove_stale(path, "creating")
+    tmp = _temporary(path, "creating")
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # so that _remove_stale leaves it alone
         os.pwrite(fd, Meta(page_size, 2, 0, 3, 0).encode(), 0)
         os.pwrite(fd, Meta(page_size, 2, 0, 3, 1).encode(), page_size)
         os.pwrite(fd, build_page(2, TYPE_LEAF, 0, b"", page_size), 2 * page_size)
@@ -531,14 +574,15 @@ class DB:
         Reads one snapshot, so it runs beside the writer. ``dst_path`` must not exist (or be
         empty). The copy is built under a temporary name in the same directory, committed in
         batches, and moved into place once complete: ``dst_path`` appears whole or not at all
-        (a failure leaves nothing behind).
+        (a failure leaves nothing behind; what a killed compact of another process left is
+        removed by the next compact to the same name).
         """
         dst_path = os.fspath(dst_path)
         replace = os.path.exists(dst_path)
         if replace and os.path.getsize(dst_path) > 0:
             raise FileExistsError(errno.EEXIST, "compact() destination exists", dst_path)
-        directory = os.path.dirname(os.path.abspath(dst_path))
-        tmp = os.path.join(directory, f".{os.path.basename(dst_path)}.{os.getpid()}.compacting")
+        _remove_stale(dst_path, "compacting")
+        tmp = _temporary(dst_path, "compacting")
         # Left by a compact of this process id that crashed (a restarted container gets the same
         # id): opening it would merge its stale contents into the copy. Removed, not reused.
         with contextlib.suppress(FileNotFoundError):

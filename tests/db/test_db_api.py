@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -530,6 +533,43 @@ def test_compact_into_an_empty_file_and_a_failed_compact_leaves_nothing(
     with pytest.raises(Stop):
         db.compact(tmp_path / "failed.db")
     assert sorted(os.listdir(tmp_path)) == sorted(["empty.db", os.path.basename(path)])
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_what_dead_processes_left_while_building_a_file_is_removed_and_nothing_else(db, tmp_path):
+    # A process killed while it created a database or compacted into one leaves a temporary
+    # named after it; nothing removed those of other processes, so each crash leaked a file
+    # (a whole copy of the database, for compact). Stale: its process is gone and nobody holds
+    # its lock. A builder that is alive, or holds the lock (as one in another PID namespace,
+    # whose process looks gone from here, does), keeps its file.
+    fill(db, 50)
+    dead, dead_locked = _dead_pid(), _dead_pid()
+    names = {
+        "dead": f".copy.db.{dead}.compacting",
+        "alive": f".copy.db.{os.getppid()}.compacting",
+        "locked": f".copy.db.{dead_locked}.compacting",
+        "other file": f".other.db.{dead}.compacting",
+        "creating, dead": f".new.db.{dead}.creating",
+        "creating, alive": f".new.db.{os.getppid()}.creating",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"left behind")
+    lock = os.open(tmp_path / names["locked"], os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        db.compact(tmp_path / "copy.db")
+        DB(str(tmp_path / "new.db")).close()
+    finally:
+        os.close(lock)
+    left = {what for what, name in names.items() if (tmp_path / name).exists()}
+    assert left == {"alive", "locked", "other file", "creating, alive"}
+    with DB(str(tmp_path / "copy.db")) as out:
+        assert dump(out) == dump(db)
 
 
 def test_compact_does_not_merge_what_a_crashed_compact_left_behind(db, tmp_path):
