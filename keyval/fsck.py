@@ -67,10 +67,12 @@ def _db_checker():
 def kind_of(path: str) -> str | None:
     """What keyval thing lives at ``path``: "server" (a ``keyval serve`` data directory),
     "node" (a Raft node's directory), "wal", "db", or None."""
-    from keyval.raft.check import is_node_dir
+    from keyval.raft.check import SERVER_NODE_SUBDIR, is_node_dir
     from keyval.wal.check import is_wal_dir
 
-    if is_node_dir(os.path.join(path, "raft")) and os.path.isfile(os.path.join(path, "kv.db")):
+    if is_node_dir(os.path.join(path, SERVER_NODE_SUBDIR)) and os.path.isfile(
+        os.path.join(path, "kv.db")
+    ):
         return "server"
     if is_node_dir(path):
         return "node"
@@ -96,11 +98,13 @@ def check_path(path: str, repair: bool = False) -> Report:
         elif kind == "db":
             report.problems = _db_checker().check_file(path)
         elif kind == "server":
+            from keyval.raft.check import SERVER_NODE_SUBDIR
+
             # kv.db is checked as the database it must be, not by its looks: one whose meta
             # pages are gone is corrupt, not "not a keyval file".
             kv = Report(path=os.path.join(path, "kv.db"), kind="db")
             kv.problems = _db_checker().check_file(kv.path)
-            for part in (check_path(os.path.join(path, "raft"), repair), kv):
+            for part in (check_path(os.path.join(path, SERVER_NODE_SUBDIR), repair), kv):
                 if part.error:
                     raise KeyvalError(part.error)
                 report.problems += part.problems

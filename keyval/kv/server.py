@@ -53,6 +53,7 @@ from keyval.kv.state import (
 )
 from keyval.kv.transport import Transport
 from keyval.raft import messages
+from keyval.raft.check import SERVER_NODE_SUBDIR
 from keyval.raft.core import Config
 from keyval.raft.node import Node
 from keyval.raft.storage import ENTRY_OVERHEAD, RaftStorage
@@ -98,7 +99,9 @@ class Server:
         self.peers = peers
         self.data_dir = data_dir
         os.makedirs(data_dir, exist_ok=True)
-        self.storage = RaftStorage(os.path.join(data_dir, "raft"), segment_size=segment_size)
+        self.storage = RaftStorage(
+            os.path.join(data_dir, SERVER_NODE_SUBDIR), segment_size=segment_size
+        )
         try:
             # The limit in force is the one the log sets (a leader sets its own before its
             # term's first write; see KVService), the same on every node whatever each is

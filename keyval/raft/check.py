@@ -18,11 +18,23 @@ from keyval.raft.storage import DB_FILE, SNAP_DIR, WAL_DIR, replay_state
 from keyval.wal import WAL
 from keyval.wal.check import check_dir
 
+# Where a directory that is not a node directory itself may hold one: ``keyval serve --data``
+# keeps its node there (keyval.kv.server), beside its key/value database.
+SERVER_NODE_SUBDIR = "raft"
+
 
 def is_node_dir(path: str) -> bool:
     return os.path.isdir(os.path.join(path, WAL_DIR)) and os.path.isfile(
         os.path.join(path, DB_FILE)
     )
+
+
+def node_dir_of(path: str) -> str | None:
+    """The node directory ``path`` is or holds (see SERVER_NODE_SUBDIR), or None."""
+    if is_node_dir(path):
+        return path
+    inner = os.path.join(path, SERVER_NODE_SUBDIR)
+    return inner if is_node_dir(inner) else None
 
 
 def _finding(message: str, path: str, offset: int | None = None, repairable: bool = False):

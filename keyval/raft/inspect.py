@@ -2,6 +2,7 @@
 
 Hard state, log range, snapshots and WAL segments with their sizes, read without writing
 anything (the WAL is opened for checking only), so it is safe on a stopped node's directory.
+NODE_DIR may also be the data directory of ``keyval serve``, which keeps the node in ``raft/``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from keyval.db import DB
 from keyval.errors import KeyvalError
 from keyval.raft import snapfile
-from keyval.raft.check import is_node_dir
+from keyval.raft.check import node_dir_of
 from keyval.raft.storage import DB_FILE, SNAP_DIR, WAL_DIR, replay_state
 from keyval.wal import WAL
 
@@ -103,11 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("node_dir")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    if not is_node_dir(args.node_dir):
+    node_dir = node_dir_of(args.node_dir)
+    if node_dir is None:
         print(f"keyval inspect: {args.node_dir} is not a node data directory", file=sys.stderr)
         return 2
     try:
-        info = describe(args.node_dir)
+        info = describe(node_dir)
     except (KeyvalError, OSError) as exc:
         print(f"keyval inspect: {exc}", file=sys.stderr)
         return 1

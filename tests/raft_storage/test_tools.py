@@ -34,6 +34,19 @@ def test_inspect_reports_hard_state_log_snapshot_and_segments(node_dir, capsys):
     assert "commit 150" in capsys.readouterr().out
 
 
+def test_inspect_takes_the_data_directory_of_keyval_serve(tmp_path, capsys):
+    # keyval serve --data DIR keeps its node in DIR/raft; inspect refused DIR itself, the
+    # directory a user has named (fsck took it).
+    data = tmp_path / "data"
+    with RaftStorage(str(data / "raft"), segment_size=8192) as st:
+        st.save(HardState(2, 1, 7), [Entry(i, 2, b"x") for i in range(1, 11)])
+    assert keyval(["inspect", str(data), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["path"] == str(data / "raft")
+    assert info["hard_state"] == {"term": 2, "vote": 1, "commit": 7}
+    assert info["log"] == {"first_index": 1, "last_index": 10, "entries": 10}
+
+
 def test_inspect_refuses_what_is_not_a_node_directory(tmp_path):
     assert keyval(["inspect", str(tmp_path)]) == 2
 
