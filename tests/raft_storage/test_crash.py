@@ -123,7 +123,7 @@ import keyval.wal.log as wal_log
 from keyval.raft.records import Entry, Snapshot
 from keyval.raft.storage import RaftStorage
 
-st = RaftStorage(sys.argv[1])
+st = RaftStorage(sys.argv[1], segment_size=1 << 20)
 st.append([Entry(i, 2, b"old%d" % i) for i in range(1, 21)])
 st.append([Entry(15, 3, b"new15"), Entry(16, 3, b"new16")])  # replaces 15..20
 # The process dies after the snapshot is checkpointed, before the WAL is compacted.
@@ -150,7 +150,7 @@ def test_entries_a_conflict_replaced_stay_gone_when_compaction_is_cut_short(tmp_
     done = subprocess.run([sys.executable, "-c", child, path], timeout=60)
     assert done.returncode == 9
     snap = 16 + after
-    with RaftStorage(path) as st:
+    with RaftStorage(path, segment_size=1 << 20) as st:
         assert (st.first_index, st.last_index) == (snap + 1, snap)
         assert st.term(snap) == 3
     assert fsck([path]) == 0

@@ -75,13 +75,13 @@ def test_small_durable_appends_go_straight_to_the_device(tmp_path):
     except OSError:
         return  # e.g. tmpfs: the buffered path, which every other test covers
     os.close(fd)
-    with WAL(tmp_path / "log", sync="always") as wal:
+    with WAL(tmp_path / "log", segment_size=1 << 20, sync="always") as wal:
         for i in range(200):
             wal.append(b"%d" % i * 10)
         stats = wal.stats()
         assert stats["direct_writes"] == 200  # across a block boundary too (two blocks)
         assert [wal.read(s) for s in (1, 200)] == [b"0" * 10, b"199" * 10]
-    with WAL(tmp_path / "log", sync="none") as wal:
+    with WAL(tmp_path / "log", segment_size=1 << 20, sync="none") as wal:
         for _ in range(400):
             wal.append(b"x")  # 400 records of 24 bytes: 3 blocks
         wal.sync()

@@ -136,14 +136,14 @@ def test_truncate_front_past_unsynced_records_leaves_a_log_that_opens(wal_dir):
     child = (
         "import os, signal\n"
         "from keyval.wal import WAL\n"
-        f"wal = WAL({wal_dir!r}, sync='none')\n"
+        f"wal = WAL({wal_dir!r}, segment_size=1 << 20, sync='none')\n"
         "for i in range(1, 101): wal.append(b'%d' % i)\n"
         "wal.truncate_front(60)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     done = subprocess.run([sys.executable, "-c", child], timeout=60)
     assert done.returncode == -signal.SIGKILL
-    with WAL(wal_dir, sync="none") as wal:
+    with WAL(wal_dir, segment_size=1 << 20, sync="none") as wal:
         assert wal.first_seq == 60
         assert [(s, p) for s, _, p in wal.replay()] == [(i, b"%d" % i) for i in range(60, 101)]
 
@@ -153,7 +153,7 @@ def test_close_raises_when_a_background_sync_failed_and_no_call_said_so(wal_dir)
     sync that fails tells nobody. close() is the caller's last chance to hear that what it
     appended is not durable; it raises, naming the records. (A failure a call already raised
     is not raised again.)"""
-    wal = WAL(wal_dir, sync="interval", sync_interval=0.01)
+    wal = WAL(wal_dir, segment_size=1 << 20, sync="interval", sync_interval=0.01)
     wal.inject_fault("fsync", errno.EIO)
     for i in range(1, 6):
         wal.append(payload(i))
@@ -167,7 +167,7 @@ def test_close_raises_when_a_background_sync_failed_and_no_call_said_so(wal_dir)
     assert info.value.__cause__.errno == errno.EIO
     wal.close()  # closed now: nothing more to say
 
-    told = WAL(wal_dir + "-told", sync="none")
+    told = WAL(wal_dir + "-told", segment_size=1 << 20, sync="none")
     told.append(b"x")
     told.inject_fault("fsync", errno.EIO)
     with pytest.raises(ReadOnlyError):

@@ -15,6 +15,9 @@
 
 #define THREADS 3
 #define MAX_ACKS 2000000
+/* Bytes a "rotate" round appends at most: ~64 rotations of 1 MiB segments. Bounded by time
+ * alone, the rounds wrote 2 GB per run on a fast disk. */
+#define ROTATE_BUDGET (64ull << 20)
 
 typedef struct {
     uint64_t seq;
@@ -28,6 +31,7 @@ static int close_mode;
 static ack acks[THREADS][MAX_ACKS];
 static size_t nacks[THREADS];
 static atomic_int bad;
+static atomic_ullong appended;
 
 static void *appender(void *arg)
 {
@@ -35,6 +39,8 @@ static void *appender(void *arg)
     static __thread char buf[2048];
     for (uint32_t i = 0; !stop && nacks[t] < MAX_ACKS; i++) {
         uint32_t len = close_mode ? 100 + 8 * (uint32_t)t : 60 + 300 * (uint32_t)t;
+        if (!close_mode && atomic_fetch_add(&appended, len) >= ROTATE_BUDGET)
+            break;
         unsigned char fill = (unsigned char)(i * 7 + t);
         memset(buf, fill, len);
         int64_t seq = kv_wal_append(w, 0, buf, len);
@@ -75,13 +81,14 @@ int main(int argc, char **argv)
     for (int round = 0; round < rounds; round++) {
         if (remove_dir(dir))
             return 2;
-        kv_options o = {.segment_size = close_mode ? 1u << 20 : 4u << 20,
+        kv_options o = {.segment_size = 1u << 20,
                         .sync_mode = KV_SYNC_NONE,
                         .buffer_size = 4096};
         w = open_log(dir, &o, "open");
         if (!w)
             return 1;
         stop = 0;
+        appended = 0;
         memset(nacks, 0, sizeof nacks);
         pthread_t th[THREADS];
         for (long t = 0; t < THREADS; t++)
