@@ -565,6 +565,12 @@ class RaftCore:
             self._handle_snapshot_response(m, pr)
 
     def _handle_append_response(self, m: Message, pr: Progress) -> None:
+        if m.index > self.log.last_index():
+            # About entries this leader never had, so never sent: not an answer to any append
+            # of its (a peer cannot match past the leader's log). Taken, it set the peer's next
+            # index past the log, and the next append to it failed: one such frame, spoofed
+            # by anything that can reach the port, stopped the leader. Dropped, as if lost.
+            return
         if m.reject:
             if pr.state is ProgressState.SNAPSHOT:
                 return

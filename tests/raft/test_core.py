@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keyval.errors import NotLeader
 from keyval.raft.core import Config, RaftCore, Role
@@ -474,3 +476,78 @@ def test_a_partly_received_snapshot_is_let_go_once_the_log_commits_past_it():
     p[2].step(Message(MsgType.HEARTBEAT, 2, 1, 2, commit=55))
     p.flush(2)
     assert live == set() and p[2]._snap_receipt is None
+
+
+# -- messages no honest peer sends ----------------------------------------------------------------
+
+
+def test_an_append_response_past_the_leaders_log_is_dropped():
+    # Nothing authenticates a peer: anything that reaches the port can send a HELLO with a
+    # peer's id and then any Raft message. One acknowledging an index past the leader's log
+    # set that peer's next index past it, and the next append to it raised: the leader
+    # process stopped, and the same frame to the next leader stopped that one too.
+    p = Peers(3)
+    p.elect(1)
+    p[1].propose(b"a")
+    p.stabilize()
+    last = p[1].log.last_index()
+    for index in (last + 1, 10**6):
+        p[1].step(Message(MsgType.APP_RESP, 1, 2, p[1].term, index=index))
+        assert p.flush(1) == []
+        assert (p[1].prs[2].match, p[1].prs[2].next) == (last, last + 1)
+    p[1].propose(b"b")  # and replication to 2 goes on
+    p.stabilize()
+    assert p.applied[1][-1].data == b"b"
+    assert p[2].log.last_index() == last + 1
+
+
+@st.composite
+def hostile_messages(draw, core, target: int):
+    """Messages that decode (every field in range) but that no honest peer need send."""
+    last, term = core.log.last_index(), core.term
+    index = st.sampled_from([0, 1, max(0, last - 1), last, last + 1, last + 5, 10**6])
+    kind = draw(st.sampled_from(list(MsgType)))
+    at = draw(index)
+    entry_term = draw(st.sampled_from([1, term, term + 1]))
+    entries = tuple(Entry(at + 1 + j, entry_term, b"e") for j in range(draw(st.integers(0, 3))))
+    chunk = None
+    if kind in (MsgType.SNAP, MsgType.SNAP_RESP):
+        chunk = SnapshotChunk(
+            draw(index),
+            draw(st.sampled_from([0, 1, term])),
+            draw(st.integers(0, 400)),
+            draw(st.sampled_from([0, 300, 400])),
+            bytes(draw(st.integers(0, 120))),
+        )
+    return Message(
+        kind,
+        to=target,
+        frm=draw(st.sampled_from([i for i in (1, 2, 3) if i != target] * 3 + [99])),
+        term=draw(st.sampled_from([max(0, term - 1), term, term, term + 1])),
+        log_term=draw(st.sampled_from([0, 1, term, term + 1])),
+        index=at,
+        entries=entries,
+        commit=draw(index),
+        reject=draw(st.booleans()),
+        hint_index=draw(index),
+        chunk=chunk,
+        context=draw(st.sampled_from([b"", b"ctx", bytes(8)])),
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.data(), st.sampled_from([1, 2, 3]), st.integers(0, 6), st.booleans())
+def test_no_message_that_decodes_makes_a_core_raise(data, target, proposals, lagging):
+    # Leader, follower or a follower left behind, each handed a few messages built to be
+    # wrong (indexes past the log, terms from the past and future, stray chunks and
+    # responses, unknown senders): each is handled or dropped, never an exception, which
+    # the node driver treats as a storage failure and stops the node for.
+    p = Peers(3)
+    p.elect(1)
+    for k in range(proposals):
+        p[1].propose(b"x%d" % k)
+    p.stabilize(cut={3} if lagging else set())
+    core = p[target]
+    for _ in range(data.draw(st.integers(1, 4))):
+        core.step(data.draw(hostile_messages(core, target)))
+        p.flush(target)
