@@ -39,7 +39,7 @@ import time
 from keyval.db.page import MAX_KEY_SIZE
 from keyval.errors import ClosedError, MessageDecodeError, NotLeader
 from keyval.kv import protocol
-from keyval.kv.frames import KIND_RAFT, FrameError
+from keyval.kv.frames import KIND_RAFT, KIND_REQUEST, FrameError
 from keyval.kv.service import KVService
 from keyval.kv.state import (
     CLIENT_OPS,
@@ -370,6 +370,10 @@ class Server:
     # -- client requests --------------------------------------------------------------------
 
     def _on_request(self, kind: int, payload: bytes, respond) -> bytes | None:
+        if kind != KIND_REQUEST:
+            # The transport hands over whatever a connection without a HELLO sends; a Raft
+            # message there was read as a client's WRITE (its version byte is WRITE's code).
+            raise FrameError(f"frame kind {kind} on a client connection")
         if not payload:
             return bytes([protocol.BAD_REQUEST]) + b"empty request"
         op, body = payload[0], payload[1:]

@@ -178,6 +178,39 @@ def test_a_hello_from_a_node_that_is_not_a_peer_closes_only_that_connection(clus
     _all_serving(servers)
 
 
+def test_a_frame_other_than_a_request_closes_a_client_connection_and_changes_nothing(cluster):
+    # Every kind but HELLO and RESPONSE was served as a request: a RAFT frame carrying a PUT
+    # was applied.
+    servers, client = cluster()
+    client.put(b"k", b"before")
+    leader = next(s for s in servers.values() if s.node.is_leader)
+    put = bytes([protocol.WRITE]) + encode_command(PUT, 0, 0, b"k", b"smuggled")
+    for kind in (KIND_RAFT, 0, 255):
+        with socket.create_connection(leader.peers[leader.node_id], timeout=10) as sock:
+            sock.sendall(encode(kind, put))
+            assert sock.recv(1) == b""  # closed, not answered
+    assert client.get(b"k") == b"before"
+    _all_serving(servers)
+
+
+def test_a_spoofed_append_response_stops_no_leader(cluster):
+    # A HELLO with a peer's id, then an APP_RESP acknowledging an index past the leader's log:
+    # the leader stopped, and the same frame sent to the next leader stopped that one too.
+    servers, client = cluster()
+    client.put(b"k", b"1")
+    for _ in range(2):
+        leader = next(s for s in servers.values() if s.node.is_leader)
+        peer = next(i for i in servers if i != leader.node_id)
+        lie = Message(MsgType.APP_RESP, leader.node_id, peer, leader.node.term, index=10**6)
+        with socket.create_connection(leader.peers[leader.node_id], timeout=10) as sock:
+            sock.sendall(
+                encode(KIND_HELLO, HELLO.pack(peer)) + encode(KIND_RAFT, messages.encode(lie))
+            )
+        client.put(b"k", b"2")  # answered by a leader that went on
+    assert client.get(b"k") == b"2"
+    _all_serving(servers)
+
+
 def test_the_longest_command_fits_the_smallest_segment(cluster):
     servers, client = cluster()  # every node on MIN_SEGMENT_SIZE
     key, value = b"K" * MAX_KEY_SIZE, bytes(range(256)) * (MAX_VALUE // 256)
