@@ -29,9 +29,11 @@ to send, and after a failure reconnects with exponential back-off (capped, with 
 nodes restarted together do not retry in lockstep). Frames handed to a connection that then fails
 may be lost; frames on one live connection arrive in the order sent.
 
-A malformed or oversized frame (:class:`~keyval.kv.frames.FrameError`), a bad HELLO, or an
-exception from a callback closes that one connection with one log line; other connections, the
-listener and the senders carry on. The listener binds to 127.0.0.1 unless told otherwise.
+A malformed or oversized frame (:class:`~keyval.kv.frames.FrameError`), a bad HELLO, a frame
+not received whole within ``frame_timeout`` (10 s) of its first byte (or of the connection's
+start, for the first one), or an exception from a callback closes that one connection with one
+log line; other connections, the listener and the senders carry on. Between frames a connection
+may stay idle without limit. The listener binds to 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -191,6 +193,7 @@ class Transport:
         connect_timeout: float = 1.0,
         write_timeout: float = 5.0,
         max_connections: int = 256,
+        frame_timeout: float = 10.0,
     ):
         self.node_id = node_id
         self.listen = listen
@@ -203,6 +206,7 @@ class Transport:
         self.connect_timeout = connect_timeout
         self.write_timeout = write_timeout
         self.max_connections = max_connections
+        self.frame_timeout = frame_timeout
         self._links = {
             pid: _PeerLink(pid, addr, queue_size)
             for pid, addr in (peers or {}).items()
@@ -492,16 +496,32 @@ class Transport:
         peer_id: int | None = None
         client = False
         pending: _Response | None = None  # the last request's, until its answer is out
+        # A connection must bring its first frame, and every frame it starts, within
+        # frame_timeout: each one open holds a thread and one of max_connections, and 256 that
+        # sent a byte and then nothing locked every client out of the node for as long as they
+        # stayed. Between whole frames it may be idle for ever (a client between requests).
+        due: float | None = time.monotonic() + self.frame_timeout
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(None)  # close() wakes the read with shutdown()
             while not self._stop.is_set():
+                if due is not None:
+                    left = due - time.monotonic()
+                    if left <= 0 or not poller.poll(left * 1000):
+                        raise FrameError(
+                            f"no complete frame within {self.frame_timeout:g} s"
+                            f" ({decoder.buffered} bytes of one received)"
+                        )
                 data = sock.recv(RECV_SIZE)
                 if not data:
                     return
                 self._count("bytes_received", len(data))
                 batch: list[tuple[int, bytes]] = []
+                complete = 0
                 for kind, payload in decoder.feed(data):
+                    complete += 1
                     if peer_id is None and not client:
                         if kind == KIND_HELLO:
                             if len(payload) != HELLO.size:
@@ -536,6 +556,8 @@ class Transport:
                             self.on_frame(peer_id, kind, payload)
                 if batch:
                     self.on_frames(peer_id, batch)
+                if complete or due is None:  # a frame was begun: its own time starts now
+                    due = time.monotonic() + self.frame_timeout if decoder.buffered else None
         except FrameError as e:
             log.warning("transport %d: closing connection from %s: %s", self.node_id, name, e)
             self._count("errors")

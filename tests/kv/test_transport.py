@@ -315,6 +315,31 @@ def test_close_stops_every_thread_promptly(transports):
     idle_client.close()
 
 
+def test_a_connection_that_stalls_mid_frame_is_closed_and_frees_its_slot(transports):
+    # 256 connections that sent a byte and then nothing held every slot: clients were
+    # refused for as long as they stayed open. Each frame (the first too) must now arrive
+    # whole within frame_timeout; between frames a connection may idle as long as it likes.
+    b = transports(
+        2, on_request=lambda k, p, respond: p.upper(), max_connections=3, frame_timeout=0.3
+    )
+    silent = raw_connect(b)  # never sends
+    stalled = raw_connect(b)
+    stalled.sendall(encode(KIND_REQUEST, b"never finished")[:7])
+    idle = raw_connect(b)
+    idle.sendall(encode(KIND_REQUEST, b"one"))
+    assert read_frames(idle, 1) == [Frame(KIND_RESPONSE, b"ONE")]
+    assert closed_by_server(silent) and closed_by_server(stalled)
+    time.sleep(0.5)  # idle between frames for longer than frame_timeout: that is allowed
+    idle.sendall(encode(KIND_REQUEST, b"two"))
+    assert read_frames(idle, 1) == [Frame(KIND_RESPONSE, b"TWO")]
+    newcomer = raw_connect(b)  # a freed slot
+    newcomer.sendall(encode(KIND_REQUEST, b"three"))
+    assert read_frames(newcomer, 1) == [Frame(KIND_RESPONSE, b"THREE")]
+    for sock in (silent, stalled, idle, newcomer):
+        sock.close()
+    assert b.stats()["connections_refused"] == 0
+
+
 class _SpawnLateTransport(Transport):
     """The reader of an accepted connection starts only once close() has begun, and ends only
     after the accept loop has: close() must wait for a thread it did not see at first."""
