@@ -189,7 +189,7 @@ static int list_directory(kv_wal *w, kv_error *err, int *has_bounds)
         break;
     }
     closedir(d);
-    if (!bad)
+    if (!bad && w->nsegs > 1) /* segs is NULL when there are none: no qsort(NULL, 0) */
         qsort(w->segs, w->nsegs, sizeof *w->segs, cmp_seg);
     return bad;
 }
@@ -921,18 +921,23 @@ int kv_wal_truncate_back(kv_wal *w, uint64_t seq)
     w->cutting++;
     while (w->appenders > 0)
         pthread_cond_wait(&w->cv, &w->mu);
-    rc = mutable_locked(w);
-    if (rc || seq + 1 >= w->next_seq)
-        goto done;
-    if (seq + 1 < w->front) {
-        kv_set_error(&w->last_err, KV_ERANGE, 0, w->dir, -1,
-                     "truncate_back(%llu) is before the start of the log (first seq %llu)",
-                     (unsigned long long)seq, (unsigned long long)w->front);
-        rc = -KV_ERANGE;
-        goto done;
-    }
-    /* Everything appended is written first, so that nothing buffered lands after the cut. */
-    while (w->buf_len > 0 || w->io_busy || w->written_seq < w->next_seq - 1) {
+    /* Everything appended is written first, so that nothing buffered lands after the cut.
+     * A flush frees the mutex: another truncation may move the bounds meanwhile, so they are
+     * checked again after each one (cutting with bounds checked before it read outside a
+     * segment's offsets, zeroed a segment header, or left the front past the end). */
+    for (;;) {
+        rc = mutable_locked(w);
+        if (rc || seq + 1 >= w->next_seq)
+            goto done;
+        if (seq + 1 < w->front) {
+            kv_set_error(&w->last_err, KV_ERANGE, 0, w->dir, -1,
+                         "truncate_back(%llu) is before the start of the log (first seq %llu)",
+                         (unsigned long long)seq, (unsigned long long)w->front);
+            rc = -KV_ERANGE;
+            goto done;
+        }
+        if (!(w->buf_len > 0 || w->io_busy || w->written_seq < w->next_seq - 1))
+            break; /* from here on the mutex is held until the cut is done */
         rc = kv_flush_locked(w, 0, 0, 0);
         if (rc)
             goto done;

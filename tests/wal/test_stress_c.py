@@ -49,13 +49,15 @@ def test_acknowledged_appends_survive_racing_rotation_and_close(
     assert run.returncode == 0, run.stderr[-2000:]
 
 
-@pytest.mark.parametrize("mode", ["back", "front"])
+@pytest.mark.parametrize("mode", ["back", "front", "both"])
 def test_truncation_racing_appends_and_reads_neither_hangs_nor_reads_freed_memory(
     cuts_binary, tmp_path, mode
 ):
     # back: an append waiting for its fsync while truncate_back cut its record once waited
     # forever, or took another record's seq for its own. front: a read that flushed (freeing
-    # the mutex) used bounds a truncate_front had moved meanwhile (a crash).
+    # the mutex) used bounds a truncate_front had moved meanwhile (a crash). both: the same
+    # mistake in truncate_back, which checked its bounds before its flush (freeing the mutex)
+    # and cut with them after it, when another cut had moved them (found with ASan).
     run = subprocess.run(
         [str(cuts_binary), str(tmp_path / "log"), mode, "5"],
         capture_output=True,

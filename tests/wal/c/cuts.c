@@ -7,6 +7,13 @@
  *   cuts DIR front ROUNDS   a reader while appenders write and another thread truncate_fronts
  *                           (sync "none", so reads flush and free the mutex): every read gives
  *                           whole records or says the seq is gone, never garbage or corruption.
+ *   cuts DIR both ROUNDS    two threads truncate_back to the front while another truncate_fronts
+ *                           to the end, beside appenders and a reader (sync "none"): a cut may
+ *                           find itself out of range (ERANGE), but the log reopens and every
+ *                           record in it is whole. truncate_back checked its bounds before the
+ *                           flush that frees the mutex and cut with them after it: it read
+ *                           outside a segment's offsets, zeroed a segment header, or left a
+ *                           log whose bounds file started past its end.
  *
  * exit 0: all good; 1: a check failed (printed); a hang is caught by the caller's timeout. */
 #include <pthread.h>
@@ -99,6 +106,21 @@ static void *front_cutter(void *arg)
     return NULL;
 }
 
+/* "both": cut everything but the first record, or move the front to the last one. */
+static void *crossing_cutter(void *arg)
+{
+    long front = (long)arg;
+    while (!stop) {
+        int rc = front ? kv_wal_truncate_front(w, kv_wal_next_seq(w) - 1)
+                       : kv_wal_truncate_back(w, kv_wal_first_seq(w));
+        if (rc < 0 && rc != -KV_ERANGE) {
+            fail(front ? "truncate_front failed" : "truncate_back failed", rc);
+            break;
+        }
+    }
+    return NULL;
+}
+
 static void *reader(void *arg)
 {
     static char out[1 << 16];
@@ -136,6 +158,34 @@ static void *reader(void *arg)
     return NULL;
 }
 
+/* "both": the log reopens, and every record in it is whole. */
+static int verify_whole(const char *dir, kv_options *o)
+{
+    kv_wal *r = open_log(dir, o, "reopen");
+    if (!r)
+        return 1;
+    uint64_t first = kv_wal_first_seq(r), last = kv_wal_last_seq(r);
+    int rc = 0;
+    for (uint64_t seq = first; seq && seq <= last && !rc; seq++) {
+        static char out[4096];
+        size_t n, used;
+        int e = kv_wal_read_batch(r, seq, 1, out, sizeof out, &n, &used);
+        uint32_t len;
+        memcpy(&len, out + 8, 4);
+        if (e < 0 || n != 1 || len != RECORD) {
+            fprintf(stderr, "record %llu of %llu..%llu: rc %d, %zu records, length %u\n",
+                    (unsigned long long)seq, (unsigned long long)first,
+                    (unsigned long long)last, e, n, len);
+            rc = 1;
+            break;
+        }
+        for (uint32_t k = 1; k < len && !rc; k++)
+            rc = out[16 + k] != out[16];
+    }
+    close_log(r);
+    return rc;
+}
+
 /* Every acknowledged record that no cut ending after its acknowledgement removed. */
 static int verify(const char *dir, kv_options *o)
 {
@@ -162,7 +212,7 @@ int main(int argc, char **argv)
     if (argc != 4)
         return 2;
     const char *dir = argv[1];
-    int back = strcmp(argv[2], "back") == 0;
+    int back = strcmp(argv[2], "back") == 0, both = strcmp(argv[2], "both") == 0;
     int rounds = atoi(argv[3]);
     for (int round = 0; round < rounds; round++) {
         if (remove_dir(dir))
@@ -176,20 +226,27 @@ int main(int argc, char **argv)
         stop = 0;
         ncuts = 0;
         memset(nacks, 0, sizeof nacks);
-        pthread_t th[APPENDERS + 2];
+        pthread_t th[APPENDERS + 4];
+        int threads = APPENDERS + 2;
         for (long t = 0; t < APPENDERS; t++)
             pthread_create(&th[t], NULL, appender, (void *)t);
-        pthread_create(&th[APPENDERS], NULL, back ? back_cutter : front_cutter, NULL);
-        pthread_create(&th[APPENDERS + 1], NULL, reader, NULL);
+        if (both) {
+            for (long t = 0; t < 3; t++) /* two cut the back, one moves the front */
+                pthread_create(&th[APPENDERS + t], NULL, crossing_cutter, (void *)(long)(t == 2));
+            threads = APPENDERS + 4;
+        } else {
+            pthread_create(&th[APPENDERS], NULL, back ? back_cutter : front_cutter, NULL);
+        }
+        pthread_create(&th[threads - 1], NULL, reader, NULL);
         usleep(300000);
         stop = 1;
-        for (int t = 0; t < APPENDERS + 2; t++)
+        for (int t = 0; t < threads; t++)
             pthread_join(th[t], NULL);
         kv_error e;
         if (kv_wal_close(w, &e) != 0)
             fail(e.msg, 0);
         kv_wal_free(w);
-        if (bad || (back && verify(dir, &o)))
+        if (bad || (back && verify(dir, &o)) || (both && verify_whole(dir, &o)))
             return 1;
     }
     return 0;
