@@ -748,7 +748,7 @@ class Bucket(_Base):
             return False
         # One free run as long as all of them together, below them all: then each finds a
         # place below its old one, whatever the order they are allocated in.
-        if runs and not tx._db._freelist.has_run_below(
+        if runs and not tx._db._freelist.reserve_run_below(
             sum(span for span, _ in runs), min(pgid for _, pgid in runs)
         ):
             return False

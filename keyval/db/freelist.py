@@ -63,6 +63,9 @@ class Freelist:
         self.root = 0
         self.root_span = 0
         self.dirty: set[int] = set()
+        # shrink(): the free run set aside for the multi-page moves a round planned (see
+        # reserve_run_below), as [first page, pages left].
+        self._reserved: list[list[int]] = []
         # This commit's window search: the lowest count a window needs (None: not fixed yet)
         # and the first window still to look at; the free pages of the current window from
         # _window_at on. lowest_first: shrink()'s commits, which want the tail emptied instead.
@@ -194,6 +197,14 @@ class Freelist:
             pgid = free.pop(0)
             self._clear(pgid)
             return pgid, hwm
+        for run in self._reserved:
+            if run[1] >= span:
+                first = run[0]
+                run[0] += span
+                run[1] -= span
+                for p in range(first, first + span):
+                    self._clear(p)
+                return first, hwm
         i = self._find_run(span)
         if i is None:
             return hwm, hwm + span
@@ -212,10 +223,47 @@ class Freelist:
                 return i
         return None
 
-    def has_run_below(self, span: int, pgid: int) -> bool:
-        """Whether allocate() would place a run of ``span`` pages below page ``pgid``."""
+    def reserve_run_below(self, span: int, pgid: int) -> bool:
+        """shrink(): set aside the lowest run of ``span`` free pages, if it lies below page
+        ``pgid``, for the multi-page allocations of this commit; whether there was one.
+
+        Set aside, not only found: the single pages a shrink commit also allocates are the
+        lowest free ones, and took pages of the run before the moves planned on it came to
+        allocate theirs; those then went to the end of the file. Whatever the commit does not
+        use goes back (release_reserved)."""
         i = self._find_run(span)
-        return i is not None and self.free[i] < pgid
+        if i is None or self.free[i] >= pgid:
+            return False
+        first = self.free[i]
+        del self.free[i : i + span]
+        self._reserved.append([first, span])
+        return True
+
+    def release_reserved(self) -> None:
+        for first, left in self._reserved:
+            self.free.update(range(first, first + left))
+        self._reserved.clear()
+
+    def chunks_in_use(self, hwm: int) -> int:
+        """How many chunks would hold a free or pending page were the file ``hwm`` pages long:
+        what a rewrite of the whole freelist of such a file writes, besides its root."""
+        bits, step = self.bits, self.chunk_bytes
+        whole, rest = hwm >> 3, hwm & 7
+        used = 0
+        for start in range(0, min(len(bits), whole + 1), step):
+            body = bits[start : min(start + step, whole)]
+            partial = start <= whole < start + step and whole < len(bits)
+            if body.count(0) != len(body) or (partial and bits[whole] & ((1 << rest) - 1)):
+                used += 1
+        return used
+
+    def free_tail(self, hwm: int) -> int:
+        """How many reusable pages end the file (what trim_tail would cut)."""
+        free = self.free
+        n = 0
+        while n < len(free) and free[-1 - n] == hwm - 1 - n:
+            n += 1
+        return n
 
     def _next_window(self) -> bool:
         """Move on to this commit's next window of free pages; False when none is left.
@@ -253,6 +301,7 @@ class Freelist:
         return True
 
     def _end_commit(self) -> None:
+        self.release_reserved()
         self._window_floor, self._window, self._window_at = None, [], 0
         self.lowest_first = False
 

@@ -145,6 +145,8 @@ class Tx:
         if self._closed:
             return
         self._closed = True
+        if self.writable:
+            self._db._freelist.release_reserved()  # a shrink() round's (see _relocate_tail)
         self._root._end()
         self._db._end(self)
 
@@ -205,6 +207,7 @@ class Tx:
         # shrink(): lowest pages first, so that the tail empties out (see Freelist.allocate).
         freelist.lowest_first = self._force_commit
         header = self._root._spill()
+        freelist.release_reserved()  # what the moves of a shrink() round did not take
         for pgid, span in self._freed:
             freelist.pend(self.txid, pgid, span)
         if self._force_commit:
@@ -222,7 +225,16 @@ class Tx:
             if tail and freelist.free.bisect_left(cut) >= rewrite:
                 freelist.dirty.update(tail)
                 self._shrink_moved = True
-            self._hwm = freelist.trim_tail(self._hwm)
+            # Cutting the free tail rewrites the freelist: at most a page per chunk still in
+            # use, and the root (no longer than now). What the free pages below cannot take
+            # goes where the tail was, so the file ends no later than now only if it all fits
+            # in the free pages, tail included; else the cut waits for a later round (cut
+            # anyway, with a reader holding the other free pages, the file grew).
+            tail_pages = freelist.free_tail(self._hwm)
+            chunks = freelist.chunks_in_use(self._hwm - tail_pages)
+            need = chunks + max(1, freelist.root_span) if chunks else 0
+            if need <= len(freelist.free):
+                self._hwm = freelist.trim_tail(self._hwm)
         runs, self._hwm = freelist.write(self.txid, self._hwm)
         # The transaction's own list, not a copy: a 1M-key load queues 64k runs, and copying
         # them into new tuples cost a full garbage collection on top of the copy.

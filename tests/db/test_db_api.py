@@ -680,6 +680,55 @@ def test_shrink_with_a_reader_open_never_grows_the_file(path):
     assert check_file(path) == []
 
 
+def test_shrink_with_a_reader_open_keeps_the_run_it_planned_a_long_value_into(path):
+    # shrink() moved a 4-page value only if a free run of 4 lay below it, then let the leaves
+    # it also moved take the lowest single pages, in that run: the value found no run left
+    # and went to the end of the file, which the reader kept from being cut (49 -> 53 pages).
+    one, four = b"x" * 4000, b"y" * (4 * 4096 - 40)
+    with DB(path, page_size=4096) as db:
+        with db.update() as tx:
+            b = tx.create_bucket(b"b")
+            for i in range(30):
+                b.put(b"k%02d" % i, four if i == 1 else one)
+        with db.update() as tx:
+            tx.bucket(b"b").put(b"j99", four)  # a 4-page value near the end of the file
+            for name in (b"a1", b"a2"):  # buckets whose leaves spill before b's
+                a = tx.create_bucket(name)
+                a.put(b"x", b"v" * 600)
+                a.put(b"y", b"v" * 600)
+        with db.update() as tx:
+            for i in range(1, 30, 2):  # one free 4-page run, and single pages
+                tx.bucket(b"b").delete(b"k%02d" % i)
+        expected = dump(db)
+        with db.view():
+            before = os.path.getsize(path)
+            assert db.shrink() >= 0
+            assert os.path.getsize(path) <= before
+        assert dump(db) == expected
+    assert check_file(path) == []
+
+
+def test_shrink_with_a_reader_open_cuts_no_tail_that_its_freelist_would_outgrow(path):
+    # Cutting the last free page rewrote the freelist, and with the reader holding every
+    # other free page the new chunk and root went past the new end (15 -> 16 pages).
+    with DB(path, page_size=4096) as db:
+        for key, size in [(b"k2", 5000), (b"k0", 5000), (b"k3", 10), (b"k0", 2000)]:
+            with db.update() as tx:
+                tx.create_bucket(b"b", exist_ok=True).put(key, b"v" * size)
+        with db.update() as tx:
+            tx.bucket(b"b").delete(b"k2")
+        with db.view():
+            with db.update() as tx:
+                tx.bucket(b"b").put(b"k3", b"v" * 9000)
+            expected = dump(db)
+            before = os.path.getsize(path)
+            assert db.shrink() >= 0
+            assert os.path.getsize(path) <= before
+        assert dump(db) == expected
+        assert db.shrink() > 0  # the reader is gone: now the tail goes
+    assert check_file(path) == []
+
+
 def test_existing_file_keeps_its_page_size(path):
     with DB(path, page_size=1024) as db:
         fill(db, 10)
