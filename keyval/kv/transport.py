@@ -33,7 +33,10 @@ A malformed or oversized frame (:class:`~keyval.kv.frames.FrameError`), a bad HE
 not received whole within ``frame_timeout`` (10 s) of its first byte (or of the connection's
 start, for the first one), or an exception from a callback closes that one connection with one
 log line; other connections, the listener and the senders carry on. Between frames a connection
-may stay idle without limit. The listener binds to 127.0.0.1 unless told otherwise.
+may stay idle without limit. At most ``max_connections`` inbound connections are open; past
+that, a new one is let in only to say HELLO as a peer (as many at once as there are peers), so that
+clients holding every slot cannot keep the cluster's own links from reconnecting. The listener
+binds to 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -207,6 +210,8 @@ class Transport:
         self.write_timeout = write_timeout
         self.max_connections = max_connections
         self.frame_timeout = frame_timeout
+        # Connections let in past max_connections for a peer's HELLO (see _accept_loop).
+        self._spare = 0
         self._links = {
             pid: _PeerLink(pid, addr, queue_size)
             for pid, addr in (peers or {}).items()
@@ -472,6 +477,13 @@ class Transport:
                 # close() sees this socket and shuts it down, or this loop sees the stop flag.
                 stopping = self._stop.is_set()
                 full = len(self._inbound) >= self.max_connections
+                # Past the limit, as many connections as there are peers still get in, on the
+                # condition that they say HELLO as a peer: clients holding every slot must not
+                # cut the cluster's own links when one drops and reconnects.
+                peer_only = full and self._spare < len(self._links)
+                if peer_only:
+                    self._spare += 1
+                    full = False
                 if not (full or stopping):
                     self._inbound.add(sock)
             if stopping:
@@ -488,9 +500,9 @@ class Transport:
                 sock.close()
                 continue
             self._count("connections_accepted")
-            self._spawn(self._serve_connection, f"conn-{addr[1]}", sock, addr)
+            self._spawn(self._serve_connection, f"conn-{addr[1]}", sock, addr, peer_only)
 
-    def _serve_connection(self, sock: socket.socket, addr) -> None:
+    def _serve_connection(self, sock: socket.socket, addr, peer_only: bool = False) -> None:
         name = _peer_name(addr)
         decoder = FrameDecoder(self.max_payload)
         peer_id: int | None = None
@@ -527,7 +539,17 @@ class Transport:
                             if len(payload) != HELLO.size:
                                 raise FrameError(f"HELLO of {len(payload)} bytes")
                             (peer_id,) = HELLO.unpack(payload)
+                            if peer_only and peer_id not in self._links:
+                                raise FrameError(
+                                    f"HELLO from {peer_id}, not a peer, past the limit of "
+                                    f"{self.max_connections} connections"
+                                )
                             continue
+                        if peer_only:  # a client: only peers get past the limit
+                            raise FrameError(
+                                f"past the limit of {self.max_connections} connections, only "
+                                "a peer is let in"
+                            )
                         if self.on_request is None:
                             raise FrameError(f"kind {kind} before HELLO and no client service")
                         client = True
@@ -578,6 +600,8 @@ class Transport:
                 pending.abandon()
             with self._lock:
                 self._inbound.discard(sock)
+                if peer_only:  # its spare slot is free again
+                    self._spare -= 1
             sock.close()
 
     # --- plumbing ----------------------------------------------------------------------------

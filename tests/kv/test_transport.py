@@ -340,6 +340,35 @@ def test_a_connection_that_stalls_mid_frame_is_closed_and_frees_its_slot(transpo
     assert b.stats()["connections_refused"] == 0
 
 
+def test_past_the_connection_limit_a_peer_still_gets_in_and_a_client_does_not(transports):
+    # The limit was shared: clients holding every slot kept a peer whose link dropped from
+    # reconnecting, which cut the node off from its cluster.
+    pa, pb = free_port(), free_port()
+    inbox = Inbox()
+    b = transports(
+        2,
+        ("127.0.0.1", pb),
+        {1: ("127.0.0.1", pa)},
+        on_frame=inbox,
+        on_request=lambda k, p, respond: p,
+        max_connections=2,
+    )
+    clients = [raw_connect(b) for _ in range(2)]
+    for c in clients:
+        c.sendall(encode(KIND_REQUEST, b"hold"))
+        assert read_frames(c, 1) == [Frame(KIND_RESPONSE, b"hold")]
+    late_client = raw_connect(b)  # let in only to show a peer's HELLO, which it does not
+    late_client.sendall(encode(KIND_REQUEST, b"me too"))
+    assert closed_by_server(late_client)
+    late_client.close()
+    a = transports(1, ("127.0.0.1", pa), {2: ("127.0.0.1", pb)})
+    a.send(2, KIND_RAFT, b"from the peer")
+    assert inbox.wait_count(1)
+    assert inbox.frames == [(1, KIND_RAFT, b"from the peer")]
+    for c in clients:
+        c.close()
+
+
 class _SpawnLateTransport(Transport):
     """The reader of an accepted connection starts only once close() has begun, and ends only
     after the accept loop has: close() must wait for a thread it did not see at first."""
