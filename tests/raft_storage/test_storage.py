@@ -225,6 +225,23 @@ def test_a_corrupt_snapshot_file_is_reported_with_its_path(node):
     assert info.value.path == path
 
 
+def test_another_snapshots_file_under_the_name_of_the_one_in_force_is_corruption(node):
+    # A whole, valid file of the snapshot at 10 copied over the one at 20 was returned as is:
+    # a node would have restored the state at 10 and applied the log from 21.
+    node.append(ents(1, 30))
+    node.save_snapshot(Snapshot(10, 1, b"state@10"))
+    older = os.path.join(node.path, "snap", snapfile.file_name(10, 1))
+    with open(older, "rb") as f:
+        copy = f.read()
+    node.save_snapshot(Snapshot(20, 1, b"state@20"))
+    path = os.path.join(node.path, "snap", snapfile.file_name(20, 1))
+    with open(path, "wb") as f:
+        f.write(copy)
+    with pytest.raises(CorruptionError) as info:
+        node.snapshot()
+    assert info.value.path == path and "index 10" in str(info.value)
+
+
 @pytest.mark.parametrize(
     "bad, error",
     [
