@@ -379,12 +379,26 @@ class RaftStorage:
             if entries:
                 check_entries(entries, self._s.base, self.last_index, self.term)
             payloads = [_ENTRY_HEAD.pack(e.index, e.term) + e.data for e in entries]
+            types = [ENTRY] * len(entries)
+            lead = 0
             if hard_state is not None:
                 payloads.append(_HARD_STATE.pack(*_fields(hard_state)))
+                types.append(HARD_STATE)
+                now = self._s.hard_state
+                if entries and (hard_state.term, hard_state.vote) != (now.term, now.vote):
+                    # A batch bigger than a segment spans several, and a crash may keep only a
+                    # prefix of it: the new term goes first, so that no entry is ever stored
+                    # without the term it was written in (kept last, it was lost with the tail
+                    # while entries of its term stayed). Its commit stays the durable one until
+                    # the batch's last record: it may point into these entries.
+                    early = HardState(hard_state.term, hard_state.vote, now.commit)
+                    payloads.insert(0, _HARD_STATE.pack(*_fields(early)))
+                    types.insert(0, HARD_STATE)
+                    lead = 1
             if not payloads:
                 return
-            types = [ENTRY] * len(entries) + ([HARD_STATE] if hard_state is not None else [])
             first, _ = self._wal.append_many(payloads, type=types)
+            first += lead
             if entries:
                 s, pos = self._s, entries[0].index - self._s.base
                 del s.seqs[pos:], s.terms[pos:], s.sizes[pos:]

@@ -225,6 +225,25 @@ def test_a_corrupt_snapshot_file_is_reported_with_its_path(node):
     assert info.value.path == path
 
 
+def test_a_batch_cut_short_by_a_crash_never_keeps_entries_without_their_term(tmp_path):
+    # save() wrote the entries first and the hard state last; a batch bigger than a segment
+    # spans several, and a crash may keep only a prefix: entries of term 2 came back with
+    # the hard state still at term 1.
+    path = str(tmp_path / "node")
+    with RaftStorage(path, segment_size=16 * 1024) as st:
+        st.set_hard_state(HardState(1, 1, 0))
+        st.save(HardState(2, 0, 0), [Entry(i, 2, b"x" * 500) for i in range(1, 91)])
+        last = st._wal.segments()[-1]
+    assert last["first_seq"] > 2  # the batch spans segments
+    with open(last["path"], "r+b") as f:  # the crash: the last segment never reached the disk
+        f.seek(64)
+        f.write(bytes(last["file_size"] - 64))
+    with RaftStorage(path, segment_size=16 * 1024) as st:
+        assert 0 < st.last_index < 90
+        assert st.hard_state().term == 2 and st.term(st.last_index) == 2
+        assert st.hard_state().commit == 0
+
+
 def test_another_snapshots_file_under_the_name_of_the_one_in_force_is_corruption(node):
     # A whole, valid file of the snapshot at 10 copied over the one at 20 was returned as is:
     # a node would have restored the state at 10 and applied the log from 21.
