@@ -282,6 +282,15 @@ static int open_segment_header(kv_wal *w, kv_segment *s, kv_error *err)
         s->unusable = 1;
         return PROBLEM(w, err, KV_ECORRUPT, s->path, 0, "%s", why);
     }
+    /* A segment is written whole before it gets its name (prepare.c) and never shortened:
+     * one shorter than it was made lost its end to something else, records with it. Read as
+     * zeros to the end, that loss passed for a clean log, acknowledged records gone. */
+    if (s->size < h.created_size) {
+        s->unusable = 1;
+        return PROBLEM(w, err, KV_ECORRUPT, s->path, (int64_t)s->size,
+                       "segment file is %llu bytes, %llu when it was made: cut short",
+                       (unsigned long long)s->size, (unsigned long long)h.created_size);
+    }
     s->salt = h.salt;
     return 0;
 }

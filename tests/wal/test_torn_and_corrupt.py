@@ -240,3 +240,27 @@ def test_an_interrupted_cut_keeps_its_last_record_whose_flags_rewrite_tore(tmp_p
         assert wal.last_seq == 5
         wal.append(b"after")  # a new record, not part of the cut batch
         assert [p for _, _, p in wal.replay(5)] == [b"batch-05", b"after"]
+
+
+@pytest.mark.parametrize("keep", ["used", "half"])
+def test_a_segment_cut_shorter_than_it_was_made_is_corruption(tmp_path, keep):
+    # Segments are written whole before they get their name and never shortened. One cut
+    # down to its used bytes (or into them) read as a clean log that had simply ended
+    # there: the records past the cut, acknowledged, were gone and fsck said "clean".
+    path = str(tmp_path / "log")
+    with WAL(path, segment_size=1 << 16, sync="always") as wal:
+        for i in range(1, 6):
+            wal.append(b"old%d" % i)
+        used = wal.segments()[-1]["bytes"]
+        for i in range(6, 9):
+            wal.append(b"new%d" % i)
+        seg = wal.segments()[-1]["path"]
+    cut = used if keep == "used" else used // 2
+    os.truncate(seg, cut)
+    with pytest.raises(CorruptionError) as info:
+        WAL(path, segment_size=1 << 16)
+    assert (info.value.path, info.value.offset) == (seg, cut)
+    assert "cut short" in str(info.value)
+    assert fsck([path]) == 4
+    assert fsck(["--repair", path]) == 4  # never "mended" by dropping acknowledged records
+    assert os.path.getsize(seg) == cut
