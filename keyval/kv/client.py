@@ -35,7 +35,14 @@ import threading
 import time
 import weakref
 
-from keyval.errors import KeyTooLarge, KeyvalError, SessionExpired, Timeout, ValueTooLarge
+from keyval.errors import (
+    ClosedError,
+    KeyTooLarge,
+    KeyvalError,
+    SessionExpired,
+    Timeout,
+    ValueTooLarge,
+)
 from keyval.kv import protocol
 from keyval.kv.frames import KIND_REQUEST, FrameError
 from keyval.kv.state import (
@@ -53,6 +60,10 @@ from keyval.kv.transport import ClientConnection
 
 MAX_KEY = 32 * 1024
 TRY_TIMEOUT = 2.5  # one attempt at one server; the server itself answers RETRY after 2 s
+CONNECT_TIMEOUT = 1.0  # at most, for one connection attempt (never past the call's deadline)
+# What one attempt may fail with that another server, or a new connection, may not: a
+# connection closed under it (by close(), or a server that went away) included.
+_TRANSIENT = (OSError, Timeout, FrameError, ClosedError)
 _WRITE = bytes([protocol.WRITE])
 _RETRY = bytes([protocol.RETRY])
 _EXPIRED, _OK = bytes([EXPIRED]), bytes([OK])
@@ -66,6 +77,8 @@ class Client:
         if not servers:
             raise ValueError("at least one server address is needed")
         self.servers = [protocol.parse_address(s.split("=", 1)[-1]) for s in servers]
+        if not timeout > 0:  # NaN too: a deadline that never passes
+            raise ValueError(f"timeout must be positive, not {timeout!r}")
         self.timeout = timeout
         self._leader = 0  # index into servers of the one believed to lead
         self._local = threading.local()  # this thread's session and connections
@@ -177,7 +190,10 @@ class Client:
         # The first attempt at the believed leader is the common case and on every operation's
         # critical path: no clock reads unless it fails.
         conns = getattr(self._local, "conns", None)
-        conn = conns.get(self._leader) if conns else None
+        # Read once: another thread may move _leader meanwhile, and dropping its index instead
+        # of this one's left this thread a closed connection that failed every later call.
+        leader = self._leader
+        conn = conns.get(leader) if conns else None
         self._local.attempts = 1  # requests sent (or perhaps sent) by this call
         if conn is None or timeout < TRY_TIMEOUT:
             self._local.attempts = 0
@@ -185,8 +201,8 @@ class Client:
         started = time.monotonic()
         try:
             reply = conn.request(KIND_REQUEST, request, TRY_TIMEOUT)
-        except (OSError, Timeout, FrameError):
-            self._drop(self._leader)
+        except _TRANSIENT:
+            self._drop(leader)
             reply = _RETRY
         if reply[0] == protocol.OK:
             return reply[1:]
@@ -207,9 +223,9 @@ class Client:
                     raise Timeout(f"no server answered within {timeout} s")
                 self._local.attempts += 1
                 try:
-                    conn = self._conn(target)
+                    conn = self._conn(target, min(CONNECT_TIMEOUT, left))
                     reply = conn.request(KIND_REQUEST, request, min(TRY_TIMEOUT, left))
-                except (OSError, Timeout, FrameError):
+                except _TRANSIENT:
                     self._drop(target)
                     reply = _RETRY
             code, body = reply[0], reply[1:]
@@ -229,7 +245,7 @@ class Client:
                 left = deadline - time.monotonic()
                 time.sleep(min(0.05 * tries / len(self.servers), 0.5, max(left, 0)))
 
-    def _conn(self, index: int) -> ClientConnection:
+    def _conn(self, index: int, connect_timeout: float = CONNECT_TIMEOUT) -> ClientConnection:
         conns = getattr(self._local, "conns", None)
         if conns is None:
             conns = self._local.conns = _Connections()
@@ -237,7 +253,7 @@ class Client:
                 self._all_conns.add(conns)
         conn = conns.get(index)
         if conn is None:
-            conn = conns[index] = ClientConnection(self.servers[index], timeout=1.0)
+            conn = conns[index] = ClientConnection(self.servers[index], timeout=connect_timeout)
         return conn
 
     def _drop(self, index: int) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import math
 import os
+import socket
 import threading
 import time
 
@@ -149,6 +151,49 @@ def test_per_call_timeout(tmp_path):
     assert time.monotonic() - started < 5.0  # the call's 0.3 s, not the client's 60 s
     with pytest.raises(ValueError):
         client.get(b"k", timeout=0)
+
+
+def test_a_client_timeout_that_is_not_positive_is_refused(tmp_path):
+    # NaN compared false with every deadline: a call to an unreachable server never ended.
+    for bad in (0, -5, math.nan):
+        with pytest.raises(ValueError):
+            Client(["127.0.0.1:1"], timeout=bad)
+
+
+def test_a_connection_attempt_ends_with_the_calls_timeout(tmp_path):
+    # Connections were attempted with a fixed 1 s timeout: to a host that drops connection
+    # attempts (here a listener whose backlog is full), a call with a 0.2 s timeout took 1 s.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        filler = []
+        try:
+            for _ in range(8):  # fill the backlog; later attempts hang
+                c = socket.socket()
+                c.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    c.connect(listener.getsockname())
+                filler.append(c)
+            client = Client([f"127.0.0.1:{listener.getsockname()[1]}"])
+            started = time.monotonic()
+            with pytest.raises(Timeout):
+                client.get(b"k", timeout=0.2)
+            assert time.monotonic() - started < 0.8
+        finally:
+            for c in filler:
+                c.close()
+
+
+def test_a_connection_closed_under_a_thread_does_not_fail_its_calls(cluster):
+    # A thread whose believed leader moved between picking its connection and dropping the
+    # failed one dropped another server's instead, and kept the closed one: every later call
+    # raised ClosedError at once, until the leader moved again.
+    servers, addresses = cluster
+    client = Client(addresses)
+    _leader(servers, client)
+    client._local.conns[client._leader].close()  # the state that race left
+    client.put(b"k", b"v")
+    assert client.get(b"k") == b"v"
 
 
 def test_close_closes_every_threads_connections(cluster):
