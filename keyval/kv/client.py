@@ -116,7 +116,7 @@ class Client:
         out = []
         for addr in self.servers:
             try:
-                conn = ClientConnection(addr, timeout=1.0)
+                conn = ClientConnection(addr, timeout=CONNECT_TIMEOUT)
                 try:
                     reply = conn.request(KIND_REQUEST, bytes([protocol.STATUS]), timeout=2.0)
                 finally:

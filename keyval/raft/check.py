@@ -61,12 +61,9 @@ def check_snapshot_files(snap_dir: str) -> list[CorruptionError]:
             problems.append(_finding("not a snapshot file", path))
             continue
         try:
-            snap = snapfile.read(path)
+            snapfile.read(path).data.close()  # checks the header against the name too
         except CorruptionError as exc:
             problems.append(exc)
-            continue
-        if (snap.index, snap.term) != parsed:
-            problems.append(_finding("the header disagrees with the file name", path, 0))
     return problems
 
 

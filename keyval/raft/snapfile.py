@@ -107,8 +107,18 @@ def read_header(path: str) -> tuple[int, int, int, int]:
 def read(path: str) -> Snapshot:
     """The snapshot in ``path``, every byte verified (a chunk at a time); raises
     CorruptionError naming the file. Its data is a :class:`~keyval.raft.snapdata.FileData`
-    on the open file: later reads need no path, and a rename or unlink does not disturb them."""
+    on the open file: later reads need no path, and a rename or unlink does not disturb them.
+    A file named as a snapshot must hold that snapshot: another one's file copied or renamed
+    over it would be restored in its place."""
     index, term, length, digest = read_header(path)
+    named = parse_name(os.path.basename(path))
+    if named is not None and named != (index, term):
+        raise CorruptionError(
+            f"the header disagrees with the file name: it holds the snapshot at index {index}"
+            f" term {term}",
+            path,
+            0,
+        )
     fd = os.open(path, os.O_RDONLY)
     try:
         actual = os.fstat(fd).st_size - HEADER.size
