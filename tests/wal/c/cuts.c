@@ -2,8 +2,8 @@
  * (Python's GIL would close the windows these races need):
  *
  *   cuts DIR back ROUNDS    durable appenders while another thread truncate_backs: no append
- *                           may hang, and every acknowledged record that no cut removed after
- *                           it was acknowledged must hold its bytes after a reopen.
+ *                           may hang, and every acknowledged record that no cut ending after
+ *                           its append began removed must hold its bytes after a reopen.
  *   cuts DIR front ROUNDS   a reader while appenders write and another thread truncate_fronts
  *                           (sync "none", so reads flush and free the mutex): every read gives
  *                           whole records or says the seq is gone, never garbage or corruption.
@@ -31,7 +31,7 @@
 #define RECORD 64 /* bytes of every record */
 
 typedef struct {
-    uint64_t seq, tick;
+    uint64_t seq, tick; /* tick: taken just before the append was called */
     unsigned char fill;
 } ack;
 
@@ -60,12 +60,16 @@ static void *appender(void *arg)
     for (uint32_t i = 0; !stop && nacks[t] < MAX_ACKS; i++) {
         unsigned char fill = (unsigned char)(i * 7 + t * 50 + 1);
         memset(buf, fill, sizeof buf);
+        /* Ticked before the call: a tick taken after it returned could come after the end of
+         * a cut that removed the record (this thread preempted in between), and the record
+         * would be wrongly expected. A cut ending before the append began cannot remove it. */
+        uint64_t started = ++clock_ticks;
         int64_t seq = kv_wal_append(w, 0, buf, sizeof buf);
         if (seq < 0) {
             fail("append failed", seq);
             break;
         }
-        acks[t][nacks[t]++] = (ack){(uint64_t)seq, ++clock_ticks, fill};
+        acks[t][nacks[t]++] = (ack){(uint64_t)seq, started, fill};
     }
     return NULL;
 }
@@ -186,7 +190,7 @@ static int verify_whole(const char *dir, kv_options *o)
     return rc;
 }
 
-/* Every acknowledged record that no cut ending after its acknowledgement removed. */
+/* Every acknowledged record that no cut ending after its append began removed. */
 static int verify(const char *dir, kv_options *o)
 {
     kv_wal *r = open_log(dir, o, "reopen");
