@@ -49,15 +49,21 @@
  *
  *   off  size  bounds file (replaced atomically: write bounds.tmp, fsync, rename, fsync dir)
  *     0     8  magic "KVWALBND"
- *     8     4  format version (1)
+ *     8     4  bounds format version (2; version 1, without `newest`, is still read)
  *    12     4  flags: bit 0 = a back-truncation is in progress
  *    16     8  front: records with seq < front are forgotten (truncate_front)
  *    24     8  cut: with flag bit 0, records with seq > cut are void (truncate_back)
- *    32     4  CRC32C of bytes 0..31
+ *    32     8  newest: the id of the newest segment known to exist (0: unknown)
+ *    40     4  CRC32C of bytes 0..39 (version 1: of bytes 0..31, at offset 32; 36 bytes)
  *
  * truncate_back first records its intent here, then removes later segments (newest first),
  * zeroes the tail of the segment that keeps the cut, and clears the flag; a crash anywhere in
  * between is finished on the next open, so a truncated record never comes back.
+ *
+ * The bounds file is what shows a segment deleted from either end of the log, which no
+ * segment can: each new segment is named (and the directory synced) before `newest` says it
+ * exists, so segments up to `newest` must all be there, and the first must start no later
+ * than `front`. A log opened for writing gets a bounds file if it has none (an older keyval's).
  */
 #ifndef KEYVAL_FORMAT_H
 #define KEYVAL_FORMAT_H
@@ -72,7 +78,9 @@
 #define KV_REC_HEADER_SIZE 20u
 #define KV_REC_ALIGN 8u
 #define KV_REC_CONTINUES 1u
-#define KV_BOUNDS_SIZE 36u
+#define KV_BOUNDS_SIZE 44u
+#define KV_BOUNDS_V1_SIZE 36u
+#define KV_BOUNDS_VERSION 2u
 #define KV_BOUNDS_CUT_PENDING 1u
 
 #define KV_SEG_SUFFIX ".wal"
@@ -119,6 +127,7 @@ typedef struct {
     uint32_t flags;
     uint64_t front;
     uint64_t cut;
+    uint64_t newest;
 } kv_bounds;
 
 /* Header encode/decode and record framing (segment.c). */
@@ -129,7 +138,8 @@ int kv_seg_header_decode(const unsigned char *in, kv_seg_header *h);
 void kv_record_header_encode(unsigned char out[KV_REC_HEADER_SIZE], uint64_t salt, uint64_t seq,
                              unsigned type, unsigned flags, const void *payload, uint32_t len);
 void kv_bounds_encode(unsigned char out[KV_BOUNDS_SIZE], const kv_bounds *b);
-/* 0 ok; -1 bad magic; -2 bad CRC; -3 unknown version. */
-int kv_bounds_decode(const unsigned char *in, kv_bounds *b);
+/* `in` holds the file's first `n` bytes. 0 ok; -1 bad magic; -2 bad CRC; -3 unknown version;
+ * -4 too short for its version. */
+int kv_bounds_decode(const unsigned char *in, size_t n, kv_bounds *b);
 
 #endif

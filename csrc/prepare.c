@@ -196,7 +196,14 @@ int kv_activate_prepared_locked(kv_wal *w, uint64_t id, uint64_t first_seq)
         close(w->cur_fd);
     kv_direct_reset(w);
     w->cur_fd = fd;
+    fd = -1;
     w->prep_state = KV_PREP_NONE;
+    /* Once its name is durable, the bounds file says the segment exists, so that deleting it
+     * (the log's newest: nothing after it would show the gap) is caught on open. */
+    w->newest_seg = id;
+    e = kv_write_bounds_locked(w, 0, w->front, 0);
+    if (e)
+        goto fail;
     free(prep);
     kv_prepare_start_locked(w);
     return 0;

@@ -77,24 +77,30 @@ void kv_bounds_encode(unsigned char out[KV_BOUNDS_SIZE], const kv_bounds *b)
 {
     memset(out, 0, KV_BOUNDS_SIZE);
     memcpy(out, KV_BOUNDS_MAGIC, 8);
-    kv_put32(out + 8, KV_FORMAT_VERSION);
+    kv_put32(out + 8, KV_BOUNDS_VERSION);
     kv_put32(out + 12, b->flags);
     kv_put64(out + 16, b->front);
     kv_put64(out + 24, b->cut);
-    kv_put32(out + 32, kv_crc32c(0, out, 32));
+    kv_put64(out + 32, b->newest);
+    kv_put32(out + 40, kv_crc32c(0, out, 40));
 }
 
-int kv_bounds_decode(const unsigned char *in, kv_bounds *b)
+int kv_bounds_decode(const unsigned char *in, size_t n, kv_bounds *b)
 {
-    if (memcmp(in, KV_BOUNDS_MAGIC, 8) != 0)
-        return -1;
-    if (kv_get32(in + 8) != KV_FORMAT_VERSION)
+    if (n < 12 || memcmp(in, KV_BOUNDS_MAGIC, 8) != 0)
+        return n < 12 ? -4 : -1;
+    uint32_t version = kv_get32(in + 8);
+    size_t body = version == 1 ? 32 : version == KV_BOUNDS_VERSION ? 40 : 0;
+    if (!body)
         return -3;
-    if (kv_get32(in + 32) != kv_crc32c(0, in, 32))
+    if (n < body + 4)
+        return -4;
+    if (kv_get32(in + body) != kv_crc32c(0, in, body))
         return -2;
     b->flags = kv_get32(in + 12);
     b->front = kv_get64(in + 16);
     b->cut = kv_get64(in + 24);
+    b->newest = version == 1 ? 0 : kv_get64(in + 32);
     return 0;
 }
 

@@ -77,10 +77,11 @@ static void describe_bad_record(const kv_segment *s, uint64_t off, uint64_t expe
         snprintf(out, n, "record %llu fails its CRC32C", (unsigned long long)seq);
 }
 
-static int write_bounds_locked(kv_wal *w, const kv_bounds *b)
+int kv_write_bounds_locked(kv_wal *w, uint32_t flags, uint64_t front, uint64_t cut)
 {
     unsigned char buf[KV_BOUNDS_SIZE];
-    kv_bounds_encode(buf, b);
+    kv_bounds b = {flags, front, cut, w->newest_seg};
+    kv_bounds_encode(buf, &b);
     char *tmp = kv_path_join(w->dir, KV_BOUNDS_TMP_NAME);
     char *path = kv_path_join(w->dir, KV_BOUNDS_NAME);
     int e = 0, fd = -1;
@@ -235,14 +236,14 @@ static int read_bounds(kv_wal *w, kv_error *err, kv_bounds *b)
     }
     ssize_t n = pread(fd, buf, sizeof buf, 0);
     close(fd);
-    int rc = n == (ssize_t)sizeof buf ? kv_bounds_decode(buf, b) : -2;
+    int rc = kv_bounds_decode(buf, n > 0 ? (size_t)n : 0, b);
     if (rc == -3)
         fail = PROBLEM(w, err, KV_EVERSION, path, 8,
-                       "bounds file of format version %u; this keyval reads version %u",
-                       kv_get32(buf + 8), KV_FORMAT_VERSION);
+                       "bounds file of format version %u; this keyval reads versions 1 to %u",
+                       kv_get32(buf + 8), KV_BOUNDS_VERSION);
     else if (rc)
         fail = PROBLEM(w, err, KV_ECORRUPT, path, 0, "bounds file is damaged (%s)",
-                       n != (ssize_t)sizeof buf ? "truncated" : rc == -1 ? "bad magic" : "bad CRC");
+                       rc == -4 ? "truncated" : rc == -1 ? "bad magic" : "bad CRC");
     if (rc)
         memset(b, 0, sizeof *b);
     free(path);
@@ -653,11 +654,28 @@ kv_wal *kv_wal_open(const char *dir, const kv_options *opt, kv_error *err)
         unlink(p);
         free(p);
     }
-    kv_bounds b = {0, 0, 0};
+    kv_bounds b = {0, 0, 0, 0};
     if (has_bounds && read_bounds(w, err, &b))
         goto fail;
     if (recover(w, err, &b))
         goto fail;
+    /* Segments deleted from either end (see format.h): a crash never removes these. */
+    uint64_t newest = w->nsegs ? w->segs[w->nsegs - 1].id : 0;
+    if (b.newest > newest &&
+        PROBLEM(w, err, KV_ECORRUPT, w->dir, -1,
+                "segment %llu is missing: the bounds file says segments up to %llu were made, "
+                "but the newest here is %llu (deleted?)",
+                (unsigned long long)(newest + 1), (unsigned long long)b.newest,
+                (unsigned long long)newest))
+        goto fail;
+    if (has_bounds && w->nsegs && b.front >= 1 && w->segs[0].first_seq > b.front &&
+        PROBLEM(w, err, KV_ECORRUPT, w->segs[0].path, 0,
+                "records %llu to %llu are missing: the bounds file says the log starts at seq "
+                "%llu, but its first segment starts at seq %llu (an earlier one deleted?)",
+                (unsigned long long)b.front, (unsigned long long)(w->segs[0].first_seq - 1),
+                (unsigned long long)b.front, (unsigned long long)w->segs[0].first_seq))
+        goto fail;
+    w->newest_seg = newest;
 
     if (w->nsegs == 0) {
         w->next_seq = b.front > 1 ? b.front : 1;
@@ -675,11 +693,14 @@ kv_wal *kv_wal_open(const char *dir, const kv_options *opt, kv_error *err)
     w->written_seq = w->durable_seq = w->next_seq - 1;
 
     if (!check) {
-        if (b.flags & KV_BOUNDS_CUT_PENDING) {
-            kv_bounds done = {0, w->front, 0};
-            int e = write_bounds_locked(w, &done);
+        /* Also gives a log of an older keyval (no bounds file, or no `newest` in it) the
+         * bounds that show a deleted segment, and catches up after a crash that came between
+         * naming a new segment and recording it. An empty log gets them with its first
+         * segment, below. */
+        if ((b.flags & KV_BOUNDS_CUT_PENDING) || (w->nsegs && b.newest != newest)) {
+            int e = kv_write_bounds_locked(w, 0, w->front, 0);
             if (e) {
-                kv_set_error(err, KV_EIO, e, dir, -1, "cannot finish truncate_back: %s",
+                kv_set_error(err, KV_EIO, e, dir, -1, "cannot write the bounds file: %s",
                              strerror(e));
                 goto fail;
             }
@@ -892,8 +913,7 @@ int kv_wal_truncate_front(kv_wal *w, uint64_t seq)
             goto done;
     }
     /* The new front is durable before any segment goes: open drops segments below it. */
-    kv_bounds b = {0, seq, 0};
-    int e = write_bounds_locked(w, &b);
+    int e = kv_write_bounds_locked(w, 0, seq, 0);
     if (e) {
         kv_fail_locked(w, e, w->dir, "writing the bounds file");
         rc = -KV_EFAILED;
@@ -951,17 +971,18 @@ int kv_wal_truncate_back(kv_wal *w, uint64_t seq)
         if (rc)
             goto done;
     }
-    kv_bounds b = {KV_BOUNDS_CUT_PENDING, w->front, seq};
-    int e = write_bounds_locked(w, &b);
+    /* The segment that keeps the cut; those after it go. The bounds say so before they do. */
+    size_t k = w->nsegs - 1;
+    while (k > 0 && w->segs[k].first_seq > seq + 1)
+        k--;
+    w->newest_seg = w->segs[k].id;
+    int e = kv_write_bounds_locked(w, KV_BOUNDS_CUT_PENDING, w->front, seq);
     const char *what = "writing the bounds file";
     if (e)
         goto fail;
     /* Segments after the cut go newest first, then the tail of the one that keeps the cut is
      * zeroed; a crash in between is finished by the next open, from the bounds file. */
     kv_direct_reset(w); /* the tail is rewritten below, maybe in another segment */
-    size_t k = w->nsegs - 1;
-    while (k > 0 && w->segs[k].first_seq > seq + 1)
-        k--;
     if (k + 1 < w->nsegs) {
         remove_segments_locked(w, k + 1, w->nsegs);
         what = "fsync of the directory";
@@ -986,9 +1007,8 @@ int kv_wal_truncate_back(kv_wal *w, uint64_t seq)
     w->buf_off = from;
     w->next_seq = seq + 1;
     w->written_seq = w->durable_seq = seq;
-    kv_bounds done = {0, w->front, 0};
     what = "writing the bounds file";
-    if ((e = write_bounds_locked(w, &done)))
+    if ((e = kv_write_bounds_locked(w, 0, w->front, 0)))
         goto fail;
     goto done;
 fail:

@@ -80,6 +80,7 @@ struct kv_wal {
     int cur_fd;       /* write descriptor of the last segment */
 
     uint64_t front;      /* first_seq: records below are forgotten */
+    uint64_t newest_seg; /* what the bounds file says of the newest segment (format.h) */
     uint64_t next_seq;   /* seq the next append gets */
     uint64_t written_seq; /* records <= this are in the file (page cache) */
     uint64_t durable_seq; /* records <= this are on stable storage */
@@ -141,6 +142,11 @@ struct kv_wal {
     uint64_t torn_bytes;
     int64_t torn_offset;
 };
+
+/* Replaces the bounds file with {flags, front, cut} and w->newest_seg (format.h): 0 or errno.
+ * The caller holds the mutex, and decides what a failure means (fail-stop, usually). */
+int kv_write_bounds_locked(kv_wal *w, uint32_t flags, uint64_t front, uint64_t cut);
+
 
 /* direct.c. kv_direct_write returns 0 (written), an errno value (the write failed: fail-stop,
  * as any write), or KV_DIRECT_NO: nothing was written, write it buffered. The caller owns the
