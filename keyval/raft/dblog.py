@@ -150,6 +150,8 @@ class DBLogStorage:
 
     def set_hard_state(self, hs: HardState) -> None:
         """Durable on return."""
+        if hs is None:
+            raise TypeError("expected a HardState, not None")
         self.save(hard_state=hs)
 
     def append(self, entries: Sequence[Entry]) -> None:
@@ -162,10 +164,11 @@ class DBLogStorage:
         with self._lock:
             self._check_open()
             entries = list(entries)
-            if hard_state is not None:
-                check_hard_state(hard_state, self._hard_state)
             if entries:
                 check_entries(entries, self.first_index, self._last, self.term)
+            if hard_state is not None:
+                last = entries[-1].index if entries else self._last
+                check_hard_state(hard_state, self._hard_state, last)
             if hard_state is None and not entries:
                 return
             with self._db.update() as tx:

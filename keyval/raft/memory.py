@@ -27,6 +27,7 @@ from itertools import pairwise
 
 from keyval.errors import ClosedError, LogCompacted, LogUnavailable
 from keyval.raft.records import Entry, HardState, Snapshot, cut_to_bytes
+from keyval.raft.validation import check_hard_state
 
 __all__ = ["LogCompacted", "LogUnavailable", "MemoryStorage"]
 
@@ -45,7 +46,9 @@ class MemoryStorage:
     # -- hard state ---------------------------------------------------------------------------
 
     def set_hard_state(self, hs: HardState) -> None:
+        """Refused like RaftStorage's: a term or vote going back, a commit past the log."""
         self._check_open()
+        check_hard_state(hs, self._hard_state, self.last_index)
         self._hard_state = hs
 
     def hard_state(self) -> HardState:

@@ -351,6 +351,8 @@ class RaftStorage:
 
     def set_hard_state(self, hs: HardState) -> None:
         """Durable on return."""
+        if hs is None:
+            raise TypeError("expected a HardState, not None")
         self.save(hard_state=hs)
 
     def append(self, entries: Sequence[Entry]) -> None:
@@ -363,10 +365,11 @@ class RaftStorage:
         with self._lock:
             self._check_open()
             entries = list(entries)
-            if hard_state is not None:
-                check_hard_state(hard_state, self._s.hard_state)
             if entries:
                 check_entries(entries, self._s.base, self.last_index, self.term)
+            if hard_state is not None:
+                last = entries[-1].index if entries else self.last_index
+                check_hard_state(hard_state, self._s.hard_state, last)
             payloads = [_ENTRY_HEAD.pack(e.index, e.term) + e.data for e in entries]
             types = [ENTRY] * len(entries)
             lead = 0

@@ -23,8 +23,21 @@ def test_empty_storage():
 
 def test_hard_state_round_trip():
     st = MemoryStorage()
+    st.append(entries(1, 11))
     st.set_hard_state(HardState(term=3, vote=2, commit=10))
     assert st.hard_state() == HardState(term=3, vote=2, commit=10)
+
+
+def test_a_hard_state_raft_never_writes_is_refused_and_changes_nothing():
+    st = MemoryStorage()
+    st.append(entries(1, 6))
+    st.set_hard_state(HardState(term=3, vote=2, commit=5))
+    for bad in (HardState(3, 2, 6), HardState(2, 2, 5), HardState(3, 1, 5)):
+        with pytest.raises(ValueError):
+            st.set_hard_state(bad)  # past the log; a term going back; a second vote
+    with pytest.raises(TypeError):
+        st.set_hard_state(None)
+    assert st.hard_state() == HardState(term=3, vote=2, commit=5)
 
 
 def test_append_and_read_back():
