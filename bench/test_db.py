@@ -39,7 +39,7 @@ VALUE_SIZE = 100
 GETS_PER_ROUND = min(KEYS, 20_000)
 GET_ROUNDS = by_scale(tiny=2, quick=10, full=10)
 SCAN_ROUNDS = by_scale(tiny=2, quick=5, full=3)
-LOAD_ROUNDS = by_scale(tiny=1, quick=2, full=1)
+LOAD_ROUNDS = by_scale(tiny=1, quick=2, full=3)
 PUT_BATCH = 1_000
 PUT_ROUNDS = by_scale(tiny=3, quick=20, full=30)
 COMMIT_ROUNDS = by_scale(tiny=5, quick=30, full=50)
