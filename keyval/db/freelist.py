@@ -40,12 +40,15 @@ from .page import (
 # gives up and grows the file: bounds the cost of one allocation on a fragmented file.
 RUN_SEARCH_LIMIT = 4096
 
-# Single pages come from windows of this many pages (see allocate): lowest first among those
-# at least half as free as the freest, and WINDOW_MIN_FREE free at least. Each window's count
-# of free (or pending) pages is kept in a byte as bits change, so it must stay below 256.
+# Single pages come from windows of this many pages (see allocate): the freest first (in
+# levels, lowest first within one), down to half as free as the freest, and WINDOW_MIN_FREE
+# free at least. Each window's count of free (or pending) pages is kept in a byte as bits
+# change, so it must stay below 256.
 WINDOW_SHIFT = 7
 WINDOW_PAGES = 1 << WINDOW_SHIFT
 WINDOW_MIN_FREE = 8
+# The floors, in eighths of the freest window's count, that windows are taken at in turn.
+WINDOW_LEVELS = (7, 6, 4)
 _WINDOW_MARKS: dict[int, bytes] = {}  # floor -> bytes.translate table: 1 for counts >= floor
 
 
@@ -70,6 +73,8 @@ class Freelist:
         # and the first window still to look at; the free pages of the current window from
         # _window_at on. lowest_first: shrink()'s commits, which want the tail emptied instead.
         self._window_floor: int | None = None
+        self._window_levels: list[int] = []
+        self._window_seen: set[int] = set()
         self._window_from = self._window_end = 0
         self._window: list[int] = []
         self._window_at = 0
@@ -272,7 +277,10 @@ class Freelist:
         pages (1,000 random puts over 1M keys) over ~1,470 places in the file, so it made
         that many writes and its fsync had to reach them all. Taking every free page of a
         window with many puts them side by side: half as many writes in the steady state.
-        Finding one costs two C-speed passes over the window counts, a byte per 128 pages.
+        The freest windows go first (those at 7/8 of the freest's count, then 3/4, then 1/2):
+        their free pages lie in the longest runs. That took the same commit from a median of
+        794 writes to 634 over 100 commits (433 to 304 over the first ten). Finding a window
+        costs two C-speed passes over the window counts, a byte per 128 pages.
 
         The free tail of the file (the windows past its last page in use) is left alone, as
         lowest-first allocation leaves it: that is what shrink() gives back."""
@@ -282,23 +290,33 @@ class Freelist:
             # The tail: the windows from the one holding the last page in use (a bit not set).
             in_use = len(self.bits.rstrip(b"\xff"))  # bytes up to the last one with a 0 bit
             self._window_end = min(len(counts), max(0, in_use * 8 - 1) // WINDOW_PAGES)
-            below = counts[: self._window_end]
-            floor = self._window_floor = max(WINDOW_MIN_FREE, max(below, default=0) // 2)
+            most = max(counts[: self._window_end], default=0)
+            # Freest windows first, level by level: their free pages lie in the longest runs.
+            levels = sorted({max(WINDOW_MIN_FREE, most * k // 8) for k in WINDOW_LEVELS})
+            self._window_levels = levels
+            floor = self._window_floor = levels.pop()
             self._window_from = 0
-        elif self._window_from >= self._window_end:
-            return False  # none left this commit: do not search again for every page
-        marks = _WINDOW_MARKS.get(floor)
-        if marks is None:
-            marks = _WINDOW_MARKS[floor] = bytes(int(c >= floor) for c in range(256))
-        w = counts.translate(marks).find(1, self._window_from, self._window_end)
-        if w < 0:
-            self._window_from = self._window_end
-            return False
-        self._window_from = w + 1
-        lo = w << WINDOW_SHIFT
-        self._window = list(self.free.irange(lo, lo + WINDOW_PAGES - 1))
-        self._window_at = 0
-        return True
+            self._window_seen = set()
+        while True:
+            if self._window_from < self._window_end:
+                marks = _WINDOW_MARKS.get(floor)
+                if marks is None:
+                    marks = _WINDOW_MARKS[floor] = bytes(int(c >= floor) for c in range(256))
+                w = counts.translate(marks).find(1, self._window_from, self._window_end)
+                if w >= 0:
+                    self._window_from = w + 1
+                    if w in self._window_seen:
+                        continue  # emptied at a higher level (its count holds pending pages)
+                    self._window_seen.add(w)
+                    lo = w << WINDOW_SHIFT
+                    self._window = list(self.free.irange(lo, lo + WINDOW_PAGES - 1))
+                    self._window_at = 0
+                    return True
+            if not self._window_levels:
+                self._window_from = self._window_end
+                return False  # none left this commit: do not search again for every page
+            floor = self._window_floor = self._window_levels.pop()
+            self._window_from = 0
 
     def _end_commit(self) -> None:
         self.release_reserved()
