@@ -149,7 +149,8 @@ class DBLogStorage:
     # -- writes --------------------------------------------------------------------------------
 
     def set_hard_state(self, hs: HardState) -> None:
-        """Durable on return."""
+        """Durable on return. The commit index is not checked against the log (the SPEC's
+        own example sets one on an empty store): Raft itself never persists one past it."""
         if hs is None:
             raise TypeError("expected a HardState, not None")
         self.save(hard_state=hs)
@@ -164,11 +165,10 @@ class DBLogStorage:
         with self._lock:
             self._check_open()
             entries = list(entries)
+            if hard_state is not None:
+                check_hard_state(hard_state, self._hard_state)
             if entries:
                 check_entries(entries, self.first_index, self._last, self.term)
-            if hard_state is not None:
-                last = entries[-1].index if entries else self._last
-                check_hard_state(hard_state, self._hard_state, last)
             if hard_state is None and not entries:
                 return
             with self._db.update() as tx:

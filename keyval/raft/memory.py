@@ -46,9 +46,9 @@ class MemoryStorage:
     # -- hard state ---------------------------------------------------------------------------
 
     def set_hard_state(self, hs: HardState) -> None:
-        """Refused like RaftStorage's: a term or vote going back, a commit past the log."""
+        """Refused like RaftStorage's: None, a term going back, a vote changed in a term."""
         self._check_open()
-        check_hard_state(hs, self._hard_state, self.last_index)
+        check_hard_state(hs, self._hard_state)
         self._hard_state = hs
 
     def hard_state(self) -> HardState:

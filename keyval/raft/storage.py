@@ -350,7 +350,8 @@ class RaftStorage:
     # -- writes --------------------------------------------------------------------------------
 
     def set_hard_state(self, hs: HardState) -> None:
-        """Durable on return."""
+        """Durable on return. The commit index is not checked against the log (the SPEC's
+        own example sets one on an empty store): Raft itself never persists one past it."""
         if hs is None:
             raise TypeError("expected a HardState, not None")
         self.save(hard_state=hs)
@@ -365,11 +366,10 @@ class RaftStorage:
         with self._lock:
             self._check_open()
             entries = list(entries)
+            if hard_state is not None:
+                check_hard_state(hard_state, self._s.hard_state)
             if entries:
                 check_entries(entries, self._s.base, self.last_index, self.term)
-            if hard_state is not None:
-                last = entries[-1].index if entries else self.last_index
-                check_hard_state(hard_state, self._s.hard_state, last)
             payloads = [_ENTRY_HEAD.pack(e.index, e.term) + e.data for e in entries]
             types = [ENTRY] * len(entries)
             lead = 0

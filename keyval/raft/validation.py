@@ -17,9 +17,8 @@ from keyval.raft.snapdata import FileData
 MAX_U64 = 2**64 - 1
 
 
-def check_hard_state(new: HardState, current: HardState, last_index: int | None = None) -> None:
-    """A term never goes back, a vote once cast in a term is never changed, and (given the
-    last index the log will have) nothing past the log's end is committed."""
+def check_hard_state(new: HardState, current: HardState) -> None:
+    """A term never goes back, and a vote once cast in a term is never changed."""
     if not isinstance(new, HardState):
         raise TypeError(f"expected a HardState, not {type(new).__name__}")
     for name in ("term", "vote", "commit"):
@@ -30,8 +29,6 @@ def check_hard_state(new: HardState, current: HardState, last_index: int | None 
         raise ValueError(f"term cannot go back from {current.term} to {new.term}")
     if new.term == current.term and current.vote and new.vote != current.vote:
         raise ValueError(f"already voted for {current.vote} in term {current.term}, not {new.vote}")
-    if last_index is not None and new.commit > last_index:
-        raise ValueError(f"commit {new.commit} is past the last index {last_index}")
 
 
 def check_entries(
