@@ -15,7 +15,7 @@ import fcntl
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -331,17 +331,26 @@ class DB:
             )
         return buf[HEADER_SIZE : HEADER_SIZE + count]
 
-    def _evict(self, pgid: int, span: int) -> None:
+    def _evict(self, runs: Iterable[tuple]) -> None:
+        """Forget what the map and the cache know of the page runs about to be rewritten
+        (each a tuple starting with page id and span): one pass for a commit's thousands of
+        pages, without a call per page."""
         if self._map is not None:
-            self._map.forget(pgid, span)
-        self._uncache(pgid, span)
+            self._map.forget_runs(runs)
+        self._uncache(runs)
 
-    def _uncache(self, pgid: int, span: int) -> None:
-        """Drop the cached nodes of a page run (the map keeps its checks: see _commit)."""
-        hot, cold = self._hot, self._cold
-        for p in range(pgid, pgid + span):
-            hot.pop(p, None)
-            cold.pop(p, None)
+    def _uncache(self, runs: Iterable[tuple]) -> None:
+        """Drop the cached nodes of page runs (the map keeps its checks: see _commit)."""
+        hot_pop, cold_pop = self._hot.pop, self._cold.pop
+        for run in runs:
+            pgid, span = run[0], run[1]
+            if span == 1:
+                hot_pop(pgid, None)
+                cold_pop(pgid, None)
+            else:
+                for p in range(pgid, pgid + span):
+                    hot_pop(p, None)
+                    cold_pop(p, None)
 
     # -- transactions ----------------------------------------------------------------------
 
@@ -431,8 +440,7 @@ class DB:
         self._release_pending(tx)
         try:
             meta, runs = tx._prepare()
-            for pgid, span, _, _ in runs:
-                self._evict(pgid, span)
+            self._evict(runs)
             write_runs(self._fd, self.page_size, runs)
             if self.sync:
                 _fdatasync(self._fd)
@@ -459,8 +467,7 @@ class DB:
         # so dead nodes do not crowd live ones out of the cache. An older reader that still
         # needs one reads it again from its page, unchanged until it is reused. (Not _evict:
         # the map may forget a page only once no reader can reach it.)
-        for pgid, span in tx._freed:
-            self._uncache(pgid, span)
+        self._uncache(tx._freed)
         hot = self._hot
         for pgid, node in tx._written:
             if node is not None:

@@ -20,6 +20,7 @@ Python paths alone.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 import xxhash
 
@@ -118,6 +119,12 @@ class PageMap:
 
     def forget(self, pgid: int, span: int) -> None:
         lib.kvdb_map_forget(self.handle, pgid, span)
+
+    def forget_runs(self, runs: Iterable[tuple]) -> None:
+        """:meth:`forget` for each run (a tuple starting with page id and span)."""
+        forget, handle = lib.kvdb_map_forget, self.handle
+        for run in runs:
+            forget(handle, run[0], run[1])
 
     def read_node_run(self, pgid: int) -> tuple[bytes, int, int] | None:
         """A leaf or branch run verified in the map, as DB._read_run gives it (buffer, type,

@@ -128,8 +128,7 @@ class Tx:
         runs = self._runs
         runs.sort(key=_first)
         db = self._db
-        for pgid, span, _, _ in runs:
-            db._evict(pgid, span)
+        db._evict(runs)
         write_runs(db._fd, db.page_size, runs)
         self._written.extend([(pgid, node) for pgid, _, _, node in runs])
         runs.clear()
