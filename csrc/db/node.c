@@ -20,6 +20,8 @@ static int leaf_ends(const db_node *n, uint64_t pgid, uint64_t base, uint64_t *e
         /* pos <= end holds here, so neither subtraction wraps */
         if (klen > end - pos || vlen > end - pos - klen)
             return db_corrupt(r, pgid, "has a leaf entry that runs past the end of its page");
+        if (klen == 0 || klen > DB_MAX_KEY)
+            return db_corrupt(r, pgid, "has a leaf key that is empty or longer than keys can be");
         size_t kend = pos + klen;
         if (flag == DB_FLAG_OVERFLOW) {
             if (vlen != DB_OVERFLOW_REF)
@@ -45,6 +47,8 @@ static int branch_ends(const db_node *n, uint64_t pgid, uint64_t base, uint64_t 
     const uint8_t *p = n->data;
     size_t end = n->len;
     size_t count = n->count;
+    if (n->count == 0)
+        return db_corrupt(r, pgid, "is a branch without children");
     if (count > db_max_count(DB_TYPE_BRANCH, end))
         return db_corrupt(r, pgid, "is a branch that claims more children than fit");
     size_t pos = DB_HEADER_SIZE + DB_BRANCH_ELEMENT * count;

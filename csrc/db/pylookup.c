@@ -195,6 +195,10 @@ static PyObject *plus_one(PyObject *field)
             PyErr_SetString(PyExc_AttributeError, "a bucket counter is not set");
         return NULL;
     }
+    if (v == PY_SSIZE_T_MAX) { /* unreachable from a valid file: page.py bounds the count */
+        PyErr_SetString(PyExc_OverflowError, "a bucket counter is at its largest value");
+        return NULL;
+    }
     return PyLong_FromSsize_t(v + 1);
 }
 

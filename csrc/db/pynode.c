@@ -181,8 +181,8 @@ static PyObject *py_decode_plain_leaf(PyObject *module, PyObject *const *args, P
     Py_ssize_t pos = start + count * DB_LEAF_ELEMENT;
     for (Py_ssize_t i = 0; i < count; i++) { /* all in the leaf, all within the page */
         const uint8_t *e = buf + start + i * DB_LEAF_ELEMENT;
-        if (e[0] != DB_FLAG_VALUE)
-            goto none;
+        if (e[0] != DB_FLAG_VALUE || db_get16(e + 1) == 0 || db_get16(e + 1) > DB_MAX_KEY)
+            goto none; /* the Python codec decodes it, or says what is wrong with it */
         pos += (Py_ssize_t)db_get16(e + 1) + (Py_ssize_t)db_get32(e + 3);
         if (pos > end)
             goto none;

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from keyval.errors import (
     BucketExists,
     BucketNotFound,
+    CorruptionError,
     KeyTooLarge,
     KeyvalError,
     ReadOnlyError,
@@ -26,6 +27,7 @@ from keyval.errors import (
 
 from .cursor import Cursor
 from .node import (
+    MAX_DEPTH,
     SPLIT_ENTRIES,
     Node,
     child_for_write,
@@ -241,7 +243,11 @@ class Bucket(_Base):
         if node is None:
             node = self._root_node()
         load = self._tx._load
+        depth = 0
         while not node.leaf:
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise self._too_deep()
             keys = node.keys
             i = route(keys, key)
             child = node.vals[i]
@@ -273,6 +279,8 @@ class Bucket(_Base):
             node = self._dirty_root(node)
         path = []
         while not node.leaf:
+            if len(path) == MAX_DEPTH:
+                raise self._too_deep(write=True)
             i = route(node.keys, key)
             child = node.vals[i]
             if type(child) is int:
@@ -318,6 +326,8 @@ class Bucket(_Base):
                 node = child
                 if node.leaf:
                     break
+                if len(path) == MAX_DEPTH:
+                    raise self._too_deep(write=True)
         leaf = node
         keys = leaf.keys
         if type(value) is not bytes or len(value) > self._tx._db._max_inline:
@@ -348,7 +358,9 @@ class Bucket(_Base):
 
     def _drop_value(self, old) -> None:
         if type(old) is OverflowRef:
-            self._tx._free(old.pgid, old.span(self._tx._db.page_size))
+            db = self._tx._db
+            db._check_overflow_ref(old)  # CorruptionError before anything is freed
+            self._tx._free(old.pgid, old.span(db.page_size))
 
     # -- the mapping -----------------------------------------------------------------------
 
@@ -384,6 +396,7 @@ class Bucket(_Base):
         if not node.leaf:
             cache = tx._db._hot
             load = tx._load
+            depth = 0
             while True:
                 i = bisect_right(node.keys, key) - 1
                 child = node.vals[i if i > 0 else 0]
@@ -394,6 +407,9 @@ class Bucket(_Base):
                     node = child
                 if node.leaf:
                     break
+                depth += 1
+                if depth == MAX_DEPTH:
+                    raise self._too_deep()
         keys = node.keys
         i = bisect_left(keys, key)
         if i != len(keys) and keys[i] == key:
@@ -448,6 +464,8 @@ class Bucket(_Base):
                 node = child
                 if node.leaf:
                     break
+                if len(path) == MAX_DEPTH:
+                    raise self._too_deep(write=True)
         keys = node.keys
         if len(value) > tx._db._max_inline:
             node.plain = False
@@ -605,7 +623,15 @@ class Bucket(_Base):
         name = check_key(name)
         self._check_write()
         child = self.bucket(name)
-        child._free_all()
+        freed = self._tx._freed
+        mark = len(freed)
+        try:
+            child._free_all()
+        except BaseException:
+            # A corrupt page found midway: the bucket stays, so none of its pages may be
+            # freed (a commit would give them to new data while the bucket still uses them).
+            del freed[mark:]
+            raise
         child._forget()
         del self._children[name]
         _path, leaf = self._leaf_for_write(name)
@@ -636,29 +662,52 @@ class Bucket(_Base):
         """Free every page of this bucket and of all buckets nested in it."""
         for child in self._children.values():
             child._free_all()
-        self._free_subtree(self._root_node(), self._children)
+        self._free_subtree(self._root_node(), self._children, 0, set())
 
-    def _free_subtree(self, node: Node, opened: dict) -> None:
+    def _free_subtree(self, node: Node, opened: dict, depth: int, roots: set[int]) -> None:
+        """``roots``: the nested buckets' root pages met so far, so that a corrupt header
+        naming a bucket that holds it is an error, not an endless recursion."""
         tx = self._tx
+        if depth > MAX_DEPTH:
+            raise self._too_deep()
         if not node.dirty and node.pgid:
             tx._free(node.pgid, node.span)
         if not node.leaf:
             for child in node.vals:
-                self._free_subtree(tx._load(child) if type(child) is int else child, opened)
+                child = tx._load(child) if type(child) is int else child
+                self._free_subtree(child, opened, depth + 1, roots)
             return
         for k, v in zip(node.keys, node.vals, strict=True):
             if type(v) is OverflowRef:
                 self._drop_value(v)
             elif type(v) is BucketHeader and k not in opened:
-                self._free_header(v)
+                self._free_header(v, roots)
 
-    def _free_header(self, header: BucketHeader) -> None:
+    def _free_header(self, header: BucketHeader, roots: set[int]) -> None:
         tx = self._tx
         if header.root:
-            self._free_subtree(tx._load(header.root), {})
+            if header.root in roots or header.root == self._root:
+                raise self._too_deep()
+            roots.add(header.root)
+            self._free_subtree(tx._load(header.root), {}, 0, roots)
         else:
             keys, vals = header.inline_entries(tx._db.path, None)
-            self._free_subtree(Node(True, keys, vals), {})
+            self._free_subtree(Node(True, keys, vals), {}, 0, roots)
+
+    def _too_deep(self, write: bool = False) -> CorruptionError:
+        """The error for a descent past MAX_DEPTH levels: the file's branches (or nested
+        bucket headers) form a cycle. ``write``: copies made on the way down hold the cycle,
+        so the transaction may only roll back."""
+        db = self._tx._db
+        exc = CorruptionError(
+            f"the tree of the bucket rooted at page {self._root} is deeper than any can be "
+            "(its pages form a cycle)",
+            db.path,
+            self._root * db.page_size,
+        )
+        if write:
+            self._tx._break(exc)
+        return exc
 
     # -- shrink ----------------------------------------------------------------------------
 
@@ -678,6 +727,8 @@ class Bucket(_Base):
         nested: list[bytes] = []
 
         def walk(node: Node, path: tuple[int, ...]) -> None:
+            if len(path) > MAX_DEPTH:
+                raise self._too_deep()
             if not node.leaf:
                 for i, child in enumerate(node.vals):
                     walk(load(child) if type(child) is int else child, (*path, i))
@@ -719,6 +770,8 @@ class Bucket(_Base):
         """Index path from the root to the leaf that holds ``key``."""
         node, path = self._root_node(), []
         while not node.leaf:
+            if len(path) == MAX_DEPTH:
+                raise self._too_deep()
             i = route(node.keys, key)
             path.append(i)
             child = node.vals[i]

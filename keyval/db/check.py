@@ -124,6 +124,9 @@ class _Checker:
                     self.size,
                 )
             )
+            # Only the pages that exist are checked (and marked: a corrupt hwm of 2**63 must
+            # not be a bytearray that size).
+            self.hwm = self.size // self.page_size
         self.marks = bytearray(self.hwm)
         self.mark(0, 1, "meta")
         self.mark(1, 1, "meta")

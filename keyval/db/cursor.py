@@ -11,7 +11,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .node import Node, route
+from .node import MAX_DEPTH, Node, route
 from .page import BucketHeader, OverflowRef
 
 if TYPE_CHECKING:
@@ -55,6 +55,8 @@ class Cursor:
         (or one past its end)."""
         stack = self._stack
         while not node.leaf:
+            if len(stack) == MAX_DEPTH:
+                raise self._bucket._too_deep()
             i = 0 if first else len(node.vals) - 1
             stack.append([node, i])
             node = self._child(node, i)
@@ -70,6 +72,8 @@ class Cursor:
         node = self._reset()
         stack = self._stack
         while not node.leaf:
+            if len(stack) == MAX_DEPTH:
+                raise self._bucket._too_deep()
             i = route(node.keys, key)
             stack.append([node, i])
             node = self._child(node, i)

@@ -24,7 +24,7 @@ from keyval.errors import ClosedError, CorruptionError, KeyvalError, LockedError
 
 from .freelist import Freelist
 from .meta import Meta, choose_meta, read_metas
-from .node import Node
+from .node import MAX_DEPTH, Node
 from .page import (
     DEFAULT_PAGE_SIZE,
     HEADER_SIZE,
@@ -263,8 +263,12 @@ class DB:
         """A verified page run as (buffer, type, count); CorruptionError names its offset."""
         ps = self.page_size
         offset = pgid * ps
-        if pgid < 2 or pgid >= self._file_pages:
-            raise CorruptionError(f"reference to page {pgid}, outside the file", self.path, offset)
+        if pgid < 2 or pgid + max(span, 1) > self._file_pages:
+            raise CorruptionError(
+                f"reference to page {pgid} (a run of {max(span, 1)}), outside the file",
+                self.path,
+                offset,
+            )
         buf = _pread(self._fd, (span or 1) * ps, offset)
         if len(buf) < HEADER_SIZE:
             raise CorruptionError(
@@ -319,6 +323,29 @@ class DB:
                 self._cold = {}
             else:
                 self._cold, self._hot = hot, {}
+
+    def _check_overflow_ref(self, ref: OverflowRef) -> None:
+        """Before an overflow run is freed: its first page's header must say it is the run
+        ``ref`` names (id, type, length, span). A corrupt reference freed unchecked gave pages
+        that another tree still uses to the next commit, or grew the freelist's bitmap to a
+        page id past the file. The header alone, not the run's checksum: deleting a large
+        value must not read it."""
+        ps = self.page_size
+        span = ref.span(ps)
+        offset = ref.pgid * ps
+        head = b""
+        if ref.pgid >= 2 and ref.pgid + span <= self._file_pages:
+            head = _pread(self._fd, HEADER_SIZE, offset)
+        if len(head) == HEADER_SIZE:
+            _, pid, ptype, _, _, count, overflow = PAGE_HEADER.unpack_from(head)
+            if (pid, ptype, count, overflow + 1) == (ref.pgid, TYPE_OVERFLOW, ref.length, span):
+                return
+        raise CorruptionError(
+            f"overflow reference to page {ref.pgid} ({ref.length} bytes) does not name an "
+            "overflow run there",
+            self.path,
+            offset,
+        )
 
     def _read_overflow(self, ref: OverflowRef) -> bytes:
         span = ref.span(self.page_size)
@@ -505,9 +532,18 @@ class DB:
         counts = {"branch_pages": 0, "leaf_pages": 0, "overflow_pages": 0}
         totals = {"buckets": 0, "inline_buckets": 0, "keys": 0, "depth": 0}
 
+        seen: set[int] = set()  # a page met twice: the file's pages form a cycle
+
         def walk_tree(node: Node, level: int) -> None:
             totals["depth"] = max(totals["depth"], level)
             if node.pgid:
+                if node.pgid in seen or level > MAX_DEPTH:
+                    raise CorruptionError(
+                        f"page {node.pgid} is reached twice: the file's pages form a cycle",
+                        self.path,
+                        node.pgid * self.page_size,
+                    )
+                seen.add(node.pgid)
                 counts["leaf_pages" if node.leaf else "branch_pages"] += node.span
             if not node.leaf:
                 for child in node.vals:

@@ -29,6 +29,8 @@ from bisect import bisect_right
 from operator import add
 from typing import TYPE_CHECKING
 
+from keyval.errors import CorruptionError
+
 from .encode import AVAILABLE as _C_ENCODE
 from .encode import branch_parts, encode_branch, encode_leaf, leaf_parts
 from .encode import branch_size as _branch_size
@@ -80,6 +82,10 @@ SPLIT_ENTRIES = 512
 
 # A piece made by a split keeps at least this many entries when it can.
 MIN_ENTRIES = 2
+
+# More levels than any tree a file can hold (csrc/db/kvdb.h's KVDB_MAX_DEPTH): a descent that
+# goes deeper is in a cycle of pages, which only a corrupt file (with valid checksums) makes.
+MAX_DEPTH = 64
 
 # Sealed runs a commit holds before it writes them (Tx._write_early): 8 MiB of 4 KiB pages.
 EARLY_WRITE_RUNS = 2048
@@ -243,6 +249,20 @@ def _underfull(node: Node, threshold: int, max_inline: int) -> bool:
     return node_size(node, max_inline) < threshold
 
 
+def _check_siblings(tx: Tx, left: Node, right: Node) -> None:
+    """Children of one branch are all leaves or all branches; a corrupt file (a leaf page put
+    where a branch was, with a valid checksum) is refused here, before a merge mixes them."""
+    if left.leaf != right.leaf:
+        db = tx._db
+        pgid = right.pgid or left.pgid
+        raise CorruptionError(
+            f"page {pgid} is a {'leaf' if right.leaf else 'branch'} beside a "
+            f"{'leaf' if left.leaf else 'branch'} under one branch",
+            db.path,
+            pgid * db.page_size,
+        )
+
+
 def _merge(left: Node, right: Node, separator: bytes) -> None:
     """Append ``right``'s entries to ``left``; ``separator`` is right's key in their parent, a
     correct lower bound for right's first child even when right's own first key is stale."""
@@ -304,11 +324,13 @@ def _rebalance_children(tx: Tx, node: Node, threshold: int, max_inline: int) -> 
             break  # nothing to merge with here; the parent merges this node as a whole
         if i + 1 < len(vals):
             right = child_for_write(tx, node, i + 1)
+            _check_siblings(tx, child, right)
             _merge(child, right, keys[i + 1])
             del keys[i + 1], vals[i + 1], types[i + 1]
         else:
             left = child_for_write(tx, node, i - 1)
             types[i - 1] = Node
+            _check_siblings(tx, left, child)
             _merge(left, child, keys[i])
             del keys[i], vals[i], types[i]
             i -= 1

@@ -50,12 +50,13 @@ Leaf page (type 3; count = number of entries)
 
 Element flags: 0 the value is stored here; 1 the value is an overflow reference (12 bytes: page
 id u64 of its overflow run, value length u32); 2 the entry is a nested bucket whose value is a
-bucket header. Keys are strictly increasing. Only the root leaf of a bucket may be empty.
+bucket header. Keys are 1 byte to 32 KiB and strictly increasing. Only the root leaf of a bucket
+may be empty.
 
 Bucket header (16 bytes, then for an inline bucket its entries)
 ---------------------------------------------------------------
     0      8    root      root page id of the bucket's tree; 0: the bucket is inline
-    8      8    count     number of plain (non-bucket) keys in the bucket
+    8      8    count     number of plain (non-bucket) keys in the bucket (at most 2**61)
     16     4    n         inline only: number of entries, followed by n leaf elements and data
                           exactly as in a leaf page
 
@@ -65,7 +66,8 @@ Branch page (type 2; count = number of children)
     32 + 10 * count ...         key 0, key 1, ... (packed)
 
 Key ``i`` is a lower bound of every key under child ``i`` and greater than every key under
-child ``i - 1``; keys are strictly increasing.
+child ``i - 1``; keys are strictly increasing. A branch has at least one child, and every child
+of a branch is of one kind (all leaves or all branches).
 
 Overflow run (type 6; count = value length)
 -------------------------------------------
@@ -104,6 +106,9 @@ MAX_PAGE_SIZE = 65536
 DEFAULT_PAGE_SIZE = 4096
 MAX_KEY_SIZE = 32 * 1024
 MAX_VALUE_SIZE = 2**31 - 1
+# A key takes at least 8 bytes of a page (its element and a byte): no file of 2**64 bytes holds
+# more than this many, and a bucket's count stays far from the C put's 2**63 - 1.
+MAX_BUCKET_KEYS = 2**61
 
 PAGE_HEADER = struct.Struct("<QQBBHII4x")
 HEADER_SIZE = PAGE_HEADER.size
@@ -229,6 +234,10 @@ def decode_bucket_header(raw: bytes, path: str | None, offset: int | None) -> Bu
     if len(raw) < BUCKET_HEADER.size:
         raise CorruptionError("bucket header is cut short", path, offset)
     root, count = BUCKET_HEADER.unpack_from(raw)
+    if count > MAX_BUCKET_KEYS:
+        raise CorruptionError(
+            f"bucket header counts {count} keys, more than a file holds", path, offset
+        )
     if root == 0 and len(raw) < BUCKET_HEADER.size + INLINE_COUNT.size:
         raise CorruptionError("inline bucket has no entry count", path, offset)
     return BucketHeader(root, count, raw)
@@ -305,6 +314,8 @@ def decode_leaf_body(
     elements = _leaf_elements(count)
     pos = start + elements.size
     flat = elements.unpack_from(buf, start)
+    if count and not 0 < min(key_lens := flat[1::3]) <= max(key_lens) <= MAX_KEY_SIZE:
+        raise CorruptionError("leaf key is empty or longer than keys can be", path, offset)
     if flat[0::3].count(FLAG_VALUE) == count:
         # Every value is stored in the leaf: cut keys and values with one comprehension.
         lens: list = [0] * (2 * count)
@@ -350,6 +361,8 @@ def decode_branch_body(
 ) -> tuple[list[bytes], list[int]]:
     if start + BRANCH_ELEMENT.size * count > end:
         raise CorruptionError(f"branch claims {count} children, more than fit", path, offset)
+    if count == 0:
+        raise CorruptionError("branch without children", path, offset)
     elements = _branch_elements(count)
     pos = start + elements.size
     flat = elements.unpack_from(buf, start)

@@ -102,7 +102,8 @@ def test_random_leaves_decode_identically(keys, data):
 def test_random_branches_decode_identically(keys, data):
     children = [data.draw(st.integers(2, 2**63)) for _ in keys]
     run = bytes(build_page(7, TYPE_BRANCH, len(keys), encode_branch_body(keys, children), PS))
-    assert both(run) == (TYPE_BRANCH, keys, children)
+    # A branch without children is corrupt (no commit writes one): both codecs refuse it.
+    assert both(run) == ((TYPE_BRANCH, keys, children) if keys else None)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
