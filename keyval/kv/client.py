@@ -85,6 +85,9 @@ class Client:
         # Every live thread's connections, for close(); a thread's go with it when it ends.
         self._all_conns: weakref.WeakSet[_Connections] = weakref.WeakSet()
         self._all_conns_lock = threading.Lock()
+        # Bumped by close(): a call that began before it ends with ClosedError instead of
+        # retrying on new connections.
+        self._closes = 0
 
     @property
     def client_id(self) -> int:
@@ -127,8 +130,10 @@ class Client:
         return out
 
     def close(self) -> None:
-        """Closes every thread's connections (a later call opens new ones)."""
+        """Closes every thread's connections. A call in flight in another thread ends with
+        ClosedError (its outcome unknown, as after a Timeout); a later call opens new ones."""
         with self._all_conns_lock:
+            self._closes += 1
             maps = list(self._all_conns)
         for conns in maps:
             for index in list(conns):
@@ -186,6 +191,7 @@ class Client:
             # before the write lands too, when sessions are opened faster than the limit).
 
     def _call(self, request: bytes, timeout: float | None = None) -> bytes:
+        closes = self._closes
         timeout = self._timeout(timeout)
         # The first attempt at the believed leader is the common case and on every operation's
         # critical path: no clock reads unless it fails.
@@ -197,7 +203,7 @@ class Client:
         self._local.attempts = 1  # requests sent (or perhaps sent) by this call
         if conn is None or timeout < TRY_TIMEOUT:
             self._local.attempts = 0
-            return self._call_with_retries(request, time.monotonic(), None, timeout)
+            return self._call_with_retries(request, time.monotonic(), None, timeout, closes)
         started = time.monotonic()
         try:
             reply = conn.request(KIND_REQUEST, request, TRY_TIMEOUT)
@@ -206,16 +212,18 @@ class Client:
             reply = _RETRY
         if reply[0] == protocol.OK:
             return reply[1:]
-        return self._call_with_retries(request, started, reply, timeout)
+        return self._call_with_retries(request, started, reply, timeout, closes)
 
     def _call_with_retries(
-        self, request: bytes, started: float, reply: bytes | None, timeout: float
+        self, request: bytes, started: float, reply: bytes | None, timeout: float, closes: int
     ) -> bytes:
         """The retry loop; ``reply`` is the answer of a first attempt at the believed leader,
-        already made (None if none was)."""
+        already made (None if none was); ``closes``: close() calls seen when the call began."""
         deadline = started + timeout
         tries = 0
         while True:
+            if self._closes != closes:  # close() took this call's connections: it ends here
+                raise ClosedError("the client was closed during the call")
             target = self._leader
             if reply is None:
                 left = deadline - time.monotonic()

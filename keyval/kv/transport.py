@@ -691,9 +691,14 @@ class ClientConnection:
         return frame.payload
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
+        """Closes the connection; a request another thread is waiting in returns at once
+        (shutdown wakes a blocked recv, which closing the socket alone does not)."""
+        sock = self._sock
+        if sock is not None:
             self._sock = None
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
     def __enter__(self) -> ClientConnection:
         return self

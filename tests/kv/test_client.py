@@ -464,3 +464,34 @@ def test_a_message_answered_while_closing_is_dropped_not_a_failure(cluster):
     beat = messages.Message(messages.MsgType.HEARTBEAT, follower.node_id, leader.node_id, term)
     follower._on_frames(leader.node_id, [(KIND_RAFT, messages.encode(beat))])
     assert follower.failure is None
+
+
+def test_close_ends_a_call_in_flight_in_another_thread_at_once():
+    """close() used to close connections only: a thread waiting for an answer went on until
+    its attempt timed out, then retried on a new connection, until the call's own timeout."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    client = Client([f"127.0.0.1:{listener.getsockname()[1]}"], timeout=30)
+    ended: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            client.get(b"k")  # this server reads the request and never answers
+        except BaseException as exc:
+            ended.append(exc)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    conn, _ = listener.accept()
+    try:
+        conn.settimeout(10)
+        assert conn.recv(1024)  # the request arrived: the call is waiting for its answer
+        started = time.monotonic()
+        client.close()
+        thread.join(10)
+        assert not thread.is_alive()
+        assert len(ended) == 1 and isinstance(ended[0], ClosedError)
+        assert time.monotonic() - started < 2.0  # woken by close, not by its 2.5 s attempt
+    finally:
+        conn.close()
+        listener.close()
