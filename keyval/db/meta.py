@@ -30,6 +30,8 @@ from .page import (
     valid_page_size,
 )
 
+MAX_TXID = 2**63  # a txid at or past this is corruption (see decode_meta)
+
 log = logging.getLogger("keyval.db")
 
 
@@ -90,6 +92,10 @@ def decode_meta(buf: bytes, slot: int, path: str | None, offset: int) -> Meta:
     _, _, _, root, freelist, hwm, txid = META_BODY.unpack_from(buf, HEADER_SIZE)
     if txid % 2 != slot:
         raise CorruptionError(f"meta page {slot} holds txid {txid} of the other slot", path, offset)
+    if txid >= MAX_TXID:
+        # No file commits 2**63 times; one that says so could not commit again (the next
+        # txid would not fit its field).
+        raise CorruptionError(f"meta page {slot}: txid {txid} is past any real one", path, offset)
     if not (2 <= root < hwm) or freelist >= hwm or (0 < freelist < 2):
         raise CorruptionError(
             f"meta page {slot}: root {root} / freelist {freelist} outside hwm {hwm}", path, offset

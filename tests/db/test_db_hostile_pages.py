@@ -238,3 +238,26 @@ def test_an_overflow_reference_longer_than_the_file_is_refused_before_it_is_read
         pytest.raises(CorruptionError, match="outside the file"),
     ):
         tx.bucket(b"a").get(b"big")
+
+
+def test_a_meta_txid_no_file_reaches_is_corruption(two_buckets):
+    """Read as valid, a txid of 2**64 - 1 made the next commit fail with struct.error."""
+    path, _ = two_buckets
+    with DB(path) as db, db.view() as tx:
+        slot = tx._meta.txid % 2
+    # The newer meta, with the txid of its own slot's parity near the top of the field:
+    # refused, so the file opens at the other meta (one commit older) and commits again.
+    _rewrite_metas(
+        path,
+        lambda page: (
+            struct.pack_into("<Q", page, 72, 2**64 - 2 + slot)
+            if struct.unpack_from("<Q", page, 8)[0] == slot
+            else None
+        ),
+    )
+    with DB(path) as db:
+        with db.update() as tx:
+            tx.create_bucket(b"after", exist_ok=True).put(b"k", b"x")
+        with db.view() as tx:
+            assert tx.bucket(b"after").get(b"k") == b"x"
+            assert tx._meta.txid < 2**63
