@@ -228,7 +228,7 @@ class Bucket(_Base):
             if self._root:
                 node = self._tx._load(self._root)
             else:
-                keys, vals = self._header.inline_entries(self._tx._db.path, None)
+                keys, vals = self._header.inline_entries(self._tx._db.path)
                 plain = all(type(v) is bytes for v in vals)
                 node = Node(True, keys, vals, plain=plain)
             self._node = node
@@ -691,7 +691,7 @@ class Bucket(_Base):
             roots.add(header.root)
             self._free_subtree(tx._load(header.root), {}, 0, roots)
         else:
-            keys, vals = header.inline_entries(tx._db.path, None)
+            keys, vals = header.inline_entries(tx._db.path)
             self._free_subtree(Node(True, keys, vals), {}, 0, roots)
 
     def _too_deep(self, write: bool = False) -> CorruptionError:

@@ -275,7 +275,7 @@ class _Checker:
             found = self.check_bucket_tree(header.root, top=False)
         else:
             try:
-                keys, vals = header.inline_entries(self.path, pgid * self.page_size)
+                keys, vals = header.inline_entries(self.path)
             except CorruptionError as e:
                 self.findings.append(e)
                 return

@@ -559,7 +559,7 @@ class DB:
                         walk_tree(self._load_node(v.root), 1)
                     else:
                         totals["inline_buckets"] += 1
-                        keys, vals = v.inline_entries(self.path, None)
+                        keys, vals = v.inline_entries(self.path)
                         walk_tree(Node(True, keys, vals), 1)
 
         with self.view() as tx:

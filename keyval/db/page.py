@@ -197,14 +197,19 @@ class OverflowRef:
 
 
 class BucketHeader:
-    """A leaf entry's value that is a nested bucket: its root page, key count, inline entries."""
+    """A leaf entry's value that is a nested bucket: its root page, key count, inline entries.
 
-    __slots__ = ("_inline", "count", "raw", "root")
+    ``offset`` is the file offset of the page the header was read from (None for one made in
+    a write transaction): an inline bucket's entries are decoded only when first used, and a
+    corrupt one must still name where it lies."""
 
-    def __init__(self, root: int, count: int, raw: bytes):
+    __slots__ = ("_inline", "count", "offset", "raw", "root")
+
+    def __init__(self, root: int, count: int, raw: bytes, offset: int | None = None):
         self.root = root
         self.count = count
         self.raw = raw
+        self.offset = offset
         self._inline: tuple[list[bytes], list] | None = None
 
     @classmethod
@@ -216,11 +221,12 @@ class BucketHeader:
         body = INLINE_COUNT.pack(len(keys)) + encode_leaf_body(keys, vals)
         return cls(0, count, BUCKET_HEADER.pack(0, count) + body)
 
-    def inline_entries(self, path: str | None, offset: int | None) -> tuple[list[bytes], list]:
+    def inline_entries(self, path: str | None) -> tuple[list[bytes], list]:
         """Decode the entries of an inline bucket (cached: headers are immutable)."""
         entries = self._inline
         if entries is None:
             raw = self.raw
+            offset = self.offset
             start = BUCKET_HEADER.size + INLINE_COUNT.size
             if len(raw) < start:
                 raise CorruptionError("inline bucket header is cut short", path, offset)
@@ -240,7 +246,7 @@ def decode_bucket_header(raw: bytes, path: str | None, offset: int | None) -> Bu
         )
     if root == 0 and len(raw) < BUCKET_HEADER.size + INLINE_COUNT.size:
         raise CorruptionError("inline bucket has no entry count", path, offset)
-    return BucketHeader(root, count, raw)
+    return BucketHeader(root, count, raw, offset)
 
 
 @lru_cache(maxsize=1024)

@@ -261,3 +261,21 @@ def test_a_meta_txid_no_file_reaches_is_corruption(two_buckets):
         with db.view() as tx:
             assert tx.bucket(b"after").get(b"k") == b"x"
             assert tx._meta.txid < 2**63
+
+
+def test_a_corrupt_inline_bucket_names_the_page_it_lies_in(tmp_path):
+    path = str(tmp_path / "inline.db")
+    with DB(path, page_size=PS) as db, db.update() as tx:
+        tx.create_bucket(b"c").put(b"k", b"v")
+    leaf = top_leaf(path)
+    _, _, _, header = leaf_entry(path, leaf, b"c")
+    # The inline entry count, past the header's root and key count: more than the value holds.
+    patch(path, leaf, header + 16, "<I", 1000)
+    with DB(path) as db:
+        with db.view() as tx, pytest.raises(CorruptionError) as e:
+            tx.bucket(b"c").get(b"k")
+        assert (e.value.path, e.value.offset) == (path, leaf * PS)
+        with pytest.raises(CorruptionError) as e:
+            db.stats()
+        assert e.value.offset == leaf * PS
+    assert fsck([path]) == 4
