@@ -508,7 +508,7 @@ class RaftCore:
             if self.config.check_quorum:
                 active = sum(1 for p, pr in self.prs.items() if p == self.id or pr.recent_active)
                 for pr in self.prs.values():
-                    pr.recent_active = False
+                    pr.was_active, pr.recent_active = pr.recent_active, False
                 if active < self.quorum:
                     # Cut off from a quorum: stop serving (reads, proposals) rather than
                     # pretend; the majority side elects a new leader anyway.

@@ -32,7 +32,9 @@ quorum needs and to the others on the next tick, a tick's worth in one go
 separately costs the machine a wake-up, a step and an fsync.
 
 After applying, if the Raft state (log plus hard state) exceeds ``max_raft_state`` bytes, the
-state machine is snapshotted at the applied index and the log compacted. With
+state machine is snapshotted at the applied index and the log compacted; a leader holds that
+back while a follower that answers still needs entries up to the applied index (it would
+otherwise need the whole snapshot), until the state passes twice ``max_raft_state``. With
 ``on_compact_needed`` given, that is not done under the lock, where encoding and writing a large
 state would stall the node (hundreds of milliseconds for a few hundred thousand keys): the
 node calls ``on_compact_needed()`` and the owner calls :meth:`Node.compact` from a thread of
@@ -62,6 +64,7 @@ from keyval.raft.core import Config, RaftCore, Ready, Role
 from keyval.raft.entrycache import EntryCache
 from keyval.raft.messages import Message, MsgType
 from keyval.raft.pacing import QuorumPacer
+from keyval.raft.progress import ProgressState
 from keyval.raft.readindex import ReadState
 from keyval.raft.records import Entry, HardState, Snapshot
 from keyval.raft.snapdata import SnapshotData
@@ -525,10 +528,28 @@ class Node:
 
     def _compaction_due(self) -> bool:
         st = self.storage
+        size = self.raft_state_size
         return (
             self.max_raft_state is not None
-            and self.raft_state_size > self.max_raft_state
+            and size > self.max_raft_state
             and st.first_index - 1 < self.applied <= st.last_index
+            and (size > 2 * self.max_raft_state or not self._follower_needs_applied())
+        )
+
+    def _follower_needs_applied(self) -> bool:
+        """Whether this node leads and a follower that answers still needs entries up to the
+        applied index sent: compacting now would cost it a whole snapshot where a few appends
+        do (a paced follower, or one whose window of appends is full, is often a tick
+        behind). Compaction waits for it while the Raft state stays under twice
+        ``max_raft_state``; one that does not answer does not hold it back."""
+        core = self.core
+        if core.role is not Role.LEADER:
+            return False
+        applied = self.applied
+        return any(
+            pr.answered_lately() and pr.next <= applied and pr.state is not ProgressState.SNAPSHOT
+            for peer, pr in core.prs.items()
+            if peer != core.id
         )
 
     def _maybe_compact(self) -> None:

@@ -66,8 +66,10 @@ class Progress:
         # PROBE: an append is out and unanswered; no other until a response or heartbeat.
         self.probe_sent = False
         self.inflights = Inflights(max_inflight)
-        # Heard from since the last CheckQuorum round.
+        # Heard from since the last CheckQuorum round, and in the round before it: just after
+        # a round begins, recent_active alone says "silent" of every follower.
         self.recent_active = False
+        self.was_active = False
         # The last index sent when the latest heartbeat went out: if a heartbeat comes back
         # and that is still unacknowledged, appends or their acks were lost.
         self.sent_at_heartbeat = 0
@@ -76,6 +78,10 @@ class Progress:
         self.snap_acked = 0
         self.snap_sent = 0
         self.snap_idle_ticks = 0
+
+    def answered_lately(self) -> bool:
+        """Heard from within the last one or two CheckQuorum rounds (election timeouts)."""
+        return self.recent_active or self.was_active
 
     def __repr__(self) -> str:
         return f"Progress({self.state.value} match={self.match} next={self.next})"
