@@ -11,6 +11,7 @@ keyval status --peers ...                                  each node's role, ter
 
 from __future__ import annotations
 
+import os
 import sys
 
 COMMANDS = {
@@ -46,9 +47,15 @@ def main(argv: list[str] | None = None) -> int:
 
     module_name = COMMANDS[name][0]
     module = importlib.import_module(module_name)
-    if module_name == "keyval.kv.ctl":
-        return module.main(name, rest)
-    return module.main(rest)
+    try:
+        if module_name == "keyval.kv.ctl":
+            return module.main(name, rest)
+        return module.main(rest)
+    except BrokenPipeError:
+        # The reader left early (`keyval inspect DIR | head`): no traceback for that. Stdout
+        # goes to /dev/null so that the interpreter's last flush does not raise it again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

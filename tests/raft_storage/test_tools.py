@@ -115,3 +115,20 @@ def test_fsck_json_and_usage_errors(node_dir):
     assert json.loads(out.stdout)["kind"] == "node"
     usage = subprocess.run([sys.executable, "-m", "keyval.fsck"], capture_output=True)
     assert usage.returncode == 16
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(node_dir):
+    # `keyval inspect DIR | head -1`: the reader is gone before the output is written (its end
+    # of the pipe is closed before the command starts, so every write fails).
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "keyval.cli", "inspect", node_dir, "--json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 1
+    assert b"Traceback" not in proc.stderr
