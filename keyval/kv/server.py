@@ -37,6 +37,7 @@ import threading
 import time
 
 from keyval.db.page import MAX_KEY_SIZE
+from keyval.dirsync import makedirs_durable
 from keyval.errors import ClosedError, MessageDecodeError, NotLeader
 from keyval.kv import protocol
 from keyval.kv.frames import KIND_RAFT, KIND_REQUEST, FrameError
@@ -98,7 +99,7 @@ class Server:
         self.node_id = node_id
         self.peers = peers
         self.data_dir = data_dir
-        os.makedirs(data_dir, exist_ok=True)
+        makedirs_durable(data_dir)
         self.storage = RaftStorage(
             os.path.join(data_dir, SERVER_NODE_SUBDIR), segment_size=segment_size
         )

@@ -30,6 +30,7 @@ import threading
 from collections.abc import Sequence
 
 from keyval.db import DB
+from keyval.dirsync import makedirs_durable
 from keyval.errors import ClosedError, LogCompacted, LogUnavailable
 from keyval.raft.records import Entry, HardState, Snapshot
 from keyval.raft.validation import check_entries, check_hard_state, check_snapshot
@@ -56,7 +57,7 @@ class DBLogStorage:
 
     def __init__(self, data_dir: str | os.PathLike[str]):
         self._dir = os.fspath(data_dir)
-        os.makedirs(self._dir, exist_ok=True)
+        makedirs_durable(self._dir)
         self._lock = threading.RLock()
         self._closed = False
         self._db = DB(os.path.join(self._dir, DB_FILE), sync=True)

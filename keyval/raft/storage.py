@@ -56,7 +56,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from keyval.db import DB
-from keyval.dirsync import fsync_dir
+from keyval.dirsync import fsync_dir, makedirs_durable
 from keyval.errors import (
     ClosedError,
     CorruptionError,
@@ -210,7 +210,9 @@ class RaftStorage:
         self._dir = os.fspath(data_dir)
         self._lock = threading.RLock()
         self._closed = False
-        os.makedirs(os.path.join(self._dir, SNAP_DIR), exist_ok=True)
+        # The node directory may be new: its name (and snap/'s) must survive a power loss
+        # like the files synced inside it, or a crash loses every write acked since.
+        makedirs_durable(os.path.join(self._dir, SNAP_DIR))
         self._snap_dir = os.path.join(self._dir, SNAP_DIR)
         self._db = DB(os.path.join(self._dir, DB_FILE))
         try:
