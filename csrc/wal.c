@@ -325,21 +325,35 @@ static int recover(kv_wal *w, kv_error *err, const kv_bounds *b)
     int check = w->flags & KV_OPEN_CHECK;
     int cut_pending = b->flags & KV_BOUNDS_CUT_PENDING;
     char why[200];
-    if (cut_pending && !check) {
+    if (cut_pending) {
         /* Finish an interrupted truncate_back: segments wholly after the cut go first, newest
-         * first, without being read (a half-done removal may have left a gap among them). */
+         * first, without being read (a half-done removal may have left a gap among them).
+         * Check mode passes over them the same way: they are what open removes. */
         size_t keep = w->nsegs;
         while (keep > 1 && w->segs[keep - 1].first_seq > b->cut + 1)
             keep--;
-        for (size_t i = w->nsegs; i > keep; i--)
-            unlink(w->segs[i - 1].path);
+        if (!check) {
+            for (size_t i = w->nsegs; i > keep; i--)
+                unlink(w->segs[i - 1].path);
+            /* Their removal is durable before the tail of the segment that keeps the cut is
+             * zeroed below, as in truncate_back: else a power loss can bring them back
+             * behind a gap that zeroing made (open copes, but it is a state no truncate_back
+             * leaves, and one check mode took for damage). */
+            int e = keep < w->nsegs ? kv_io_fsync_dir(&w->io, w->dirfd) : 0;
+            if (e) {
+                kv_set_error(err, KV_EIO, e, w->dir, -1, "cannot finish truncate_back: %s",
+                             strerror(e));
+                return 1;
+            }
+        }
         for (size_t i = keep; i < w->nsegs; i++)
             kv_segment_release(&w->segs[i]);
         w->nsegs = keep;
-    } else if (cut_pending) {
-        kv_add_finding(w, KV_ETORN, w->dir, -1,
-                       "a truncate_back to seq %llu was interrupted; opening the log finishes it",
-                       (unsigned long long)b->cut);
+        if (check)
+            kv_add_finding(w, KV_ETORN, w->dir, -1,
+                           "a truncate_back to seq %llu was interrupted; opening the log "
+                           "finishes it",
+                           (unsigned long long)b->cut);
     }
     /* Segments wholly below the front were being removed by truncate_front; a crash can leave
      * any of them behind, in any pattern, so they are dropped unread. */

@@ -264,3 +264,38 @@ def test_a_segment_cut_shorter_than_it_was_made_is_corruption(tmp_path, keep):
     assert fsck([path]) == 4
     assert fsck(["--repair", path]) == 4  # never "mended" by dropping acknowledged records
     assert os.path.getsize(seg) == cut
+
+
+def test_fsck_agrees_with_open_on_a_cut_whose_segment_removal_a_power_loss_undid(tmp_path):
+    # Open finishes an interrupted truncate_back: it unlinks the segments after the cut, then
+    # zeroes the tail of the one that keeps it. With no directory fsync in between, a power
+    # loss could keep the zeroing and undo the unlinks (found by tools/powerloss, double
+    # crash): a gap before segments open drops unread anyway. fsck called that damage it
+    # could not repair (exit 4 even with --repair) while the log opened fine.
+    path = str(tmp_path / "log")
+    recs = [b"rec-%03d" % i * 12 for i in range(1, 61)]
+    with WAL(path, segment_size=2048, sync="always") as wal:
+        for r in recs:
+            wal.append(r)
+        segs = wal.segments()
+    assert len(segs) >= 3
+    last = segs[-1]
+    cut = last["first_seq"] - 3  # in the segment before the last
+    assert segs[-2]["first_seq"] <= cut
+    saved = pathlib.Path(last["path"]).read_bytes()
+    wal = WAL(path, segment_size=2048, sync="always")
+    wal.inject_fault("write", after=1)  # the bounds file is written, zeroing the tail fails
+    with pytest.raises(ReadOnlyError):
+        wal.truncate_back(cut)
+    wal.close()
+    assert not os.path.exists(last["path"])
+    kept = pathlib.Path(segs[-2]["path"])
+    data = bytearray(kept.read_bytes())
+    at = data.find(recs[cut]) - 20  # record cut + 1
+    data[at:] = bytes(len(data) - at)  # the zeroing reached the disk...
+    kept.write_bytes(data)
+    pathlib.Path(last["path"]).write_bytes(saved)  # ...the unlink did not
+    assert fsck([path]) == 4  # an interrupted cut, which opening finishes
+    assert fsck([path, "--repair"]) == 1
+    assert fsck([path]) == 0
+    assert records(path, segment=2048) == recs[:cut]
