@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import random
 import re
@@ -18,7 +19,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import trace as tr
+import pltrace as tr
 
 from keyval import fsck
 from keyval.errors import CorruptionError
@@ -47,12 +48,20 @@ def check_wal(root, ms):
     attempted: set[bytes] = set()
     forbidden: set[bytes] = set()
     opened = False
+    fl = None
     for _, m in ms:
         if m["k"] == "attempt":
             if m["op"] == "append":
                 attempted.update(bytes.fromhex(p) for p in m["p"])
+            if m["op"] != "reopen":
+                fl = m
             continue
-        if m["op"] == "open":
+        if m["op"] != "recovered":
+            fl = None
+        if m["op"] == "recovered":  # what a reopen found is durable from then on
+            opened = True
+            expected = {s: bytes.fromhex(p) for s, p in m["records"]}
+        elif m["op"] == "open":
             opened = True
         elif m["op"] == "append":
             for j, p in enumerate(m["p"]):
@@ -63,7 +72,6 @@ def check_wal(root, ms):
         elif m["op"] == "truncate_back":
             for s in [s for s in expected if s > m["seq"]]:
                 forbidden.add(expected.pop(s))
-    fl = in_flight(ms)
     may_lose = lambda s: False  # noqa: E731
     if fl and fl["op"] == "truncate_back":
         forbidden = set()
@@ -232,14 +240,15 @@ def check_raft(root, ms):
 
 CHECKS = {
     "wal": (check_wal, "wal"),
+    "wal_reopen": (check_wal, "wal"),
     "db": (check_db, "x.db"),
     "raft": (check_raft, "node"),
     "raft_pre": (check_raft, "node"),
 }
 
 
-def run_one(ops, crash, mode, rng, workload, tmp, meta):
-    state = tr.build(ops, crash, mode, rng, meta)
+def run_one(ops, crash, mode, rng, workload, tmp, meta, initial=None):
+    state = tr.build(ops, crash, mode, rng, meta, initial)
     root = os.path.join(tmp, "root")
     shutil.rmtree(root, ignore_errors=True)
     tr.materialize(state, root)
@@ -301,10 +310,28 @@ def describe(ops, crash):
     return "\n".join(out)
 
 
+def load_initial(trace_dir):
+    """The durable state a trace started from (saved by double.py), or None."""
+    path = os.path.join(trace_dir, "initial.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        inos = json.load(f)
+    out = {}
+    for p, ino in inos.items():
+        if ino == "dir":
+            out[p] = "dir"
+        else:
+            with open(os.path.join(trace_dir, "initial", p), "rb") as f:
+                out[p] = (ino, f.read())
+    return out
+
+
 def run(trace_dir, workload, random_states=3, seed=0, meta="posix", points=None):
     """Checks every crash point of the trace in TRACE_DIR; returns (summary line, findings:
     {(kind, mode, message): [first crash point, files, count]}, ops)."""
     ops = tr.parse(os.path.join(trace_dir, "trace"))
+    initial = load_initial(trace_dir)
     rng = random.Random(seed)
     points = range(len(ops) + 1) if points is None else points
     counts = collections.Counter()
@@ -316,7 +343,9 @@ def run(trace_dir, workload, random_states=3, seed=0, meta="posix", points=None)
             if crash < len(ops) and ops[crash].kind == "M":
                 continue  # same state as the next op
             for mode in ["strict", "all"] + ["random"] * random_states:
-                res, err, fnote, state = run_one(ops, crash, mode, rng, workload, tmp, meta)
+                res, err, fnote, state = run_one(
+                    ops, crash, mode, rng, workload, tmp, meta, initial
+                )
                 states += 1
                 counts[res] += 1
                 for kind, msg in ((res, err), ("FSCK", fnote)):

@@ -1,5 +1,6 @@
 import sys
-import trace
+
+import pltrace as trace
 
 ops = trace.parse(sys.argv[1])
 inos = {}

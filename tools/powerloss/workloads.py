@@ -85,6 +85,36 @@ def wal(root: str, seed: int) -> None:
         one(w, 100)
 
 
+def wal_reopen(root: str, seed: int) -> None:
+    """Second crash: reopens a log a first crash left (recovery writes), then appends, cuts
+    and appends again. The first run's markers (PL_PRE) are replayed first."""
+    from keyval.wal import WAL
+
+    with open(os.environ["PL_PRE"]) as f:
+        for line in f:
+            os.write(MARK, line.encode())
+    rng = random.Random(seed)
+    d = os.path.join(root, "wal")
+    mark("attempt", op="reopen")
+    with WAL(d, segment_size=16384, sync="always") as w:
+        got = [[s, bytes(p).hex()] for s, _, p in w.replay()]
+        mark("ack", op="recovered", records=got)
+        for i in range(3):
+            p = payload(rng, rng.choice([10, 3000, 6000]), f"z{i}")
+            mark("attempt", op="append", p=[p.hex()])
+            seq = w.append(p, type=1)
+            mark("ack", op="append", first=seq, p=[p.hex()])
+        if w.last_seq >= 2:
+            b = w.last_seq - 1
+            mark("attempt", op="truncate_back", seq=b)
+            w.truncate_back(b)
+            mark("ack", op="truncate_back", seq=b)
+        ps = [payload(rng, n, f"y{n}") for n in (5000, 20)]
+        mark("attempt", op="append", p=[p.hex() for p in ps])
+        first, _ = w.append_many(ps, type=1)
+        mark("ack", op="append", first=first, p=[p.hex() for p in ps])
+
+
 def db(root: str, seed: int) -> None:
     from keyval.db import DB
 
@@ -203,4 +233,6 @@ if __name__ == "__main__":
     name, root = sys.argv[1], sys.argv[2]
     seed = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     MARK = os.open(os.environ["PL_MARK"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    {"wal": wal, "db": db, "raft": raft, "raft_pre": raft_pre}[name](root, seed)
+    {"wal": wal, "wal_reopen": wal_reopen, "db": db, "raft": raft, "raft_pre": raft_pre}[name](
+        root, seed
+    )

@@ -99,12 +99,27 @@ class FS:
     names: dict = field(default_factory=dict)  # path -> ino, or "dir"
 
 
-def build(ops: list[Op], crash: int, mode: str, rng: random.Random | None = None, meta="posix"):
+def build(
+    ops: list[Op],
+    crash: int,
+    mode: str,
+    rng: random.Random | None = None,
+    meta="posix",
+    initial: dict | None = None,
+):
     """Files and directories (path -> bytes | None for a dir) a power loss just before
-    ops[crash] may leave."""
+    ops[crash] may leave. ``initial``: path -> (ino, bytes) | "dir", durable before the trace."""
     rng = rng or random.Random(0)
+    initial = initial or {}
+    base: dict = {}
     # 1. name operations, with the index of the dir fsync that made each durable
     names: dict[str, object] = {".": "dir"}
+    for p, v in initial.items():
+        if v == "dir":
+            names[p] = "dir"
+        else:
+            names[p] = (v[0], 0)
+            base[(v[0], 0)] = v[1]
     name_ops = []  # (index, op, dirs it touches)
     for i, op in enumerate(ops[:crash]):
         if op.kind in "CRLUK":
@@ -140,7 +155,7 @@ def build(ops: list[Op], crash: int, mode: str, rng: random.Random | None = None
     # chosen (then it is skipped: e.g. rename of a file never durably created).
     # Track inode of each name: need inode for renames/links -> from the trace's volatile view.
     ino_of_name_at: dict[int, object] = {}
-    vol: dict[str, object] = {".": "dir"}
+    vol: dict[str, object] = dict(names)
     for i, op in enumerate(ops[:crash]):
         if op.kind == "C":
             vol[op.b] = op.a
@@ -192,7 +207,7 @@ def build(ops: list[Op], crash: int, mode: str, rng: random.Random | None = None
             synced[op.a] = len(data_ops.get(op.a, []))
     contents: dict[int, bytearray] = {}
     for ino in {v for v in names.values() if v != "dir"}:
-        buf = bytearray()
+        buf = bytearray(base.get(ino, b""))
         lst = data_ops.get(ino, [])
         k = synced.get(ino, 0)
         for op in lst[:k]:
