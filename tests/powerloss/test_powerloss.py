@@ -1,4 +1,4 @@
-"""Power-loss crash consistency (ALICE / CrashMonkey style), see tools/powerloss/README.md.
+"""Power-loss crash consistency (ALICE / CrashMonkey style), see tests/powerloss/README.md.
 
 Each workload runs once under an LD_PRELOAD shim that records every write, truncate, fsync,
 create, rename, link, unlink and mkdir under its directory. For every point of that trace the
@@ -16,7 +16,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOOL = os.path.join(ROOT, "tools", "powerloss")
+TOOL = os.path.dirname(os.path.abspath(__file__))
 
 pytestmark = pytest.mark.skipif(
     shutil.which("gcc") is None or not sys.platform.startswith("linux"),

@@ -8,7 +8,7 @@ segment shows a bad (zeroed) record followed by a valid one. Recovery calls that
 (csrc/wal.c, recover(): "yet a valid record follows"), so the WAL, and the Raft node on it,
 refuses to open and `fsck --repair` refuses to mend it, although nothing acknowledged is
 missing: the SPEC's "reopening yields a prefix ... that contains every durable record" is
-broken. Found by tools/powerloss (random mode, 4 KiB granularity).
+broken. Found by tests/powerloss (random mode, 4 KiB granularity).
 """
 
 import pytest

@@ -7,4 +7,4 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 rm -rf "$OUT"; mkdir -p "$OUT/root"
 OUT=$(cd "$OUT" && pwd)
 PL_TRACE=$OUT/trace PL_ROOT=$OUT/root PL_MARK=$OUT/mark LD_PRELOAD=$HERE/shim.so \
-  ${PY:-/work/main/.venv/bin/python} "$HERE/workloads.py" "$W" "$OUT/root" "$SEED" > "$OUT/stdout"
+  ${PY:-python3} "$HERE/workloads.py" "$W" "$OUT/root" "$SEED" > "$OUT/stdout"
