@@ -29,7 +29,9 @@
  *     8     8  seq
  *    16     1  type (0..255, the caller's)
  *    17     1  flags: bit 0 = another record of the same append_many batch follows
- *    18     2  reserved, zero
+ *    18     2  write index: how many records before this one the same write to the file
+ *              holds (0 = the write starts here; saturates at 65535; 0 in logs written before
+ *              the field existed, which recovery then reads as one write per record)
  *    20   len  payload
  *
  * A record is valid when its CRC matches, its seq is the one expected next, and it lies inside
@@ -40,12 +42,22 @@
  * header, or at the end of the file. The next segment must start with the seq that follows.
  * In the last segment, non-zero bytes after the last valid record are a torn tail (a write cut
  * short by a crash, never acknowledged) and are zeroed, unless a valid record with a later seq
- * lies among them. Anything else (a bad record followed by a valid one, a gap between
- * segments, a bad header) is corruption, reported with the file and offset and never skipped:
- * a valid record after a bad one proves the bad one was once written whole, so cutting there
- * would drop acknowledged records. A batch is all or nothing: if the last valid record still
- * says that another of its batch follows, the batch never finished and is cut like a torn
- * write (a batch that fits in a segment is never split across two).
+ * lies among them. One such case is still a torn tail: a write spans several blocks of the
+ * file, and a power loss before its fdatasync returned may keep a later block and lose an
+ * earlier one, which reads as the zeros the segment was filled with. So when the file is zero
+ * from the first bad record up to the next 512-byte boundary at least, and every valid record
+ * after it belongs to the write that should hold the bad one (its seq minus its write index
+ * is at most the bad record's seq), that write's tail is cut. Anything else (a bad record
+ * followed by a valid one of a later write, a gap between segments, a bad header) is
+ * corruption, reported with the file and offset and never skipped: with sync "always" a later
+ * write proves the bad record was written whole and synced, so cutting there would drop
+ * acknowledged records. (A log written with "interval" or "none" can show a later write after
+ * a power loss too; it is reported all the same.) What no format can tell from a torn write:
+ * the last write of a log, synced, of which the disk later lost a block; it is cut as torn,
+ * where SQLite, PostgreSQL and etcd cut everything after any bad record. A batch is all or
+ * nothing: if the last valid record still says that another of its batch follows, the batch
+ * never finished and is cut like a torn write (a batch that fits in a segment is never split
+ * across two).
  *
  *   off  size  bounds file (replaced atomically: write bounds.tmp, fsync, rename, fsync dir)
  *     0     8  magic "KVWALBND"
@@ -78,6 +90,8 @@
 #define KV_REC_HEADER_SIZE 20u
 #define KV_REC_ALIGN 8u
 #define KV_REC_CONTINUES 1u
+#define KV_REC_WRITE_INDEX_MAX 0xFFFFu
+#define KV_TORN_SECTOR 512u /* the smallest unit a power loss keeps or loses */
 #define KV_BOUNDS_SIZE 44u
 #define KV_BOUNDS_V1_SIZE 36u
 #define KV_BOUNDS_VERSION 2u
@@ -103,6 +117,12 @@ static inline uint64_t kv_get64(const unsigned char *p)
 {
     uint64_t v;
     memcpy(&v, p, 8);
+    return v;
+}
+static inline uint32_t kv_get16(const unsigned char *p)
+{
+    uint16_t v;
+    memcpy(&v, p, 2);
     return v;
 }
 static inline void kv_put32(unsigned char *p, uint32_t v) { memcpy(p, &v, 4); }
@@ -136,7 +156,8 @@ void kv_seg_header_encode(unsigned char out[KV_SEG_HEADER_SIZE], const kv_seg_he
  * -4 bad header size. */
 int kv_seg_header_decode(const unsigned char *in, kv_seg_header *h);
 void kv_record_header_encode(unsigned char out[KV_REC_HEADER_SIZE], uint64_t salt, uint64_t seq,
-                             unsigned type, unsigned flags, const void *payload, uint32_t len);
+                             unsigned type, unsigned flags, unsigned write_index,
+                             const void *payload, uint32_t len);
 void kv_bounds_encode(unsigned char out[KV_BOUNDS_SIZE], const kv_bounds *b);
 /* `in` holds the file's first `n` bytes. 0 ok; -1 bad magic; -2 bad CRC; -3 unknown version;
  * -4 too short for its version. */

@@ -33,6 +33,39 @@ int64_t kv_find_later_record(const kv_segment *s, uint64_t from, uint64_t after_
     return -1;
 }
 
+int kv_torn_write(const kv_segment *s, uint64_t from, uint64_t expected)
+{
+    /* A block that never reached the disk reads as the zeros the segment was filled with,
+     * from the first record it should have held to its end (the bytes before that record in
+     * the block, if any, were synced by an earlier write): zero at least up to the next
+     * sector boundary, where a flipped bit or a record overwritten with other data leaves
+     * its own bytes. */
+    uint64_t sector_end = (from / KV_TORN_SECTOR + 1) * KV_TORN_SECTOR;
+    if (sector_end > s->size)
+        return 0;
+    for (uint64_t k = from; k < sector_end; k++)
+        if (s->map[k])
+            return 0;
+    uint64_t off = from, after = expected - 1, seq;
+    int found = 0;
+    for (;;) {
+        int64_t at = kv_find_later_record(s, off, after, &seq);
+        if (at < 0)
+            return found;
+        found = 1;
+        for (off = (uint64_t)at; kv_record_valid_at(s, off, seq); seq++) {
+            /* The write holding this record began at seq - index (or earlier, the index
+             * saturating): at or before `expected`, or a later write followed the torn one,
+             * which proves the torn one had been synced. */
+            uint64_t index = kv_get16(s->map + off + 18);
+            if (seq <= expected || index < seq - expected)
+                return 0;
+            off += kv_record_size(kv_get32(s->map + off + 4));
+            after = seq;
+        }
+    }
+}
+
 int kv_cut_tail(kv_wal *w, kv_segment *s, int fd, uint64_t from, uint64_t *cut_bytes)
 {
     uint64_t last = s->size;
@@ -69,7 +102,7 @@ int kv_clear_continues(kv_wal *w, kv_segment *s, uint64_t count, int fd)
         return 0;
     unsigned char hdr[KV_REC_HEADER_SIZE];
     uint32_t len = kv_get32(rec + 4);
-    kv_record_header_encode(hdr, s->salt, kv_get64(rec + 8), rec[16], 0,
+    kv_record_header_encode(hdr, s->salt, kv_get64(rec + 8), rec[16], 0, kv_get16(rec + 18),
                             rec + KV_REC_HEADER_SIZE, len);
     int own = fd < 0;
     if (own && (fd = open(s->path, O_RDWR | O_CLOEXEC)) < 0)

@@ -58,13 +58,17 @@ int kv_seg_header_decode(const unsigned char *in, kv_seg_header *h)
 }
 
 void kv_record_header_encode(unsigned char out[KV_REC_HEADER_SIZE], uint64_t salt, uint64_t seq,
-                             unsigned type, unsigned flags, const void *payload, uint32_t len)
+                             unsigned type, unsigned flags, unsigned write_index,
+                             const void *payload, uint32_t len)
 {
     kv_put32(out + 4, len);
     kv_put64(out + 8, seq);
     out[16] = (unsigned char)type;
     out[17] = (unsigned char)flags;
-    out[18] = out[19] = 0;
+    if (write_index > KV_REC_WRITE_INDEX_MAX)
+        write_index = KV_REC_WRITE_INDEX_MAX;
+    out[18] = (unsigned char)(write_index & 0xFF);
+    out[19] = (unsigned char)(write_index >> 8);
     unsigned char s[8];
     kv_put64(s, salt);
     uint32_t crc = kv_crc32c(0, s, 8);

@@ -311,7 +311,8 @@ static int torn_flags_rewrite(const kv_segment *s, uint64_t off, uint64_t seq)
         return 0;
     unsigned char hdr[KV_REC_HEADER_SIZE];
     for (unsigned flags = 0; flags <= KV_REC_CONTINUES; flags += KV_REC_CONTINUES) {
-        kv_record_header_encode(hdr, s->salt, seq, p[16], flags, p + KV_REC_HEADER_SIZE, len);
+        kv_record_header_encode(hdr, s->salt, seq, p[16], flags, kv_get16(p + 18),
+                                p + KV_REC_HEADER_SIZE, len);
         if (memcmp(hdr, p, 4) == 0 && memcmp(hdr + 18, p + 18, KV_REC_HEADER_SIZE - 18) == 0)
             return 1;
     }
@@ -458,14 +459,18 @@ static int recover(kv_wal *w, kv_error *err, const kv_bounds *b)
         int64_t at = nz > s->end ? kv_find_later_record(s, s->end, expected - 1, &later) : -1;
         /* An interrupted truncate_back leaves bytes of the records after its cut, which is
          * no sign of damage; a bad record at or before the cut is, as anywhere else. */
+        int torn_write = 0;
         if (at >= 0 && !(cut_pending && !check && expected > b->cut)) {
-            describe_bad_record(s, s->end, expected, why, sizeof why);
-            if (PROBLEM(w, err, KV_ECORRUPT, s->path, (int64_t)s->end,
-                        "%s, yet a valid record (seq %llu) follows at offset %lld: this is "
-                        "corruption, not a torn write",
-                        why, (unsigned long long)later, (long long)at))
-                return 1;
-            break;
+            torn_write = kv_torn_write(s, s->end, expected);
+            if (!torn_write) {
+                describe_bad_record(s, s->end, expected, why, sizeof why);
+                if (PROBLEM(w, err, KV_ECORRUPT, s->path, (int64_t)s->end,
+                            "%s, yet a valid record (seq %llu) of a later write follows at "
+                            "offset %lld: this is corruption, not a torn write",
+                            why, (unsigned long long)later, (long long)at))
+                    return 1;
+                break;
+            }
         }
         /* A batch whose last record never made it is cut with the torn bytes after it. */
         uint64_t unfinished = 0;
@@ -491,10 +496,13 @@ static int recover(kv_wal *w, kv_error *err, const kv_bounds *b)
             break;
         if (check) {
             kv_add_finding(w, KV_ETORN, s->path, (int64_t)s->end,
-                           "torn tail: %llu bytes after the last valid record (seq %llu)%s; "
+                           "torn tail: %llu bytes after the last valid record (seq %llu)%s%s; "
                            "opening the log cuts them",
                            (unsigned long long)(nz - s->end), (unsigned long long)(expected - 1),
-                           unfinished ? ", an append_many batch that never finished" : "");
+                           unfinished ? ", an append_many batch that never finished" : "",
+                           torn_write ? ", a write of which a power loss kept later blocks "
+                                        "and lost an earlier one"
+                                      : "");
             w->torn_offset = (int64_t)s->end;
             w->torn_bytes = nz - s->end;
             break;

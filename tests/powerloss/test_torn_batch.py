@@ -1,15 +1,17 @@
-"""A power loss during an unacknowledged multi-block append must not make the log unopenable.
+"""A power loss in the middle of an unacknowledged write of several blocks.
 
-One append (or append_many batch, or group commit) is one write of several 4 KiB blocks,
-then fdatasync. A power loss before that fdatasync returns may keep any subset of the
-blocks: the page cache writes pages back in no set order, and a two-block O_DIRECT write
-is not atomic either. When the later block survives and the earlier one does not, the
-segment shows a bad (zeroed) record followed by a valid one. Recovery calls that corruption
-(csrc/wal.c, recover(): "yet a valid record follows"), so the WAL, and the Raft node on it,
-refuses to open and `fsck --repair` refuses to mend it, although nothing acknowledged is
-missing: the SPEC's "reopening yields a prefix ... that contains every durable record" is
-broken. Found by tests/powerloss (random mode, 4 KiB granularity).
+One append (or append_many batch, or group commit) is one write of several 4 KiB blocks, then
+fdatasync. A power loss before that fdatasync returns may keep any subset of the blocks: the
+page cache writes pages back in no set order, and an O_DIRECT write of two blocks is not
+atomic either. When a later block survives and an earlier one does not, the segment shows a
+zeroed record followed by valid ones. Each record says how many records before it its write
+holds (format.h), so recovery can tell that those valid records belong to the torn write
+(cut it: nothing of it was acknowledged) from ones of a later write (corruption: a later write
+proves the earlier one was synced). Found by tests/powerloss (random mode, 4 KiB blocks);
+before, the log refused to open and fsck --repair exited 4.
 """
+
+import os
 
 import pytest
 
@@ -18,38 +20,72 @@ from keyval.fsck import main as fsck
 from keyval.wal import WAL
 
 BLOCK = 4096
+SEGMENT = 16384
+FIRST = b"x" * 10  # record 1, acknowledged; record 2 starts at offset 96
 
 
-def torn_state(path):
-    with WAL(path, segment_size=16384, sync="always") as wal:
-        wal.append(b"x" * 10)  # acknowledged: durable
+def torn_state(path: str, later_write: bool = False) -> str:
+    """Record 1 durable, then one batch (records 2 and 3) written as one write over blocks 0
+    and 1, and (``later_write``) record 4 appended after it; then block 0 as a power loss
+    before the batch's fdatasync leaves it: zero after record 1 (its last synced content)."""
+    with WAL(path, segment_size=SEGMENT, sync="always") as wal:
+        wal.append(FIRST)
         seg = wal.segments()[-1]["path"]
-        with open(seg, "rb") as f:
-            before = f.read()
-        # One batch, one write covering blocks 0 and 1: record 2 starts in block 0,
-        # record 3 lies wholly in block 1.
-        wal.append_many([b"a" * 5000, b"b" * 100])
-    with open(seg, "rb") as f:
-        after = f.read()
-    # Power lost before the batch's fdatasync returned: block 1 reached the disk, block 0
-    # did not (it still holds what the last fdatasync made durable).
-    with open(seg, "wb") as f:
-        f.write(before[:BLOCK] + after[BLOCK:])
+        wal.append_many([b"a" * 5000, b"b" * 100])  # record 3 lies wholly in block 1
+        if later_write:
+            wal.append(b"c" * 100)
+    with open(seg, "r+b") as f:
+        f.seek(96)
+        f.write(bytes(BLOCK - 96))
     return seg
 
 
-@pytest.mark.xfail(strict=True, raises=CorruptionError, reason="torn multi-block append")
-def test_a_torn_unacknowledged_batch_is_cut_not_corruption(tmp_path):
+def test_a_write_torn_by_a_power_loss_is_cut_not_called_corruption(tmp_path):
     path = str(tmp_path / "log")
     torn_state(path)
-    with WAL(path, segment_size=16384) as wal:
-        assert [p for _, _, p in wal.replay()] == [b"x" * 10]
+    with WAL(path, segment_size=SEGMENT) as wal:
+        assert [p for _, _, p in wal.replay()] == [FIRST]
+        assert wal.append(b"next") == 2  # the log goes on where the torn write began
+    with WAL(path, segment_size=SEGMENT) as wal:
+        assert [p for _, _, p in wal.replay()] == [FIRST, b"next"]
 
 
-def test_today_such_a_state_is_beyond_fsck_repair(tmp_path):
-    """What an operator faces now: the node does not start, and fsck --repair exits 4."""
+def test_fsck_names_the_torn_write_and_repair_cuts_it(tmp_path, capsys):
     path = str(tmp_path / "log")
     torn_state(path)
-    with pytest.raises(CorruptionError, match="yet a valid record"):
-        WAL(path, segment_size=16384)
+    assert fsck([path]) == 4  # left as it is: a torn tail is reported, not mended, by default
+    assert "a power loss kept later blocks" in capsys.readouterr().out
+    assert fsck([path, "--repair"]) == 1
+    assert fsck([path]) == 0
+
+
+def test_a_zeroed_block_with_a_later_write_after_it_is_corruption(tmp_path):
+    path = str(tmp_path / "log")
+    seg = torn_state(path, later_write=True)
+    with pytest.raises(CorruptionError, match="of a later write") as info:
+        WAL(path, segment_size=SEGMENT)
+    assert (info.value.path, info.value.offset) == (seg, 96)
     assert fsck([path, "--repair"]) == 4
+
+
+@pytest.mark.parametrize("damage", ["flipped bit", "zeroed header"])
+def test_damage_that_no_power_loss_leaves_is_corruption_within_one_write_too(tmp_path, damage):
+    """A batch is one write, so its later records pass the write test; but a power loss
+    zeroes whole sectors, and neither a flipped bit nor 20 zeroed bytes do that."""
+    path = str(tmp_path / "log")
+    with WAL(path, segment_size=SEGMENT, sync="always") as wal:
+        wal.append(FIRST)
+        seg = wal.segments()[-1]["path"]
+        wal.append_many([os.urandom(300) for _ in range(5)])
+    with open(seg, "r+b") as f:
+        if damage == "flipped bit":
+            f.seek(96 + 40)
+            byte = f.read(1)[0]
+            f.seek(96 + 40)
+            f.write(bytes([byte ^ 1]))
+        else:
+            f.seek(96)
+            f.write(bytes(20))
+    with pytest.raises(CorruptionError) as info:
+        WAL(path, segment_size=SEGMENT)
+    assert (info.value.path, info.value.offset) == (seg, 96)
