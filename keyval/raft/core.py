@@ -406,7 +406,7 @@ class RaftCore:
             if m.commit <= self.log.last_index():
                 self.log.commit_to(m.commit)
                 self._drop_stale_receipt()
-            self._send(MsgType.HEARTBEAT_RESP, m.frm, context=m.context)
+            self._send(MsgType.HEARTBEAT_RESP, m.frm, index=m.index, context=m.context)
         elif t is MsgType.SNAP:
             self.election_elapsed = 0
             self.lead = m.frm
@@ -527,9 +527,9 @@ class RaftCore:
     def _broadcast_heartbeat(self, context: bytes) -> None:
         for p, pr in self.prs.items():
             if p != self.id:
-                pr.sent_at_heartbeat = pr.next - 1
                 commit = min(pr.match, self.log.committed)
-                self._send(MsgType.HEARTBEAT, p, commit=commit, context=context)
+                # index: the last entry sent before this heartbeat, which its answer echoes.
+                self._send(MsgType.HEARTBEAT, p, index=pr.next - 1, commit=commit, context=context)
 
     def _step_leader(self, m: Message) -> None:
         pr = self.prs.get(m.frm)
@@ -549,10 +549,11 @@ class RaftCore:
                     # The probe or its answer may be lost: probe again.
                     pr.probe_sent = False
                     self._send_append(m.frm)
-                elif pr.state is ProgressState.REPLICATE and pr.match < pr.sent_at_heartbeat:
-                    # Entries sent before the heartbeat are unacknowledged although the
-                    # heartbeat made the round trip: appends or acks were lost. Resend from
-                    # the last known match.
+                elif pr.state is ProgressState.REPLICATE and pr.match < m.index:
+                    # Entries sent before the heartbeat this answers (its index) are
+                    # unacknowledged although the heartbeat made the round trip: appends or
+                    # acks were lost. Resend from the last known match. (Not the latest
+                    # heartbeat's: an answer to an older one may arrive after newer appends.)
                     pr.become_probe()
                     self._send_append(m.frm)
             if m.context:

@@ -49,7 +49,9 @@ class MsgType(enum.IntEnum):
     VOTE_RESP = 4
     PRE_VOTE = 5  # "would you vote for me at term?" without anyone changing term
     PRE_VOTE_RESP = 6
-    HEARTBEAT = 7  # commit = min(follower match, leader commit); context = ReadIndex round
+    HEARTBEAT = 7  # commit = min(follower match, leader commit); index = last entry sent before
+    # it (the answer echoes it: entries up to there unacknowledged mean appends were lost);
+    # context = ReadIndex round
     HEARTBEAT_RESP = 8
     SNAP = 9  # one chunk of an InstallSnapshot transfer
     SNAP_RESP = 10  # chunk.offset = bytes received so far; reject = restart from 0

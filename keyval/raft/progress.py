@@ -70,9 +70,6 @@ class Progress:
         # a round begins, recent_active alone says "silent" of every follower.
         self.recent_active = False
         self.was_active = False
-        # The last index sent when the latest heartbeat went out: if a heartbeat comes back
-        # and that is still unacknowledged, appends or their acks were lost.
-        self.sent_at_heartbeat = 0
         # SNAPSHOT state: the snapshot being sent, bytes acknowledged and bytes sent.
         self.snapshot: Snapshot | None = None
         self.snap_acked = 0

@@ -551,3 +551,48 @@ def test_no_message_that_decodes_makes_a_core_raise(data, target, proposals, lag
     for _ in range(data.draw(st.integers(1, 4))):
         core.step(data.draw(hostile_messages(core, target)))
         p.flush(target)
+
+
+# -- heartbeats as a check on the append pipeline -----------------------------------------------
+
+
+def _replicating_leader() -> tuple[Peers, int]:
+    p = Peers(3)
+    p.elect(1)
+    p.stabilize()
+    last = p[1].log.last_index()
+    assert p[1].prs[2].match == last
+    return p, last
+
+
+def _to(msgs: list[Message], node: int, type_: MsgType) -> list[Message]:
+    return [m for m in msgs if m.to == node and m.type is type_]
+
+
+def test_a_late_answer_to_an_older_heartbeat_keeps_the_pipeline():
+    # The answer to a heartbeat sent before the latest append, arriving after a newer
+    # heartbeat went out, is no sign that append was lost: it was not yet due.
+    p, last = _replicating_leader()
+    first_beat = _to(p.tick(1), 2, MsgType.HEARTBEAT)
+    p[1].propose(b"x")
+    append = _to(p.flush(1), 2, MsgType.APP)
+    assert append  # on its way, not delivered yet
+    answer = _to(p.deliver(first_beat), 1, MsgType.HEARTBEAT_RESP)
+    p.tick(1)  # a newer heartbeat, sent after the append
+    p[1].step(answer[0])
+    assert _to(p.flush(1), 2, MsgType.APP) == []  # nothing resent
+    assert p[1].prs[2].state.name == "REPLICATE"
+    p.run(append)
+    assert p[1].prs[2].match == last + 1
+
+
+def test_a_heartbeat_answered_while_an_earlier_append_is_unacknowledged_resends_it():
+    # The append (or its ack) was lost: the heartbeat sent after it made the round trip.
+    p, last = _replicating_leader()
+    p[1].propose(b"x")
+    assert _to(p.flush(1), 2, MsgType.APP)  # lost
+    beat = _to(p.tick(1), 2, MsgType.HEARTBEAT)
+    answer = _to(p.deliver(beat), 1, MsgType.HEARTBEAT_RESP)
+    p[1].step(answer[0])
+    resent = _to(p.flush(1), 2, MsgType.APP)
+    assert [e.index for m in resent for e in m.entries] == [last + 1]
