@@ -59,7 +59,7 @@ int kv_torn_write(const kv_segment *s, uint64_t from, uint64_t expected)
              * which proves the torn one had been synced. */
             uint64_t index = kv_get16(s->map + off + 18);
             if (seq <= expected || index < seq - expected)
-                return 0;
+                return -1;
             off += kv_record_size(kv_get32(s->map + off + 4));
             after = seq;
         }

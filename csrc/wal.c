@@ -462,12 +462,13 @@ static int recover(kv_wal *w, kv_error *err, const kv_bounds *b)
         int torn_write = 0;
         if (at >= 0 && !(cut_pending && !check && expected > b->cut)) {
             torn_write = kv_torn_write(s, s->end, expected);
-            if (!torn_write) {
+            if (torn_write != 1) {
                 describe_bad_record(s, s->end, expected, why, sizeof why);
                 if (PROBLEM(w, err, KV_ECORRUPT, s->path, (int64_t)s->end,
-                            "%s, yet a valid record (seq %llu) of a later write follows at "
-                            "offset %lld: this is corruption, not a torn write",
-                            why, (unsigned long long)later, (long long)at))
+                            "%s, yet a valid record (seq %llu) follows at offset %lld%s: this "
+                            "is corruption, not a torn write",
+                            why, (unsigned long long)later, (long long)at,
+                            torn_write < 0 ? " in a later write" : ""))
                     return 1;
                 break;
             }

@@ -178,8 +178,10 @@ int64_t kv_find_later_record(const kv_segment *s, uint64_t from, uint64_t after_
 /* Zeroes s from `from` to the last non-zero byte so that the next append starts clean; 0 or
  * errno. */
 /* Whether the bad bytes at `from`, where seq `expected` belongs, are the tail of one write
- * that a power loss tore unevenly (see format.h): the record header there is all zero and every
- * valid record after it belongs to the write that holds `expected`. */
+ * that a power loss tore unevenly (see format.h): 1 when the file is zero from there to the
+ * next sector boundary and every valid record after it belongs to the write that holds
+ * `expected`; -1 when a valid record of a later write follows; 0 when the bad bytes are not
+ * what a lost block leaves. */
 int kv_torn_write(const kv_segment *s, uint64_t from, uint64_t expected);
 int kv_cut_tail(kv_wal *w, kv_segment *s, int fd, uint64_t from, uint64_t *cut_bytes);
 /* truncate_back may cut inside a batch: the record it keeps last (the count-th) must then stop
