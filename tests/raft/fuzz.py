@@ -32,7 +32,6 @@ every state machine within a bounded number of steps (liveness).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import random
 import struct
 import threading
@@ -45,6 +44,7 @@ from keyval.raft.messages import Message
 from keyval.raft.node import Node
 from keyval.raft.readindex import ReadState
 from keyval.raft.records import Entry
+from tests.raft.harness import chain_after
 
 _HEAD = struct.Struct(">Q32s")
 
@@ -167,10 +167,7 @@ class ChainSM:
     def apply(self, entry: Entry) -> None:
         if entry.index != self.last + 1:
             self.world.fail(f"node {self.node} applied {entry.index} after {self.last}")
-        h = hashlib.sha256(self.chain)
-        h.update(struct.pack(">QQ", entry.index, entry.term))
-        h.update(entry.data)
-        self.chain = h.digest()
+        self.chain = chain_after(self.chain, entry)
         self.last = entry.index
         self.world.applied(self.node, entry.index, self.chain)
 

@@ -24,6 +24,15 @@ SNAP_HEADER = struct.Struct(">Q32s")
 ELECTION_TIMEOUT_MS = 1000  # the longest randomized election timeout with the defaults
 
 
+def chain_after(chain: bytes, entry: Entry) -> bytes:
+    """The running hash of an applied sequence after ``entry``: two nodes applied the same
+    entries in the same order exactly when their chains at an index are equal."""
+    h = hashlib.sha256(chain)
+    h.update(struct.pack(">QQ", entry.index, entry.term))
+    h.update(entry.data)
+    return h.digest()
+
+
 class Checker:
     def __init__(self, seed: int) -> None:
         self.seed = seed
@@ -74,10 +83,7 @@ class Recorder:
     def apply(self, entry: Entry) -> None:
         if entry.index != self.last + 1:
             self.checker.fail(f"node {self.node} applied {entry.index} after {self.last}")
-        h = hashlib.sha256(self.chain)
-        h.update(struct.pack(">QQ", entry.index, entry.term))
-        h.update(entry.data)
-        self.chain = h.digest()
+        self.chain = chain_after(self.chain, entry)
         self.last = entry.index
         self.values.append(entry.data)
         self.checker.applied(self.node, entry, self.chain)
