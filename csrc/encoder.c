@@ -154,7 +154,11 @@ int kv_flush_locked(kv_wal *w, int sync, uint64_t target, int group)
         w->buf = w->spare;
         w->spare = NULL;
         w->buf_len = 0;
-        w->buf_records = 0;
+        /* The next records' writes start after this fdatasync returns: they count from 0.
+         * After a write that is not synced they go on counting, so that every write since
+         * the last fdatasync (all of which a power loss may tear together) reads as one. */
+        if (sync)
+            w->buf_records = 0;
         w->buf_off = off + len;
         pthread_mutex_unlock(&w->mu);
 
@@ -241,8 +245,9 @@ static int64_t append_direct_locked(kv_wal *w, unsigned type, unsigned flags, co
     kv_segment *s = &w->segs[w->nsegs - 1];
     uint64_t seq = w->next_seq, off = s->end;
     unsigned char hdr[KV_REC_HEADER_SIZE];
-    /* Its own write: the buffer was flushed before it (see append_locked). */
-    kv_record_header_encode(hdr, s->salt, seq, type, flags, 0, data, len);
+    /* Its own write, after the buffer's (see append_locked), which was not synced: it counts
+     * on from the buffer's records. */
+    kv_record_header_encode(hdr, s->salt, seq, type, flags, w->buf_records++, data, len);
     if (kv_segment_push_offset(s, (uint32_t)off) != 0) {
         kv_set_error(&w->last_err, KV_EIO, ENOMEM, s->path, -1, "out of memory");
         return -KV_EIO;
@@ -320,8 +325,8 @@ static int64_t append_locked(kv_wal *w, unsigned type, unsigned flags, int batch
         }
         uint64_t seq = w->next_seq++;
         unsigned char *p = w->buf + w->buf_len;
-        /* The buffer goes to the file in one write: recovery tells that write's torn tail
-         * from corruption by this index (see format.h). */
+        /* Recovery tells the torn tail of the writes since the last fdatasync from
+         * corruption by this index (see format.h). */
         kv_record_header_encode(p, s->salt, seq, type, flags, w->buf_records++, data,
                                 (uint32_t)len);
         memcpy(p + KV_REC_HEADER_SIZE, data, len);

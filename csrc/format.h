@@ -29,9 +29,11 @@
  *     8     8  seq
  *    16     1  type (0..255, the caller's)
  *    17     1  flags: bit 0 = another record of the same append_many batch follows
- *    18     2  write index: how many records before this one the same write to the file
- *              holds (0 = the write starts here; saturates at 65535; 0 in logs written before
- *              the field existed, which recovery then reads as one write per record)
+ *    18     2  write index: how many records were appended between the last fdatasync
+ *              that returned before this record's write to the file and this record (0 = the
+ *              first written since; saturates at 65535; never more than the truth; 0 in logs
+ *              written before the field existed, which recovery then reads as one write per
+ *              record)
  *    20   len  payload
  *
  * A record is valid when its CRC matches, its seq is the one expected next, and it lies inside
@@ -42,22 +44,22 @@
  * header, or at the end of the file. The next segment must start with the seq that follows.
  * In the last segment, non-zero bytes after the last valid record are a torn tail (a write cut
  * short by a crash, never acknowledged) and are zeroed, unless a valid record with a later seq
- * lies among them. One such case is still a torn tail: a write spans several blocks of the
- * file, and a power loss before its fdatasync returned may keep a later block and lose an
- * earlier one, which reads as the zeros the segment was filled with. So when the file is zero
- * from the first bad record up to the next 512-byte boundary at least, and every valid record
- * after it belongs to the write that should hold the bad one (its seq minus its write index
- * is at most the bad record's seq), that write's tail is cut. Anything else (a bad record
- * followed by a valid one of a later write, a gap between segments, a bad header) is
- * corruption, reported with the file and offset and never skipped: with sync "always" a later
- * write proves the bad record was written whole and synced, so cutting there would drop
- * acknowledged records. (A log written with "interval" or "none" can show a later write after
- * a power loss too; it is reported all the same.) What no format can tell from a torn write:
- * the last write of a log, synced, of which the disk later lost a block; it is cut as torn,
- * where SQLite, PostgreSQL and etcd cut everything after any bad record. A batch is all or
- * nothing: if the last valid record still says that another of its batch follows, the batch
- * never finished and is cut like a torn write (a batch that fits in a segment is never split
- * across two).
+ * lies among them. One such case is still a torn tail: the writes since the last fdatasync
+ * (one buffer, or several when a batch outgrows the buffer or sync is "none") span several
+ * blocks of the file, and a power loss before the next fdatasync returned may keep a later
+ * block and lose an earlier one, which reads as the zeros the segment was filled with. So when
+ * the file is zero from the first bad record up to the next 512-byte boundary at least, and
+ * every valid record after it was written before the fdatasync that would have made the bad
+ * one durable (its seq minus its write index is at most the bad record's seq), those writes'
+ * tail is cut. Anything else (a bad record followed by one written after an fdatasync, a gap
+ * between segments, a bad header) is corruption, reported with the file and offset and never
+ * skipped: a record written after an fdatasync proves the bad one was written whole and
+ * synced, so cutting there would drop acknowledged records. What no format can tell from a
+ * torn write: the last writes of a log, synced, of which the disk later lost a block; they are
+ * cut as torn, where SQLite, PostgreSQL and etcd cut everything after any bad record.
+ * A batch is all or nothing: if the last valid record still says that another of its batch
+ * follows, the batch never finished and is cut like a torn write (a batch that fits in a
+ * segment is never split across two).
  *
  *   off  size  bounds file (replaced atomically: write bounds.tmp, fsync, rename, fsync dir)
  *     0     8  magic "KVWALBND"

@@ -33,7 +33,8 @@ int64_t kv_find_later_record(const kv_segment *s, uint64_t from, uint64_t after_
     return -1;
 }
 
-int kv_torn_write(const kv_segment *s, uint64_t from, uint64_t expected)
+int kv_torn_write(const kv_segment *s, uint64_t from, uint64_t expected, uint64_t *later_seq,
+                  uint64_t *later_off)
 {
     /* A block that never reached the disk reads as the zeros the segment was filled with,
      * from the first record it should have held to its end (the bytes before that record in
@@ -58,8 +59,11 @@ int kv_torn_write(const kv_segment *s, uint64_t from, uint64_t expected)
              * saturating): at or before `expected`, or a later write followed the torn one,
              * which proves the torn one had been synced. */
             uint64_t index = kv_get16(s->map + off + 18);
-            if (seq <= expected || index < seq - expected)
+            if (seq <= expected || index < seq - expected) {
+                *later_seq = seq;
+                *later_off = off;
                 return -1;
+            }
             off += kv_record_size(kv_get32(s->map + off + 4));
             after = seq;
         }

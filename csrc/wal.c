@@ -461,7 +461,12 @@ static int recover(kv_wal *w, kv_error *err, const kv_bounds *b)
          * no sign of damage; a bad record at or before the cut is, as anywhere else. */
         int torn_write = 0;
         if (at >= 0 && !(cut_pending && !check && expected > b->cut)) {
-            torn_write = kv_torn_write(s, s->end, expected);
+            uint64_t synced_seq = 0, synced_off = 0;
+            torn_write = kv_torn_write(s, s->end, expected, &synced_seq, &synced_off);
+            if (torn_write < 0) { /* name the record that proves the bad one was synced */
+                later = synced_seq;
+                at = (int64_t)synced_off;
+            }
             if (torn_write != 1) {
                 describe_bad_record(s, s->end, expected, why, sizeof why);
                 if (PROBLEM(w, err, KV_ECORRUPT, s->path, (int64_t)s->end,
@@ -501,8 +506,8 @@ static int recover(kv_wal *w, kv_error *err, const kv_bounds *b)
                            "opening the log cuts them",
                            (unsigned long long)(nz - s->end), (unsigned long long)(expected - 1),
                            unfinished ? ", an append_many batch that never finished" : "",
-                           torn_write ? ", a write of which a power loss kept later blocks "
-                                        "and lost an earlier one"
+                           torn_write ? ", unsynced writes of which a power loss kept later "
+                                        "blocks and lost an earlier one"
                                       : "");
             w->torn_offset = (int64_t)s->end;
             w->torn_bytes = nz - s->end;
@@ -1030,6 +1035,7 @@ int kv_wal_truncate_back(kv_wal *w, uint64_t seq)
     w->buf_off = from;
     w->next_seq = seq + 1;
     w->written_seq = w->durable_seq = seq;
+    w->buf_records = 0; /* the cut synced everything before it: the next write starts afresh */
     what = "writing the bounds file";
     if ((e = kv_write_bounds_locked(w, 0, w->front, 0)))
         goto fail;

@@ -89,7 +89,7 @@ struct kv_wal {
      * segment at offset buf_off. The spare buffer is what the group-commit leader is writing. */
     unsigned char *buf, *spare;
     size_t buf_len, buf_cap;
-    unsigned buf_records; /* records framed into buf: the next one's write index */
+    unsigned buf_records; /* records appended since the last fdatasync: the next one's index */
     uint64_t buf_off;
     int io_busy;
     int wake_pending; /* a group flush finished: broadcast cv once the mutex is released */
@@ -177,12 +177,13 @@ int64_t kv_find_later_record(const kv_segment *s, uint64_t from, uint64_t after_
                              uint64_t *found_seq);
 /* Zeroes s from `from` to the last non-zero byte so that the next append starts clean; 0 or
  * errno. */
-/* Whether the bad bytes at `from`, where seq `expected` belongs, are the tail of one write
- * that a power loss tore unevenly (see format.h): 1 when the file is zero from there to the
- * next sector boundary and every valid record after it belongs to the write that holds
- * `expected`; -1 when a valid record of a later write follows; 0 when the bad bytes are not
- * what a lost block leaves. */
-int kv_torn_write(const kv_segment *s, uint64_t from, uint64_t expected);
+/* Whether the bad bytes at `from`, where seq `expected` belongs, are the tail of the writes
+ * since an fdatasync that a power loss tore unevenly (see format.h): 1 when the file is zero
+ * from there to the next sector boundary and every valid record after it was written before
+ * the next fdatasync; -1 when a valid record written after one follows (its seq and offset
+ * in *later_seq, *later_off); 0 when the bad bytes are not what a lost block leaves. */
+int kv_torn_write(const kv_segment *s, uint64_t from, uint64_t expected, uint64_t *later_seq,
+                  uint64_t *later_off);
 int kv_cut_tail(kv_wal *w, kv_segment *s, int fd, uint64_t from, uint64_t *cut_bytes);
 /* truncate_back may cut inside a batch: the record it keeps last (the count-th) must then stop
  * saying that more of its batch follows, or the next open would cut it as unfinished. Rewrites

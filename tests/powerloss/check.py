@@ -240,6 +240,7 @@ def check_raft(root, ms):
 
 CHECKS = {
     "wal": (check_wal, "wal"),
+    "wal_buffered": (check_wal, "wal"),
     "wal_reopen": (check_wal, "wal"),
     "db": (check_db, "x.db"),
     "raft": (check_raft, "node"),

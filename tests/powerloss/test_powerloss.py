@@ -62,15 +62,22 @@ def traced(shim, workload, out):
     )
 
 
-@pytest.mark.parametrize("workload", ["wal", "db", "raft"])
-def test_every_crash_point_keeps_every_acknowledged_write(shim, tmp_path, workload):
-    traced(shim, workload, str(tmp_path))
+def unexplained_findings(shim, out, workload, random_states=0, sector=None):
+    """Runs ``workload`` traced and checks its crash states; the findings, as a message (empty
+    when there are none)."""
+    traced(shim, workload, out)
     sys.path.insert(0, TOOL)
     try:
         import check
+        import pltrace
     finally:
         sys.path.remove(TOOL)
-    summary, findings, _ = check.run(str(tmp_path), workload, random_states=0, meta="posix")
+    default_sector = pltrace.SECTOR
+    pltrace.SECTOR = sector or default_sector
+    try:
+        summary, findings, _ = check.run(out, workload, random_states=random_states, meta="posix")
+    finally:
+        pltrace.SECTOR = default_sector
     bad = {
         k: v
         for k, v in findings.items()
@@ -78,7 +85,22 @@ def test_every_crash_point_keeps_every_acknowledged_write(shim, tmp_path, worklo
         # afresh) but fsck calls it "not a keyval directory" (exit 8): reported, not checked.
         if not (k[0] == "FSCK" and "gave 8, then fsck 8" in v[3])
     }
-    assert not bad, summary + "".join(
+    if not bad:
+        return ""
+    return summary + "".join(
         f"\n[{kind}/{mode}] x{n} first at op {crash}: {msg}"
         for (kind, mode, _), (crash, _, n, msg) in bad.items()
     )
+
+
+@pytest.mark.parametrize("workload", ["wal", "wal_buffered", "db", "raft"])
+def test_every_crash_point_keeps_every_acknowledged_write(shim, tmp_path, workload):
+    assert not (problems := unexplained_findings(shim, str(tmp_path), workload)), problems
+
+
+def test_writes_torn_unevenly_before_their_fdatasync_are_cut(shim, tmp_path):
+    """Random states: every write since the last fdatasync kept or lost 4 KiB block by block.
+    With several writes per fdatasync (wal_buffered), 10 of its 450 states were refused as
+    corrupt when the write index restarted at every write."""
+    problems = unexplained_findings(shim, str(tmp_path), "wal_buffered", 4, sector=4096)
+    assert not problems, problems

@@ -85,6 +85,43 @@ def wal(root: str, seed: int) -> None:
         one(w, 100)
 
 
+def wal_buffered(root: str, seed: int) -> None:
+    """Several writes to the file per fdatasync: batches bigger than the (small) write buffer
+    with sync "always", then appends with sync "none", acknowledged once sync() returns."""
+    from keyval.wal import WAL
+
+    rng = random.Random(seed)
+    d = os.path.join(root, "wal")
+    n = 0
+
+    def new_payloads(sizes):
+        nonlocal n
+        out = []
+        for s in sizes:
+            n += 1
+            out.append(payload(rng, s, f"r{n}"))
+        return out
+
+    with WAL(d, segment_size=16384, sync="always", buffer_size=4096) as w:
+        mark("ack", op="open")
+        for sizes in ([300], [3000, 2500, 3500, 1000], [200], [1500, 2800, 1200]):
+            ps = new_payloads(sizes)
+            mark("attempt", op="append", p=[p.hex() for p in ps])
+            first, _ = w.append_many(ps, type=1)
+            mark("ack", op="append", first=first, p=[p.hex() for p in ps])
+    mark("ack", op="close")
+    with WAL(d, segment_size=16384, sync="none", buffer_size=4096) as w:
+        mark("ack", op="open")
+        for _round in range(4):
+            done = []
+            for p in new_payloads([rng.choice([200, 700, 1200]) for _ in range(8)]):
+                mark("attempt", op="append", p=[p.hex()])
+                done.append((w.append(p, type=1), p))
+            w.sync()
+            for seq, p in done:
+                mark("ack", op="append", first=seq, p=[p.hex()])
+
+
 def wal_reopen(root: str, seed: int) -> None:
     """Second crash: reopens a log a first crash left (recovery writes), then appends, cuts
     and appends again. The first run's markers (PL_PRE) are replayed first."""
@@ -233,6 +270,5 @@ if __name__ == "__main__":
     name, root = sys.argv[1], sys.argv[2]
     seed = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     MARK = os.open(os.environ["PL_MARK"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    {"wal": wal, "wal_reopen": wal_reopen, "db": db, "raft": raft, "raft_pre": raft_pre}[name](
-        root, seed
-    )
+    workloads = [wal, wal_buffered, wal_reopen, db, raft, raft_pre]
+    {w.__name__: w for w in workloads}[name](root, seed)
