@@ -44,7 +44,7 @@ typedef struct {
 enum { MAX_KEY = 32 * 1024, MAX_DEPTH = 64 };
 
 /* Interned names, made by kvdb_py_export. */
-static PyObject *fallback_name, *put_fallback_name, *split_name;
+static PyObject *fallback_name, *put_fallback_name;
 static PyObject *node_type; /* keyval.db.node.Node, from _c_put_on; kept for good */
 
 /* type(self).<name>(self, *args, **kwargs): the function is found on the type (no bound method
@@ -122,9 +122,9 @@ static PyObject *lookup_get(PyObject *self, PyObject *const *args, Py_ssize_t na
  * arms it (_c_put_on) after a put of its own, which proves all of that but the path; _no_c
  * disarms it. Anything else, found before anything is changed, goes to Bucket._put: a clean
  * child on the path (a page id to load), an existing key whose value is not plain bytes, a
- * node or list that is not what the Python side makes. The changes are those of Bucket._put,
- * in its order: _mods, the entry, _count, then Bucket._split_after_put(key) when the leaf
- * outgrew split_entries.
+ * node or list that is not what the Python side makes, a new key that would overfill its
+ * leaf (the split is Python's). The changes are those of Bucket._put, in its order: _mods,
+ * the entry, _count. Nothing here calls Python code.
  */
 
 /* Start loading the bytes object at keys[i] (its header and first bytes) into the cache. */
@@ -294,6 +294,12 @@ static int fast_put(lookup_object *o, PyObject *self, PyObject *key, PyObject *v
             return 1;
         }
     }
+    /* A new key that overfills the leaf is Bucket._put's, which splits it: a split called
+     * from here after the insert would run outside _write's guard, and an exception at its
+     * start (KeyboardInterrupt, MemoryError) would leave a put that landed yet raised in a
+     * transaction that still commits. One put in about SPLIT_ENTRIES / 2. */
+    if (n + 1 > o->split_entries)
+        return 0;
     /* The new count is made first: failing after the entry went in would leave the bucket
      * counting one key less than its tree holds, and a commit would write that. */
     PyObject *next_count = plus_one(o->count);
@@ -309,12 +315,6 @@ static int fast_put(lookup_object *o, PyObject *self, PyObject *key, PyObject *v
         return -1;
     }
     replace(&o->count, next_count);
-    if (n + 1 > o->split_entries) {
-        PyObject *r = PyObject_CallMethodObjArgs(self, split_name, key, NULL);
-        if (r == NULL)
-            return -1;
-        Py_DECREF(r);
-    }
     return 1;
 }
 
@@ -466,8 +466,7 @@ int kvdb_py_export(void *namespace)
         struct {
             PyObject **slot;
             const char *text;
-        } names[] = {{&fallback_name, "_get"}, {&put_fallback_name, "_put"},
-                     {&split_name, "_split_after_put"}};
+        } names[] = {{&fallback_name, "_get"}, {&put_fallback_name, "_put"}};
         for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
             if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
                 goto out;

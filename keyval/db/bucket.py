@@ -494,20 +494,6 @@ class Bucket(_Base):
         put = _put
 
     @_write
-    def _split_after_put(self, key: bytes) -> None:
-        """The C put's split: the leaf of ``key`` outgrew SPLIT_ENTRIES (its path is dirty)."""
-        self._unbalanced = True
-        node = self._node
-        path = []
-        while not node.leaf:
-            i = route(node.keys, key)
-            path.append((node, i))
-            node = node.vals[i]
-        new_root = split_in_memory(node, path, key)
-        if new_root is not None:
-            self._node = new_root
-
-    @_write
     def delete(self, key: bytes) -> bool:
         """Remove ``key``; returns whether it was there. A nested bucket's name raises
         BucketExists (use delete_bucket)."""
