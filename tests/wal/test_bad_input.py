@@ -31,18 +31,49 @@ def test_type_outside_a_byte_is_refused(small_wal, bad_type):
     assert small_wal.last_seq == 0
 
 
+@pytest.mark.parametrize(
+    "types", [300, -1, [1, 256], [1, -1], [1, "a"], [1, None], "ab", [1], [1, 2, 3]]
+)
+def test_batch_types_outside_a_byte_or_not_one_per_record_are_refused_whole(small_wal, types):
+    small_wal.append(b"ok")
+    with pytest.raises(ValueError):
+        small_wal.append_many([b"a", b"b"], type=types)
+    assert small_wal.last_seq == 1
+    assert small_wal.append_many([b"a", b"b"], type=[7, 9]) == (2, 3)
+    assert [(s, t) for s, t, _ in small_wal.replay()] == [(1, 0), (2, 7), (3, 9)]
+
+
 def test_empty_batch_is_refused(small_wal):
     with pytest.raises(ValueError):
         small_wal.append_many([])
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"segment_size": 100}, {"segment_size": 4097}, {"sync": "sometimes"}]
+    "kwargs, error",
+    [
+        ({"segment_size": 100}, ValueError),
+        ({"segment_size": 4097}, ValueError),
+        ({"sync": "sometimes"}, ValueError),
+        ({"segment_size": "64M"}, TypeError),
+        ({"segment_size": 2.0**20}, TypeError),
+        ({"buffer_size": float(1 << 20)}, TypeError),
+        ({"buffer_size": 4095}, ValueError),
+        ({"sync": "interval", "sync_interval": 0}, ValueError),
+        ({"sync": "interval", "sync_interval": -1}, ValueError),
+    ],
 )
-def test_bad_options_are_refused_before_anything_is_created(wal_dir, kwargs):
-    with pytest.raises(ValueError):
+def test_bad_options_are_refused_before_anything_is_created(wal_dir, kwargs, error):
+    with pytest.raises(error):
         WAL(wal_dir, **kwargs)
     assert not os.path.exists(wal_dir) or os.listdir(wal_dir) == []
+
+
+@pytest.mark.parametrize("path", [b"log", 5, None])
+def test_a_path_that_is_not_text_is_refused(tmp_path, monkeypatch, path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TypeError, match=r"path must be str|expected str"):
+        WAL(path)
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_path_that_is_a_file_is_refused(tmp_path):
