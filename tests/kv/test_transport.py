@@ -369,6 +369,28 @@ def test_past_the_connection_limit_a_peer_still_gets_in_and_a_client_does_not(tr
         c.close()
 
 
+def test_past_the_limit_and_the_peers_spare_slots_a_connection_is_refused(transports):
+    """Spare slots are as many as there are peers: one more connection than that is closed at
+    once and counted, and the ones let in keep working."""
+    b = transports(
+        2,
+        peers={1: ("127.0.0.1", free_port())},
+        on_request=lambda k, p, respond: p,
+        max_connections=1,
+    )
+    holder = raw_connect(b)
+    holder.sendall(encode(KIND_REQUEST, b"hold"))
+    assert read_frames(holder, 1) == [Frame(KIND_RESPONSE, b"hold")]
+    spare = raw_connect(b)  # takes the one spare slot, waiting to show a HELLO
+    refused = raw_connect(b)
+    assert closed_by_server(refused)
+    assert b.stats()["connections_refused"] == 1
+    holder.sendall(encode(KIND_REQUEST, b"still here"))
+    assert read_frames(holder, 1) == [Frame(KIND_RESPONSE, b"still here")]
+    for sock in (holder, spare, refused):
+        sock.close()
+
+
 class _SpawnLateTransport(Transport):
     """The reader of an accepted connection starts only once close() has begun, and ends only
     after the accept loop has: close() must wait for a thread it did not see at first."""
