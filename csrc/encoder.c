@@ -245,13 +245,14 @@ static int64_t append_direct_locked(kv_wal *w, unsigned type, unsigned flags, co
     kv_segment *s = &w->segs[w->nsegs - 1];
     uint64_t seq = w->next_seq, off = s->end;
     unsigned char hdr[KV_REC_HEADER_SIZE];
-    /* Its own write, after the buffer's (see append_locked), which was not synced: it counts
-     * on from the buffer's records. */
-    kv_record_header_encode(hdr, s->salt, seq, type, flags, w->buf_records++, data, len);
     if (kv_segment_push_offset(s, (uint32_t)off) != 0) {
         kv_set_error(&w->last_err, KV_EIO, ENOMEM, s->path, -1, "out of memory");
         return -KV_EIO;
     }
+    /* Its own write, after the buffer's (see append_locked), which was not synced: it counts
+     * on from the buffer's records. Only once nothing can fail before the write: an index
+     * counted for a record that never came would claim a synced record as unsynced. */
+    kv_record_header_encode(hdr, s->salt, seq, type, flags, w->buf_records++, data, len);
     w->next_seq++;
     s->end += rs;
     w->buf_off = s->end;

@@ -45,18 +45,18 @@
  * In the last segment, non-zero bytes after the last valid record are a torn tail (a write cut
  * short by a crash, never acknowledged) and are zeroed, unless a valid record with a later seq
  * lies among them. One such case is still a torn tail: the writes since the last fdatasync
- * (one buffer, or several when a batch outgrows the buffer or sync is "none") span several
- * blocks of the file, and a power loss before the next fdatasync returned may keep a later
- * block and lose an earlier one, which reads as the zeros the segment was filled with. So when
- * the file is zero from the first bad record up to the next 512-byte boundary at least, and
- * every valid record after it was written before the fdatasync that would have made the bad
- * one durable (its seq minus its write index is at most the bad record's seq), those writes'
- * tail is cut. Anything else (a bad record followed by one written after an fdatasync, a gap
- * between segments, a bad header) is corruption, reported with the file and offset and never
- * skipped: a record written after an fdatasync proves the bad one was written whole and
- * synced, so cutting there would drop acknowledged records. What no format can tell from a
- * torn write: the last writes of a log, synced, of which the disk later lost a block; they are
- * cut as torn, where SQLite, PostgreSQL and etcd cut everything after any bad record.
+ * (one buffer, or several: appends that fill the buffer, a batch bigger than it, sync
+ * "interval" or "none") span several blocks of the file, and a power loss before the next
+ * fdatasync returned may keep a later block and lose an earlier one, which reads as the zeros
+ * the segment was filled with. So when the file is zero from the first bad record up to the
+ * next 512-byte boundary at least, and every valid record after it was written before the
+ * fdatasync that would have made the bad one durable (its seq minus its write index is at
+ * most the bad record's seq), those writes' tail is cut. Anything else (a bad record followed by one written after the fdatasync that
+ * covered it, a gap between segments, a bad header) is corruption, reported with the file and
+ * offset and never skipped: such a record proves the bad one was written whole and synced, so
+ * cutting there would drop acknowledged records. What no format can tell from a torn write:
+ * the last writes of a log, synced, of which the disk later lost a block; they are cut as
+ * torn, where SQLite, PostgreSQL and etcd cut everything after any bad record.
  * A batch is all or nothing: if the last valid record still says that another of its batch
  * follows, the batch never finished and is cut like a torn write (a batch that fits in a
  * segment is never split across two).

@@ -55,9 +55,10 @@ int kv_torn_write(const kv_segment *s, uint64_t from, uint64_t expected, uint64_
             return found;
         found = 1;
         for (off = (uint64_t)at; kv_record_valid_at(s, off, seq); seq++) {
-            /* The write holding this record began at seq - index (or earlier, the index
-             * saturating): at or before `expected`, or a later write followed the torn one,
-             * which proves the torn one had been synced. */
+            /* seq - index is the first record appended since the last fdatasync that had
+             * returned when this one was written (or a later one: the index never counts
+             * more than the truth, and saturates). Past `expected`, that fdatasync covered
+             * `expected`: the bad record had been synced, so this is no torn write. */
             uint64_t index = kv_get16(s->map + off + 18);
             if (seq <= expected || index < seq - expected) {
                 *later_seq = seq;

@@ -175,15 +175,16 @@ int kv_record_valid_at(const kv_segment *s, uint64_t off, uint64_t expected);
  * in s, or -1. Used to tell a torn tail (nothing valid follows) from corruption. */
 int64_t kv_find_later_record(const kv_segment *s, uint64_t from, uint64_t after_seq,
                              uint64_t *found_seq);
-/* Zeroes s from `from` to the last non-zero byte so that the next append starts clean; 0 or
- * errno. */
 /* Whether the bad bytes at `from`, where seq `expected` belongs, are the tail of the writes
  * since an fdatasync that a power loss tore unevenly (see format.h): 1 when the file is zero
  * from there to the next sector boundary and every valid record after it was written before
- * the next fdatasync; -1 when a valid record written after one follows (its seq and offset
- * in *later_seq, *later_off); 0 when the bad bytes are not what a lost block leaves. */
+ * the fdatasync that would have covered `expected`; -1 when a valid record written after
+ * such an fdatasync follows (its seq and offset in *later_seq, *later_off); 0 when the bad
+ * bytes are not what a lost block leaves. */
 int kv_torn_write(const kv_segment *s, uint64_t from, uint64_t expected, uint64_t *later_seq,
                   uint64_t *later_off);
+/* Zeroes s from `from` to the last non-zero byte so that the next append starts clean; 0 or
+ * errno. */
 int kv_cut_tail(kv_wal *w, kv_segment *s, int fd, uint64_t from, uint64_t *cut_bytes);
 /* truncate_back may cut inside a batch: the record it keeps last (the count-th) must then stop
  * saying that more of its batch follows, or the next open would cut it as unfinished. Rewrites
