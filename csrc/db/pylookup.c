@@ -39,12 +39,16 @@ typedef struct {
     PyObject *mods;       /* _mods: changes made in this transaction (an int) */
     PyObject *count;      /* _count: keys in the bucket (an int) */
     PyObject *unbalanced; /* _unbalanced: whether a node may have shrunk (Bucket._spill) */
+    /* From _c_put_on, NULL while puts in C are off: the DB, whose page cache (DB._hot) a put
+     * in C takes clean nodes from, and the transaction's list of freed runs (Tx._freed). */
+    PyObject *db;
+    PyObject *freed;
 } lookup_object;
 
 enum { MAX_KEY = 32 * 1024, MAX_DEPTH = 64 };
 
 /* Interned names, made by kvdb_py_export. */
-static PyObject *fallback_name, *put_fallback_name;
+static PyObject *fallback_name, *put_fallback_name, *hot_name;
 static PyObject *node_type; /* keyval.db.node.Node, from _c_put_on; kept for good */
 
 /* type(self).<name>(self, *args, **kwargs): the function is found on the type (no bound method
@@ -116,15 +120,17 @@ static PyObject *lookup_get(PyObject *self, PyObject *const *args, Py_ssize_t na
 
 /* -- put ------------------------------------------------------------------------------------
  *
- * Bucket.put in C for the case a bulk load is made of: exact bytes key and value, the value
- * short enough to stay in the leaf, and the path to the key's leaf already dirty (in-memory
- * Node objects: keyval/db/node.py) in a bucket already changed in this transaction. Bucket._put
- * arms it (_c_put_on) after a put of its own, which proves all of that but the path; _no_c
- * disarms it. Anything else, found before anything is changed, goes to Bucket._put: a clean
- * child on the path (a page id to load), an existing key whose value is not plain bytes, a
- * node or list that is not what the Python side makes, a new key that would overfill its
- * leaf (the split is Python's). The changes are those of Bucket._put, in its order: _mods,
- * the entry, _count. Nothing here calls Python code.
+ * Bucket.put in C for the cases a bulk load and a batch of updates are made of: exact bytes key
+ * and value, the value short enough to stay in the leaf, in a bucket already changed in this
+ * transaction. Bucket._put arms it (_c_put_on) after a put of its own, which proves all of
+ * that but the path; _no_c disarms it. On the way down, a clean child (a page id) whose node
+ * is in the page cache's hot generation is made dirty as child_for_write does (node.py): its
+ * run freed, a dirty copy put in its place. Anything else goes to Bucket._put: a clean child
+ * not in the hot cache (loading it may read the file), an existing key whose value is not
+ * plain bytes, a node or list that is not what the Python side makes, a new key that would
+ * overfill its leaf (the split is Python's). What the caller sees changes only with the put's
+ * own changes, those of Bucket._put in its order: _mods, the entry, _count; a path made dirty
+ * before handing over holds the same entries. Nothing here calls Python code.
  */
 
 /* Start loading the bytes object at keys[i] (its header and first bytes) into the cache. */
@@ -250,7 +256,91 @@ static db_node_object *dirty_node(PyObject *node)
     return n;
 }
 
-/* 1: done; 0: not handled, nothing changed (Bucket._put takes it); -1: error raised. */
+/* The clean node of page `pgid` if the hot generation of the page cache holds it (a borrowed
+ * reference), else NULL: loading it is Python's (DB._load_node may read and decode the page,
+ * or move it from the cold generation). */
+static db_node_object *hot_clean_node(lookup_object *o, PyObject *pgid)
+{
+    /* Generic attribute lookup (checked in _c_put_on) of a plain instance attribute, and a
+     * dict probe with an int key: neither runs Python code. DB._turn_cache replaces the
+     * dict, so it is looked up each time. */
+    PyObject *hot = PyObject_GetAttr(o->db, hot_name);
+    if (hot == NULL) {
+        PyErr_Clear(); /* not there (a closed DB): Python's path raises what it should */
+        return NULL;
+    }
+    PyObject *node = PyDict_CheckExact(hot) ? PyDict_GetItemWithError(hot, pgid) : NULL;
+    Py_DECREF(hot); /* the DB keeps it (node, borrowed from it, too) until Python code runs */
+    if (node == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if ((PyObject *)Py_TYPE(node) != node_type)
+        return NULL;
+    db_node_object *n = (db_node_object *)node;
+    int seq_ok = n->keys != NULL && n->vals != NULL &&
+                 (PyTuple_CheckExact(n->keys) || PyList_CheckExact(n->keys)) &&
+                 (PyTuple_CheckExact(n->vals) || PyList_CheckExact(n->vals)) &&
+                 PySequence_Fast_GET_SIZE(n->keys) == PySequence_Fast_GET_SIZE(n->vals);
+    if (!seq_ok || n->dirty != Py_False || (n->leaf != Py_True && n->leaf != Py_False) ||
+        n->span == NULL || !PyLong_CheckExact(n->span) || n->plain == NULL)
+        return NULL;
+    return n;
+}
+
+/* child_for_write (keyval/db/node.py) in C for the clean child parent.vals[i], a page id:
+ * 1 with *child the dirty copy now in its place; 0 if its node is not in the hot cache (or
+ * not a Node), nothing changed; -1 with an exception, nothing changed. */
+static int dirty_child(lookup_object *o, db_node_object *parent, Py_ssize_t i, PyObject **child)
+{
+    if (o->db == NULL || o->freed == NULL)
+        return 0;
+    PyObject *pgid = PyList_GET_ITEM(parent->vals, i);
+    db_node_object *clean = hot_clean_node(o, pgid);
+    if (clean == NULL)
+        return 0;
+    /* Allocating the copy and the tuple may start a collection, whose finalizers run Python
+     * code: hold what is used across them, and look again that the child is still there. */
+    Py_INCREF(pgid);
+    Py_INCREF(clean);
+    PyObject *copy = db_node_dirty_copy(node_type, clean);
+    PyObject *run = copy != NULL ? PyTuple_Pack(2, pgid, clean->span) : NULL;
+    Py_DECREF(clean);
+    int rc = -1;
+    if (run == NULL)
+        goto out;
+    rc = 0;
+    if (i >= PyList_GET_SIZE(parent->vals) || PyList_GET_ITEM(parent->vals, i) != pgid)
+        goto out;
+    /* The last step that can fail: a run freed while still in the tree would be handed out
+     * again by this commit. */
+    rc = -1;
+    if (PyList_Append(o->freed, run) < 0)
+        goto out;
+    rc = 1;
+    *child = copy;
+    PyList_SET_ITEM(parent->vals, i, copy); /* takes copy's reference */
+    copy = NULL;
+    Py_DECREF(pgid); /* the list's reference to the page id */
+    PyObject *kids = parent->dirty_kids;
+    if (kids != NULL && PyList_CheckExact(kids)) {
+        PyObject *index = PyLong_FromSsize_t(i); /* an int: no collection */
+        if (index == NULL || PyList_Append(kids, index) < 0) {
+            /* Only a hint for spill: None means "unknown", and spill looks at every child. */
+            PyErr_Clear();
+            db_set_field(&parent->dirty_kids, Py_None);
+        }
+        Py_XDECREF(index);
+    }
+out:
+    Py_XDECREF(run);
+    Py_XDECREF(copy);
+    Py_DECREF(pgid);
+    return rc;
+}
+
+/* 1: done; 0: not handled (Bucket._put takes it), nothing changed but maybe a path made dirty;
+ * -1: error raised, the same. */
 static int fast_put(lookup_object *o, PyObject *self, PyObject *key, PyObject *value)
 {
     /* Both exactly bytes (bucket_put checked). */
@@ -267,7 +357,14 @@ static int fast_put(lookup_object *o, PyObject *self, PyObject *key, PyObject *v
         Py_ssize_t i = bisect(node->keys, k, klen, 1);
         if (i < 0)
             return 0;
-        node = dirty_node(PyList_GET_ITEM(node->vals, i > 0 ? i - 1 : 0)); /* i <= len */
+        i = i > 0 ? i - 1 : 0; /* i <= len before */
+        PyObject *child = PyList_GET_ITEM(node->vals, i);
+        if (PyLong_CheckExact(child)) {
+            int rc = dirty_child(o, node, i, &child);
+            if (rc <= 0)
+                return rc;
+        }
+        node = dirty_node(child);
     }
     if (node == NULL || node->leaf != Py_True)
         return 0;
@@ -333,12 +430,14 @@ static PyObject *bucket_put(PyObject *self, PyObject *const *args, Py_ssize_t na
     return slow(put_fallback_name, self, args, nargs, kwnames);
 }
 
-/* _c_put_on(node_type, split_entries, max_value): puts in C from now on (see above);
+/* _c_put_on(node_type, split_entries, max_value[, db, freed]): puts in C from now on (see
+ * above), making clean children dirty too when given the DB and the transaction's Tx._freed;
  * _c_put_on(None, 0, 0): off. */
 static PyObject *bucket_put_on(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "_c_put_on(node_type, split_entries, max_value)");
+    if (nargs != 3 && nargs != 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_c_put_on(node_type, split_entries, max_value[, db, freed])");
         return NULL;
     }
     Py_ssize_t split = PyLong_AsSsize_t(args[1]), max_value = PyLong_AsSsize_t(args[2]);
@@ -362,6 +461,17 @@ static PyObject *bucket_put_on(PyObject *self, PyObject *const *args, Py_ssize_t
     lookup_object *o = (lookup_object *)self;
     o->split_entries = split > 0 ? split : 0;
     o->max_value = max_value;
+    /* Clean children are made dirty here only while the DB's attributes are read without
+     * running Python code, and the freed runs go to a real list. */
+    PyObject *db = nargs == 5 && split > 0 ? args[3] : NULL;
+    PyObject *freed = nargs == 5 && split > 0 ? args[4] : NULL;
+    if (db != NULL && (Py_TYPE(db)->tp_getattro != PyObject_GenericGetAttr ||
+                       !PyList_CheckExact(freed)))
+        db = freed = NULL;
+    Py_XINCREF(db);
+    Py_XINCREF(freed);
+    Py_XSETREF(o->db, db);
+    Py_XSETREF(o->freed, freed);
     Py_RETURN_NONE;
 }
 
@@ -408,8 +518,9 @@ static PyMemberDef lookup_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
-/* Bucket is a collector type; this base is not: its objects (a node tree, a bool) never refer
- * back to a bucket, so no cycle passes through them. */
+/* Bucket is a collector type; this base is not: its objects (a node tree, a bool, the DB, a
+ * list of (page id, span) tuples) never refer back to a bucket, so no cycle passes through
+ * them. */
 static void lookup_dealloc(PyObject *self)
 {
     lookup_object *o = (lookup_object *)self;
@@ -417,6 +528,8 @@ static void lookup_dealloc(PyObject *self)
     Py_CLEAR(o->mods);
     Py_CLEAR(o->count);
     Py_CLEAR(o->unbalanced);
+    Py_CLEAR(o->db);
+    Py_CLEAR(o->freed);
     db_free_heap_object(self);
 }
 
@@ -466,7 +579,7 @@ int kvdb_py_export(void *namespace)
         struct {
             PyObject **slot;
             const char *text;
-        } names[] = {{&fallback_name, "_get"}, {&put_fallback_name, "_put"}};
+        } names[] = {{&fallback_name, "_get"}, {&put_fallback_name, "_put"}, {&hot_name, "_hot"}};
         for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
             if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
                 goto out;

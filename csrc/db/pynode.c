@@ -140,6 +140,48 @@ PyType_Spec db_node_spec = {
     .slots = node_slots,
 };
 
+/* A new list of the items of an exact tuple or list, untracked by the collector. */
+static PyObject *untracked_list(PyObject *items)
+{
+    PyObject *out = PySequence_List(items);
+    if (out != NULL)
+        PyObject_GC_UnTrack(out);
+    return out;
+}
+
+PyObject *db_node_dirty_copy(PyObject *type, const db_node_object *clean)
+{
+    int branch = clean->leaf != Py_True;
+    PyObject *keys = untracked_list(clean->keys);
+    PyObject *vals = keys != NULL ? untracked_list(clean->vals) : NULL;
+    PyObject *kids = vals != NULL && branch ? PyList_New(0) : NULL;
+    if (kids != NULL)
+        PyObject_GC_UnTrack(kids);
+    PyTypeObject *t = (PyTypeObject *)type;
+    /* tp_alloc zeroes the fields and takes a reference to a heap type (db_free_heap_object
+     * drops it). */
+    PyObject *self = vals != NULL && (kids != NULL || !branch) ? t->tp_alloc(t, 0) : NULL;
+    if (self == NULL) {
+        Py_XDECREF(keys);
+        Py_XDECREF(vals);
+        Py_XDECREF(kids);
+        return NULL;
+    }
+    db_node_object *n = (db_node_object *)self;
+    n->leaf = Py_NewRef(clean->leaf);
+    n->keys = keys;
+    n->vals = vals;
+    n->pgid = PyLong_FromLong(0); /* CPython's cached small ints: these cannot fail */
+    n->span = PyLong_FromLong(1);
+    n->dirty = Py_NewRef(Py_True);
+    n->plain = Py_NewRef(clean->plain);
+    n->packed = Py_NewRef(Py_False);
+    n->dirty_kids = branch ? kids : Py_NewRef(Py_None);
+    if (PyObject_IS_GC(self)) /* as node_init: no field leads back to the node */
+        PyObject_GC_UnTrack(self);
+    return self;
+}
+
 static PyObject *py_dirty_list(PyObject *module, PyObject *arg)
 {
     (void)module;

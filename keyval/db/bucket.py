@@ -179,7 +179,9 @@ class Bucket(_Base):
         def _c_bind(self, address: int, root: int) -> None:
             pass
 
-        def _c_put_on(self, node_type, split_entries: int, max_value: int) -> None:
+        def _c_put_on(
+            self, node_type, split_entries: int, max_value: int, db=None, freed=None
+        ) -> None:
             pass
 
     @property
@@ -428,8 +430,9 @@ class Bucket(_Base):
         """Set ``key`` to ``value``. Raises BucketExists if ``key`` names a nested bucket.
 
         ``put`` itself is the C base's when the extension is there: once a put here has made
-        the bucket and its root dirty it takes the puts whose whole path is dirty already (a
-        bulk load's), and calls this for everything else."""
+        the bucket and its root dirty it takes the plain puts whose path is dirty or can be
+        made dirty from the page cache (a bulk load's, a batch of updates'), and calls this
+        for everything else."""
         if type(key) is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
             key = check_key(key)
         if type(value) is not bytes or len(value) > MAX_VALUE_SIZE:
@@ -450,7 +453,7 @@ class Bucket(_Base):
             node = self._dirty_root(node)
         if CLookup is not None:
             # Open, writable, not deleted, changed, root dirty: the C put may take over.
-            self._c_put_on(Node, SPLIT_ENTRIES, tx._db._max_inline)
+            self._c_put_on(Node, SPLIT_ENTRIES, tx._db._max_inline, tx._db, tx._freed)
         path = []
         if not node.leaf:
             while True:

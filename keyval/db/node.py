@@ -231,6 +231,8 @@ def entry_sizes(node: Node, max_inline: int) -> list[int]:
 
 
 def child_for_write(tx: Tx, parent: Node, i: int) -> Node:
+    # The C put does the same for a child in the page cache (csrc/db/pylookup.c, dirty_child):
+    # a change here is a change there.
     child = parent.vals[i]
     if type(child) is int:
         clean = tx._load(child)

@@ -1,10 +1,11 @@
 """Bucket.get and Bucket.put in C (csrc/db/pylookup.c) against the Python paths and a model.
 
 The C get answers exact bytes keys whose value is plain or absent and hands every other call
-to ``_get`` with the same arguments; the C put takes plain puts along an already dirty path
-and hands everything else to ``_put``. These tests hold both to the Python paths' answers and
-a model, the same errors for bad input, a closed transaction or a deleted bucket, and check
-that a writer getting in C is not starved by busy readers (the method keeps the GIL).
+to ``_get`` with the same arguments; the C put takes plain puts along a dirty path, or one it
+makes dirty from nodes in the page cache, and hands everything else to ``_put``. These tests
+hold both to the Python paths' answers and a model, the same errors for bad input, a closed
+transaction or a deleted bucket, and check that a writer getting in C is not starved by busy
+readers (the method keeps the GIL).
 """
 
 from __future__ import annotations
@@ -244,6 +245,7 @@ def test_puts_in_c_leave_the_bucket_the_model_says(tmp_path_factory, ops, bulk):
         assert dict(b.items()) == model
         assert set(b.buckets()) == nested
         assert len(b) == len(model)
+    assert check_file(path) == []  # every page a put replaced freed once, none still in use
 
 
 def apply_op(b, op: str, k: bytes, size: int, model: dict, nested: set) -> None:
@@ -288,6 +290,85 @@ def test_a_bulk_load_is_put_in_c(path, monkeypatch):
         assert calls[0] < 10 + 5000 // (SPLIT_ENTRIES // 2)
         with db.view() as tx:
             assert len(tx.bucket(b"b")) == 5000
+
+
+def test_updates_after_a_commit_are_put_in_c_and_free_the_pages_they_replace(path, monkeypatch):
+    """Puts into a committed tree: the first arms the C put, which then makes every clean
+    leaf and branch on its way dirty itself (from the page cache), as Bucket._put would. The
+    bucket reads as the model, and fsck finds each replaced page freed exactly once: none
+    leaked, none reachable from the tree and free at the same time."""
+    import random
+
+    from keyval.db.bucket import Bucket
+
+    calls = [0]
+    python_put = Bucket._put
+
+    def counting(self, key, value):
+        calls[0] += 1
+        return python_put(self, key, value)
+
+    monkeypatch.setattr(Bucket, "_put", counting)
+    rng = random.Random(5)
+    keys = [b"k%05d" % i for i in range(20000)]
+    model = dict.fromkeys(keys, b"v")
+    with DB(path, page_size=PS) as db:
+        with db.update() as tx:
+            b = tx.create_bucket(b"b")
+            for k in keys:
+                b.put(k, b"v")
+        assert db.stats()["depth"] >= 3  # branches to copy, not only leaves
+        for r in range(20):
+            calls[0] = 0
+            with db.update() as tx:
+                b = tx.bucket(b"b")
+                for k in rng.sample(keys, 300):
+                    value = b"%d" % r  # no longer than before: no split
+                    b.put(k, value)
+                    model[k] = value
+                assert calls[0] == 1  # the put that armed the C put
+            with db.view() as tx:
+                assert dict(tx.bucket(b"b").items()) == model
+    assert check_file(path) == []
+    with DB(path) as db, db.view() as tx:
+        assert dict(tx.bucket(b"b").items()) == model
+
+
+@pytest.mark.parametrize("nth", range(0, 16))
+def test_a_put_that_runs_out_of_memory_copying_its_path_frees_nothing_still_in_use(path, nth):
+    """A C put that must copy a clean branch and leaf, with its nth allocation failing: it
+    lands whole, or raises MemoryError with the bucket unchanged, and either way the commit
+    writes a tree in which no page is both in use and free (freeing the page before the copy
+    took its place would hand it out again in this very commit)."""
+    testcapi = pytest.importorskip("_testcapi", reason="needs CPython's _testcapi")
+    keys = [b"k%05d" % i for i in range(5000)]
+    far = keys[-1]  # not under the path the first put makes dirty
+    outcome = None
+    with DB(path, page_size=PS) as db:
+        with db.update() as tx:
+            b = tx.create_bucket(b"b")
+            for k in keys:
+                b.put(k, b"v")
+        with db.update() as tx:
+            b = tx.bucket(b"b")
+            b.put(keys[0], b"w")  # arms the C put; the rest of the tree stays clean
+            testcapi.set_nomemory(nth, nth + 1)
+            try:
+                b.put(far, b"new")
+                outcome = "landed"
+            except MemoryError:
+                outcome = "refused"
+            finally:
+                testcapi.remove_mem_hooks()
+            assert b.get(far) == (b"new" if outcome == "landed" else b"v")
+            assert len(b) == len(keys)
+        with db.view() as tx:
+            b = tx.bucket(b"b")
+            expect = dict.fromkeys(keys, b"v") | {keys[0]: b"w"}
+            if outcome == "landed":
+                expect[far] = b"new"
+            assert dict(b.items()) == expect
+    assert check_file(path) == []
 
 
 @pytest.mark.parametrize(
