@@ -299,13 +299,20 @@ static int dirty_child(lookup_object *o, db_node_object *parent, Py_ssize_t i, P
     db_node_object *clean = hot_clean_node(o, pgid);
     if (clean == NULL)
         return 0;
-    /* Allocating the copy and the tuple may start a collection, whose finalizers run Python
-     * code: hold what is used across them, and look again that the child is still there. */
+    /* Allocating the copy and the tuple could start a collection, whose finalizers, weakref
+     * callbacks and gc.callbacks are Python code (and may let other threads run): code that
+     * could end or commit this transaction (o->freed then NULL, parent sealed into tuples or
+     * freed), or put into this very bucket, under the borrowed references of fast_put. The
+     * collector waits until the copy is made: it runs at the next allocation after the put.
+     * The references held and the look again below are only a second line. */
+    int collecting = PyGC_Disable();
     Py_INCREF(pgid);
     Py_INCREF(clean);
     PyObject *copy = db_node_dirty_copy(node_type, clean);
     PyObject *run = copy != NULL ? PyTuple_Pack(2, pgid, clean->span) : NULL;
     Py_DECREF(clean);
+    if (collecting)
+        PyGC_Enable();
     int rc = -1;
     if (run == NULL)
         goto out;

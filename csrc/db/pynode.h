@@ -42,8 +42,9 @@ static inline void db_free_heap_object(PyObject *self)
 /* A dirty copy of the clean node `clean`, as Node.dirty_copy makes it (keyval/db/node.py): of
  * type `type` (a subclass of CNode), its keys and values in new untracked lists, page id 0,
  * span 1, dirty, the same plain flag, an empty list of dirty children if a branch. `clean`'s
- * keys and vals must be exact tuples or lists. A new reference, or NULL with an exception;
- * runs no Python code. */
+ * keys and vals must be exact tuples or lists. A new reference, or NULL with an exception.
+ * Its allocations may start a collection, which runs Python code (finalizers): a caller that
+ * must run none pauses the collector around it (PyGC_Disable), as pylookup.c's does. */
 PyObject *db_node_dirty_copy(PyObject *type, const db_node_object *clean);
 
 /* The type object of CNode, made by kvdb_py_export; NULL before. */

@@ -488,6 +488,88 @@ def test_a_put_that_runs_out_of_memory_never_commits_half_of_itself(path, nth):
     assert check_file(path) == []
 
 
+# Run in a child process: the failure this guards against was a segmentation fault.
+_COLLECTION_DURING_A_PUT = r"""
+import gc, sys
+from keyval.db import DB
+from keyval.errors import TxClosedError
+
+path, mode = sys.argv[1], sys.argv[2]
+keys = [b"k%05d" % i for i in range(5000)]
+with DB(path, page_size=512) as db:
+    with db.update() as tx:
+        b = tx.create_bucket(b"b")
+        for k in keys:
+            b.put(k, b"v")
+    cm = db.update()
+    tx = cm.__enter__()
+    b = tx.bucket(b"b")
+    b.put(keys[0], b"w")  # arms the C put; the path to keys[-1] stays clean, in the cache
+
+    class Finalizer:
+        def __init__(self, action):
+            self.action = action
+            self.cycle = self  # garbage that only a collection frees
+
+        def __del__(self):
+            self.action()
+
+    if mode == "rollback":  # the update's generator, left in a cycle: closing it rolls back
+        holder = [cm]
+        holder.append(holder)
+        del cm, holder
+    elif mode == "commit":
+        Finalizer(tx.commit)
+    elif mode == "put":
+        Finalizer(lambda: b.put(keys[1], b"put by a finalizer"))
+    gc.set_threshold(1)  # the next allocation of a container collects: the C put's copy
+    try:
+        b.put(keys[-1], b"new")
+        outcome = "landed"
+    except TxClosedError:
+        outcome = "closed"
+    gc.set_threshold(700)
+    gc.collect()
+    if mode != "rollback":
+        cm.__exit__(None, None, None)
+    with db.view() as tx:
+        b = tx.bucket(b"b")
+        print(outcome, *[b.get(k).decode() for k in (keys[0], keys[1], keys[-1])], len(b))
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "expect"),
+    [
+        ("rollback", "landed v v v 5000"),  # and then rolled back
+        ("commit", "landed w v new 5000"),
+        ("put", "landed w put by a finalizer new 5000"),
+    ],
+)
+def test_a_collection_started_by_the_copy_of_a_clean_path_runs_no_python_code_in_the_put(
+    path, mode, expect
+):
+    """The C put allocates the copies of the clean nodes on its way down, and an allocation
+    may start a collection, whose finalizers are Python code: code that ends the transaction
+    (an abandoned update() in a cycle rolls back: the C put then appended the freed run to
+    the NULL it found where Tx._freed was, and crashed), commits it (sealing the branch the
+    put holds a borrowed reference to into tuples) or puts into the same bucket. The
+    collection waits until the put is done, which then lands whole; the finalizer acts
+    after it, and the file is sound."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _COLLECTION_DURING_A_PUT, path, mode],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == expect
+    assert check_file(path) == []
+
+
 class _Interrupt(BaseException):
     """Stands for KeyboardInterrupt, which Python checks for as a function starts."""
 
