@@ -269,9 +269,9 @@ def apply_op(b, op: str, k: bytes, size: int, model: dict, nested: set) -> None:
         model[k] = v
 
 
-def test_a_bulk_load_is_put_in_c(path, monkeypatch):
-    """After the first puts have made the path dirty, puts no longer reach Bucket._put, but
-    for those that split a leaf (one in SPLIT_ENTRIES / 2 at most)."""
+@pytest.fixture
+def python_puts(monkeypatch) -> list[int]:
+    """[n]: how many puts have reached Bucket._put (the Python path) so far."""
     from keyval.db.bucket import Bucket
 
     calls = [0]
@@ -282,6 +282,13 @@ def test_a_bulk_load_is_put_in_c(path, monkeypatch):
         return python_put(self, key, value)
 
     monkeypatch.setattr(Bucket, "_put", counting)
+    return calls
+
+
+def test_a_bulk_load_is_put_in_c(path, python_puts):
+    """After the first puts have made the path dirty, puts no longer reach Bucket._put, but
+    for those that split a leaf (one in SPLIT_ENTRIES / 2 at most)."""
+    calls = python_puts
     with DB(path, page_size=PS) as db:
         with db.update() as tx:
             b = tx.create_bucket(b"b")
@@ -292,23 +299,14 @@ def test_a_bulk_load_is_put_in_c(path, monkeypatch):
             assert len(tx.bucket(b"b")) == 5000
 
 
-def test_updates_after_a_commit_are_put_in_c_and_free_the_pages_they_replace(path, monkeypatch):
+def test_updates_after_a_commit_are_put_in_c_and_free_the_pages_they_replace(path, python_puts):
     """Puts into a committed tree: the first arms the C put, which then makes every clean
     leaf and branch on its way dirty itself (from the page cache), as Bucket._put would. The
     bucket reads as the model, and fsck finds each replaced page freed exactly once: none
     leaked, none reachable from the tree and free at the same time."""
     import random
 
-    from keyval.db.bucket import Bucket
-
-    calls = [0]
-    python_put = Bucket._put
-
-    def counting(self, key, value):
-        calls[0] += 1
-        return python_put(self, key, value)
-
-    monkeypatch.setattr(Bucket, "_put", counting)
+    calls = python_puts
     rng = random.Random(5)
     keys = [b"k%05d" % i for i in range(20000)]
     model = dict.fromkeys(keys, b"v")
@@ -334,6 +332,19 @@ def test_updates_after_a_commit_are_put_in_c_and_free_the_pages_they_replace(pat
         assert dict(tx.bucket(b"b").items()) == model
 
 
+def put_failing_allocation(testcapi, nth: int, b, key: bytes, value: bytes) -> str:
+    """b.put(key, value) with the interpreter's nth allocation from here failing: "landed"
+    or "refused" (MemoryError)."""
+    testcapi.set_nomemory(nth, nth + 1)
+    try:
+        b.put(key, value)
+        return "landed"
+    except MemoryError:
+        return "refused"
+    finally:
+        testcapi.remove_mem_hooks()
+
+
 @pytest.mark.parametrize("nth", range(0, 16))
 def test_a_put_that_runs_out_of_memory_copying_its_path_frees_nothing_still_in_use(path, nth):
     """A C put that must copy a clean branch and leaf, with its nth allocation failing: it
@@ -352,14 +363,7 @@ def test_a_put_that_runs_out_of_memory_copying_its_path_frees_nothing_still_in_u
         with db.update() as tx:
             b = tx.bucket(b"b")
             b.put(keys[0], b"w")  # arms the C put; the rest of the tree stays clean
-            testcapi.set_nomemory(nth, nth + 1)
-            try:
-                b.put(far, b"new")
-                outcome = "landed"
-            except MemoryError:
-                outcome = "refused"
-            finally:
-                testcapi.remove_mem_hooks()
+            outcome = put_failing_allocation(testcapi, nth, b, far, b"new")
             assert b.get(far) == (b"new" if outcome == "landed" else b"v")
             assert len(b) == len(keys)
         with db.view() as tx:
@@ -465,14 +469,7 @@ def test_a_put_that_runs_out_of_memory_never_commits_half_of_itself(path, nth):
                 for k in keys:
                     b.put(k, b"v")
                 assert b._mods > 256  # each change makes a new int: an allocation
-                testcapi.set_nomemory(nth, nth + 1)
-                try:
-                    b.put(new, b"new")
-                    outcome = "landed"
-                except MemoryError:
-                    outcome = "refused"
-                finally:
-                    testcapi.remove_mem_hooks()
+                outcome = put_failing_allocation(testcapi, nth, b, new, b"new")
                 if outcome == "refused" and tx._broken is None:
                     assert (len(b), b.get(new)) == (len(keys), None)  # nothing changed
         except KeyvalError as exc:
