@@ -140,7 +140,7 @@ PyType_Spec db_node_spec = {
     .slots = node_slots,
 };
 
-/* A new list of the items of an exact tuple or list, untracked by the collector. */
+/* A new list of the items of an iterable, untracked by the collector. */
 static PyObject *untracked_list(PyObject *items)
 {
     PyObject *out = PySequence_List(items);
@@ -185,10 +185,7 @@ PyObject *db_node_dirty_copy(PyObject *type, const db_node_object *clean)
 static PyObject *py_dirty_list(PyObject *module, PyObject *arg)
 {
     (void)module;
-    PyObject *out = PySequence_List(arg);
-    if (out != NULL)
-        PyObject_GC_UnTrack(out);
-    return out;
+    return untracked_list(arg);
 }
 
 static PyObject *py_clean_tuple(PyObject *module, PyObject *arg)
