@@ -259,7 +259,7 @@ static db_node_object *dirty_node(PyObject *node)
 /* The clean node of page `pgid` if the hot generation of the page cache holds it (a borrowed
  * reference), else NULL: loading it is Python's (DB._load_node may read and decode the page,
  * or move it from the cold generation). */
-static db_node_object *hot_clean_node(lookup_object *o, PyObject *pgid)
+static db_node_object *hot_clean_node(lookup_object *o, PyObject *pgid, PyObject **hot_out)
 {
     /* Generic attribute lookup (checked in _c_put_on) of a plain instance attribute, and a
      * dict probe with an int key: neither runs Python code. DB._turn_cache replaces the
@@ -275,6 +275,7 @@ static db_node_object *hot_clean_node(lookup_object *o, PyObject *pgid)
         PyErr_Clear();
         return NULL;
     }
+    *hot_out = hot; /* borrowed, as node */
     if ((PyObject *)Py_TYPE(node) != node_type)
         return NULL;
     db_node_object *n = (db_node_object *)node;
@@ -288,6 +289,77 @@ static db_node_object *hot_clean_node(lookup_object *o, PyObject *pgid)
     return n;
 }
 
+/* An empty untracked list (see csrc/db/pynode.c) with room for the entries of `seq`, a tuple
+ * or list: filled by fill_entries once nothing can fail any more. */
+static PyObject *entries_list(PyObject *seq)
+{
+    PyObject *list = PyList_New(PySequence_Fast_GET_SIZE(seq)); /* items NULL until filled */
+    if (list != NULL)
+        PyObject_GC_UnTrack(list);
+    return list;
+}
+
+/* Fills `list` (from entries_list) with the entries of `seq`: moved out when `seq` is a tuple
+ * that only the node about to drop it holds, else copied. The move spares an increment of
+ * each entry's reference count here and a decrement when the tuple goes, each a cache miss on
+ * a cold key, value or page id. */
+static void fill_entries(PyObject *list, PyObject *seq)
+{
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    PyObject **to = ((PyListObject *)list)->ob_item;
+    PyObject **from = PySequence_Fast_ITEMS(seq);
+    memcpy(to, from, (size_t)n * sizeof *from);
+    if (PyTuple_CheckExact(seq) && Py_REFCNT(seq) == 1)
+        memset(from, 0, (size_t)n * sizeof *from); /* the tuple's deallocation skips NULLs */
+    else
+        for (Py_ssize_t i = 0; i < n; i++)
+            Py_INCREF(to[i]);
+}
+
+/* The clean node itself made dirty in place, as dirty_copy would copy it, when nothing but the
+ * hot cache refers to it: no new node, and its entries moved rather than copied, so that
+ * neither this nor the eviction of the old node at commit (DB._uncache) touches each entry.
+ * It leaves the cache: an older reader that needs its page reads it again, as after any
+ * eviction (the page is unchanged until it is reused). A new reference; NULL with an
+ * exception (nothing changed); NULL without one when the node is not alone (copy it). */
+static PyObject *take_clean(PyObject *hot, PyObject *pgid, db_node_object *clean)
+{
+    /* The dict's reference and the caller's: no cursor, reader, early write or list of
+     * nodes holds it, so no one can see it change. */
+    if (Py_REFCNT(clean) != 2 || !PyDict_CheckExact(hot))
+        return NULL;
+    int branch = clean->leaf != Py_True;
+    PyObject *keys = entries_list(clean->keys);
+    PyObject *vals = keys != NULL ? entries_list(clean->vals) : NULL;
+    PyObject *kids = vals != NULL && branch ? PyList_New(0) : NULL;
+    if (vals == NULL || (branch && kids == NULL) || PyDict_DelItem(hot, pgid) < 0) {
+        Py_XDECREF(keys);
+        Py_XDECREF(vals);
+        Py_XDECREF(kids);
+        return NULL; /* with the exception: only an allocation fails here */
+    }
+    /* Nothing fails from here on. */
+    fill_entries(keys, clean->keys);
+    fill_entries(vals, clean->vals);
+    if (kids != NULL)
+        PyObject_GC_UnTrack(kids);
+    db_set_field(&clean->keys, keys);
+    db_set_field(&clean->vals, vals);
+    Py_DECREF(keys);
+    Py_DECREF(vals);
+    PyObject *zero = PyLong_FromLong(0), *one = PyLong_FromLong(1); /* cached: cannot fail */
+    db_set_field(&clean->pgid, zero);
+    db_set_field(&clean->span, one);
+    Py_DECREF(zero);
+    Py_DECREF(one);
+    db_set_field(&clean->dirty, Py_True);
+    db_set_field(&clean->packed, Py_False);
+    db_set_field(&clean->dirty_kids, branch ? kids : Py_None);
+    Py_XDECREF(kids);
+    Py_INCREF(clean);
+    return (PyObject *)clean;
+}
+
 /* child_for_write (keyval/db/node.py) in C for the clean child parent.vals[i], a page id:
  * 1 with *child the dirty copy now in its place; 0 if its node is not in the hot cache (or
  * not a Node), nothing changed; -1 with an exception, nothing changed. */
@@ -296,7 +368,8 @@ static int dirty_child(lookup_object *o, db_node_object *parent, Py_ssize_t i, P
     if (o->db == NULL || o->freed == NULL)
         return 0;
     PyObject *pgid = PyList_GET_ITEM(parent->vals, i);
-    db_node_object *clean = hot_clean_node(o, pgid);
+    PyObject *hot = NULL;
+    db_node_object *clean = hot_clean_node(o, pgid, &hot);
     if (clean == NULL)
         return 0;
     /* Allocating the copy and the tuple could start a collection, whose finalizers, weakref
@@ -308,8 +381,16 @@ static int dirty_child(lookup_object *o, db_node_object *parent, Py_ssize_t i, P
     int collecting = PyGC_Disable();
     Py_INCREF(pgid);
     Py_INCREF(clean);
-    PyObject *copy = db_node_dirty_copy(node_type, clean);
-    PyObject *run = copy != NULL ? PyTuple_Pack(2, pgid, clean->span) : NULL;
+    PyObject *copy = NULL;
+    /* The run first: taking the node in place changes its span. */
+    PyObject *run = PyTuple_Pack(2, pgid, clean->span);
+    if (run != NULL) {
+        copy = take_clean(hot, pgid, clean);
+        if (copy == NULL && !PyErr_Occurred())
+            copy = db_node_dirty_copy(node_type, clean);
+        if (copy == NULL)
+            Py_CLEAR(run);
+    }
     Py_DECREF(clean);
     if (collecting)
         PyGC_Enable();

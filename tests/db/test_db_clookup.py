@@ -332,6 +332,33 @@ def test_updates_after_a_commit_are_put_in_c_and_free_the_pages_they_replace(pat
         assert dict(tx.bucket(b"b").items()) == model
 
 
+def test_a_node_a_reader_holds_is_copied_and_the_reader_keeps_its_snapshot(path, python_puts):
+    """The C put makes a cached clean node dirty in place when nothing but the page cache
+    refers to it (moving its entries instead of copying them). A node a reader's cursor
+    holds is copied instead: that reader goes on seeing its snapshot, from the node it holds
+    and from the pages it reads again after the put took the others out of the cache."""
+    keys = [b"k%05d" % i for i in range(5000)]
+    with DB(path, page_size=PS) as db:
+        with db.update() as tx:
+            b = tx.create_bucket(b"b")
+            for k in keys:
+                b.put(k, b"v")
+        with db.view() as old:
+            cursor = old.bucket(b"b").cursor()
+            assert cursor.seek(keys[2500]) == (keys[2500], b"v")  # holds that leaf's path
+            with db.update() as tx:
+                b = tx.bucket(b"b")
+                for k in keys:
+                    b.put(k, b"w")
+                assert python_puts[0] < 50  # nearly all in C (a node out of the cache is not)
+            walked = [cursor.next() for _ in range(100)]
+            assert walked == [(k, b"v") for k in keys[2501:2601]]
+            assert dict(old.bucket(b"b").items()) == dict.fromkeys(keys, b"v")
+        with db.view() as tx:
+            assert dict(tx.bucket(b"b").items()) == dict.fromkeys(keys, b"w")
+    assert check_file(path) == []
+
+
 def put_failing_allocation(testcapi, nth: int, b, key: bytes, value: bytes) -> str:
     """b.put(key, value) with the interpreter's nth allocation from here failing: "landed"
     or "refused" (MemoryError)."""
