@@ -289,33 +289,6 @@ static db_node_object *hot_clean_node(lookup_object *o, PyObject *pgid, PyObject
     return n;
 }
 
-/* An empty untracked list (see csrc/db/pynode.c) with room for the entries of `seq`, a tuple
- * or list: filled by fill_entries once nothing can fail any more. */
-static PyObject *entries_list(PyObject *seq)
-{
-    PyObject *list = PyList_New(PySequence_Fast_GET_SIZE(seq)); /* items NULL until filled */
-    if (list != NULL)
-        PyObject_GC_UnTrack(list);
-    return list;
-}
-
-/* Fills `list` (from entries_list) with the entries of `seq`: moved out when `seq` is a tuple
- * that only the node about to drop it holds, else copied. The move spares an increment of
- * each entry's reference count here and a decrement when the tuple goes, each a cache miss on
- * a cold key, value or page id. */
-static void fill_entries(PyObject *list, PyObject *seq)
-{
-    Py_ssize_t n = PyList_GET_SIZE(list);
-    PyObject **to = ((PyListObject *)list)->ob_item;
-    PyObject **from = PySequence_Fast_ITEMS(seq);
-    memcpy(to, from, (size_t)n * sizeof *from);
-    if (PyTuple_CheckExact(seq) && Py_REFCNT(seq) == 1)
-        memset(from, 0, (size_t)n * sizeof *from); /* the tuple's deallocation skips NULLs */
-    else
-        for (Py_ssize_t i = 0; i < n; i++)
-            Py_INCREF(to[i]);
-}
-
 /* The clean node itself made dirty in place, as dirty_copy would copy it, when nothing but the
  * hot cache refers to it: no new node, and its entries moved rather than copied, so that
  * neither this nor the eviction of the old node at commit (DB._uncache) touches each entry.
@@ -329,8 +302,8 @@ static PyObject *take_clean(PyObject *hot, PyObject *pgid, db_node_object *clean
     if (Py_REFCNT(clean) != 2 || !PyDict_CheckExact(hot))
         return NULL;
     int branch = clean->leaf != Py_True;
-    PyObject *keys = entries_list(clean->keys);
-    PyObject *vals = keys != NULL ? entries_list(clean->vals) : NULL;
+    PyObject *keys = db_entries_room(clean->keys, 0);
+    PyObject *vals = keys != NULL ? db_entries_room(clean->vals, 0) : NULL;
     PyObject *kids = vals != NULL && branch ? PyList_New(0) : NULL;
     if (vals == NULL || (branch && kids == NULL) || PyDict_DelItem(hot, pgid) < 0) {
         Py_XDECREF(keys);
@@ -339,8 +312,8 @@ static PyObject *take_clean(PyObject *hot, PyObject *pgid, db_node_object *clean
         return NULL; /* with the exception: only an allocation fails here */
     }
     /* Nothing fails from here on. */
-    fill_entries(keys, clean->keys);
-    fill_entries(vals, clean->vals);
+    db_entries_move(keys, clean->keys);
+    db_entries_move(vals, clean->vals);
     if (kids != NULL)
         PyObject_GC_UnTrack(kids);
     db_set_field(&clean->keys, keys);

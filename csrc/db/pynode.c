@@ -20,6 +20,8 @@
  *
  *   dirty_list(iterable) -> list: a new list of the items, untracked by the collector
  *   clean_tuple(iterable) -> tuple: a new tuple of the items, untracked by the collector
+ *   seal_entries(node): a dirty node's lists replaced by such tuples, the entries moved out of
+ *       lists nothing else holds (db_entries_move in pynode.h says what that spares)
  *   decode_plain_leaf(buf, start, count, end) -> (keys, vals) | None
  *
  * decode_plain_leaf cuts a leaf body whose values are all stored in the leaf (the common
@@ -182,6 +184,59 @@ PyObject *db_node_dirty_copy(PyObject *type, const db_node_object *clean)
     return self;
 }
 
+PyObject *db_entries_room(PyObject *seq, int as_tuple)
+{
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *out = as_tuple ? PyTuple_New(n) : PyList_New(n);
+    /* The empty tuple is a shared singleton: left as CPython keeps it. */
+    if (out != NULL && (n > 0 || !as_tuple))
+        PyObject_GC_UnTrack(out);
+    return out;
+}
+
+void db_entries_move(PyObject *room, PyObject *from)
+{
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(room);
+    PyObject **to = PySequence_Fast_ITEMS(room), **items = PySequence_Fast_ITEMS(from);
+    memcpy(to, items, (size_t)n * sizeof *items);
+    if (Py_REFCNT(from) != 1) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            Py_INCREF(to[i]);
+    } else if (PyList_CheckExact(from)) {
+        Py_SET_SIZE(from, 0); /* an empty list, whose deallocation frees only its array */
+    } else {
+        memset(items, 0, (size_t)n * sizeof *items); /* a tuple's deallocation skips NULLs */
+    }
+}
+
+static PyObject *py_seal_entries(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    if (!PyObject_TypeCheck(arg, (PyTypeObject *)db_node_base)) {
+        PyErr_SetString(PyExc_TypeError, "seal_entries(node): node is a Node");
+        return NULL;
+    }
+    db_node_object *n = (db_node_object *)arg;
+    if (n->keys == NULL || n->vals == NULL || !PyList_CheckExact(n->keys) ||
+        !PyList_CheckExact(n->vals)) {
+        PyErr_SetString(PyExc_TypeError, "seal_entries(node): a dirty node's entries are lists");
+        return NULL;
+    }
+    PyObject *keys = db_entries_room(n->keys, 1);
+    PyObject *vals = keys != NULL ? db_entries_room(n->vals, 1) : NULL;
+    if (vals == NULL) {
+        Py_XDECREF(keys);
+        return NULL;
+    }
+    db_entries_move(keys, n->keys);
+    db_entries_move(vals, n->vals);
+    db_set_field(&n->keys, keys);
+    db_set_field(&n->vals, vals);
+    Py_DECREF(keys);
+    Py_DECREF(vals);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_dirty_list(PyObject *module, PyObject *arg)
 {
     (void)module;
@@ -265,6 +320,9 @@ PyMethodDef db_py_node_functions[] = {
     {"clean_tuple", py_clean_tuple, METH_O,
      "clean_tuple(iterable) -> tuple of its items, untracked by the garbage collector (for a "
      "clean node's entries, under the same contract as dirty_list)"},
+    {"seal_entries", py_seal_entries, METH_O,
+     "seal_entries(node): a dirty node's entry lists replaced by tuples, untracked by the "
+     "garbage collector, the entries moved out of a list nothing else holds (else copied)"},
     {"decode_plain_leaf", (PyCFunction)(void (*)(void))py_decode_plain_leaf, METH_FASTCALL,
      "decode_plain_leaf(buf, start, count, end) -> (keys, vals) tuples, or None when the "
      "Python codec must decode the leaf (see csrc/db/pynode.c)"},

@@ -47,6 +47,18 @@ static inline void db_free_heap_object(PyObject *self)
  * must run none pauses the collector around it (PyGC_Disable), as pylookup.c's does. */
 PyObject *db_node_dirty_copy(PyObject *type, const db_node_object *clean);
 
+/* Moving a node's entries between the lists of a dirty node and the tuples of a clean one.
+ * db_entries_room: a new list (as_tuple 0) or tuple as long as the tuple or list `seq`, its
+ * items NULL, untracked by the collector; NULL with an exception. db_entries_move: fills such
+ * a `room` with the items of `from` (as long as it), and never fails. When `from` has no
+ * holder but its caller's (reference count 1), which is about to drop it, the items move and
+ * `from` is left empty (a list) or holding NULLs (a tuple, fit only to be dropped): no
+ * reference count changes, where a copy would touch each item twice (raise it now, lower it
+ * when `from` goes), a cache miss each on a cold key, value or page id. Else they are copied.
+ * Allocate every room first, then move: the moves cannot fail. */
+PyObject *db_entries_room(PyObject *seq, int as_tuple);
+void db_entries_move(PyObject *room, PyObject *from);
+
 /* The type object of CNode, made by kvdb_py_export; NULL before. */
 extern PyObject *db_node_base;
 

@@ -15,9 +15,10 @@
  *   - cut into pages by leaf_cuts' rule (pysplit.c) with threshold bytes a page, or page_size
  *     if the leaf is packed;
  *   - for each page, front to back: pgid = allocate(span); the page encoded; the entries made
- *     tuples (untracked, as clean_tuple's); (pgid, span, [page], node) appended to runs, where
- *     node is the leaf itself, made clean, when it fits one page, else a new node of the same
- *     class (leaf, keys, vals, pgid, span, dirty=False, plain=True);
+ *     tuples (untracked, as clean_tuple's; a leaf left whole moves its entries into them);
+ *     (pgid, span, [page], node) appended to runs, where node is the leaf itself, made clean,
+ *     when it fits one page, else a new node of the same class (leaf, keys, vals, pgid, span,
+ *     dirty=False, plain=True);
  *   - the child's key and entry in the branch replaced by each page's first key and page id.
  * The first child that is something else (a branch, a leaf with overflow values or nested
  * buckets, an empty leaf) stops it: the count returned includes it, for spill to do it and call
@@ -81,8 +82,21 @@ static int seal_piece(db_node_object *node, Py_ssize_t a, Py_ssize_t b, const lo
     if (pgid == (unsigned long long)-1 && PyErr_Occurred())
         goto out;
     page = db_encode_plain_leaf(pgid, node->keys, node->vals, a, b, data, page_size);
-    if (page == NULL || (kt = clean_slice(node->keys, a, b)) == NULL ||
-        (vt = clean_slice(node->vals, a, b)) == NULL || (buffers = PyList_New(1)) == NULL)
+    if (page == NULL)
+        goto out;
+    if (reuse) { /* the whole leaf: its entries move into the tuples at the end */
+        if (a != 0 || !PyList_CheckExact(node->keys) || !PyList_CheckExact(node->vals) ||
+            b != PyList_GET_SIZE(node->keys) || b != PyList_GET_SIZE(node->vals)) {
+            PyErr_SetString(PyExc_RuntimeError, "a leaf changed while it was being sealed");
+            goto out;
+        }
+        kt = db_entries_room(node->keys, 1);
+        vt = kt != NULL ? db_entries_room(node->vals, 1) : NULL;
+    } else {
+        kt = clean_slice(node->keys, a, b);
+        vt = kt != NULL ? clean_slice(node->vals, a, b) : NULL;
+    }
+    if (vt == NULL || (buffers = PyList_New(1)) == NULL)
         goto out;
     Py_INCREF(page);
     PyList_SetItem(buffers, 0, page);
@@ -105,6 +119,10 @@ static int seal_piece(db_node_object *node, Py_ssize_t a, Py_ssize_t b, const lo
     PyObject_GC_UnTrack(run);
     if (PyList_Append(runs, run) < 0)
         goto out;
+    if (reuse) { /* nothing fails from here on */
+        db_entries_move(kt, node->keys);
+        db_entries_move(vt, node->vals);
+    }
     *first = PyTuple_GetItem(kt, 0);
     Py_INCREF(*first);
     *pgid_out = pgid_obj;

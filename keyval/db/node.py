@@ -63,6 +63,16 @@ if TYPE_CHECKING:
 dirty_list = PY_EXPORTS.get("dirty_list", list)
 # The same for a clean node's tuples (csrc/db/pynode.c).
 clean_tuple = PY_EXPORTS.get("clean_tuple", tuple)
+
+
+def _seal_entries(node: Node) -> None:
+    node.keys = tuple(node.keys)
+    node.vals = tuple(node.vals)
+
+
+# A dirty node's lists made its clean tuples; in C the entries move out of lists nothing else
+# holds, instead of being copied (csrc/db/pynode.h says what that spares).
+seal_entries = PY_EXPORTS.get("seal_entries", _seal_entries)
 # Node's fields in C (csrc/db/pynode.h): no collector tracking, and direct reads by C puts.
 _NodeBase = PY_EXPORTS.get("CNode", object)
 # A leaf body whose values are all in the leaf, in C (None: the Python codec decodes it).
@@ -462,7 +472,12 @@ def spill(tx: Tx, node: Node, fill: float) -> list[tuple[bytes, int]]:
     if n <= MIN_ENTRIES or size <= page_size:
         # The common case (a changed node that still fits its page): no cutting, and the dirty
         # node itself becomes the clean cached one, since nothing changes it after its spill.
-        return [_seal(tx, node, node.keys, node.vals, page_size, node, parts)]
+        sealed = _seal(tx, node, node.keys, node.vals, page_size, node, parts)
+        # seal_entries moves the entries into the node's tuples only from lists nothing else
+        # refers to: this frame's references go first (parts holds the lists too).
+        keys = vals = children = parts = None
+        seal_entries(node)
+        return [sealed]
     out = []
     for a, b in _pieces(node, page_size, 1.0 if node.packed else fill, max_inline, size):
         keys = node.keys[a:b]
@@ -492,9 +507,9 @@ def _seal(
 ) -> tuple[bytes, int]:
     """Encode ``keys``/``vals`` of ``node`` as one page run, allocate it and queue its write.
 
-    ``reuse``: the node to cache for the new page (it must hold exactly keys and vals), else
-    a new one is made. ``parts``: :func:`_c_parts` of the entries. Returns (first key, page id)
-    for the parent.
+    ``reuse``: the node to cache for the new page (it must hold exactly keys and vals, and
+    the caller then makes them tuples with :func:`seal_entries`), else a new one is made.
+    ``parts``: :func:`_c_parts` of the entries. Returns (first key, page id) for the parent.
     """
     leaf = node.leaf
     plain = leaf and node.plain
@@ -517,12 +532,11 @@ def _seal(
         span = span_for(HEADER_SIZE + len(body), page_size)
         pgid = tx._allocate(span)
         page = build_page(pgid, ptype, len(keys), body, page_size)
-    # Clean from here on: entries in tuples (see the module docstring).
+    # Clean from here on: entries in tuples (see the module docstring), reuse's once the caller
+    # has sealed them.
     if reuse is None:
         reuse = Node(leaf, clean_tuple(keys), clean_tuple(vals), pgid, span, plain=plain)
     else:
-        reuse.keys = clean_tuple(keys)
-        reuse.vals = clean_tuple(vals)
         reuse.dirty_kids = None
         reuse.pgid = pgid
         reuse.span = span

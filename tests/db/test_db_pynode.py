@@ -1,7 +1,8 @@
 """csrc/db/pynode.c's dirty_list: the list a dirty node holds its entries in, which the garbage
 collector does not track. It must be an ordinary list with the items of its argument, refuse
 what list() refuses, and stay a working list under every mutation a write transaction makes.
-The same for clean_tuple (a clean node's tuples) and for the Node objects themselves, whose
+The same for clean_tuple (a clean node's tuples), seal_entries (which makes a dirty node's
+lists its tuples, moving their entries when nothing else holds them) and for the Node objects themselves, whose
 fields live in CNode, a C base class that the C put path reads directly."""
 
 import gc
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keyval.db.node import Node, clean_tuple, dirty_list
+from keyval.db.node import Node, clean_tuple, dirty_list, seal_entries
 from keyval.db.page import OverflowRef, decode_leaf_body, encode_leaf_body
 from keyval.db.pagemap import PY_EXPORTS
 
@@ -74,6 +75,49 @@ def test_clean_tuple_is_tuple_of_its_items_untracked(values):
 def test_clean_tuple_refuses_non_iterables():
     with pytest.raises(TypeError):
         clean_tuple(5)
+
+
+@given(items, st.booleans())
+def test_seal_entries_makes_the_lists_tuples_and_leaves_a_list_held_elsewhere_as_it_was(
+    values, hold
+):
+    node = Node(False, dirty_list(values), dirty_list(reversed(values)), dirty=True)
+    held = node.keys if hold else None  # a list someone else refers to is copied, not emptied
+    seal_entries(node)
+    assert node.keys == tuple(values) and node.vals == tuple(reversed(values))
+    if values:
+        assert not gc.is_tracked(node.keys) and not gc.is_tracked(node.vals)
+    if hold:
+        assert held == values
+    # the moved entries are the node's alone now: every reference count is still right
+    del held
+    gc.collect()
+    assert node.keys == tuple(values)
+
+
+def test_seal_entries_refuses_what_is_not_a_dirty_node():
+    with pytest.raises(TypeError):
+        seal_entries(Node(True, (b"k",), (b"v",)))  # clean already: tuples
+    with pytest.raises(TypeError):
+        seal_entries([b"k"])
+
+
+@pytest.mark.parametrize("nth", range(3))
+def test_seal_entries_out_of_memory_changes_nothing(nth):
+    testcapi = pytest.importorskip("_testcapi", reason="needs CPython's _testcapi")
+    keys, vals = [b"a%d" % i for i in range(50)], [b"v%d" % i for i in range(50)]
+    node = Node(True, dirty_list(keys), dirty_list(vals), dirty=True)
+    testcapi.set_nomemory(nth, nth + 1)
+    try:
+        seal_entries(node)
+        outcome = "sealed"
+    except MemoryError:
+        outcome = "refused"
+    finally:
+        testcapi.remove_mem_hooks()
+    assert (node.keys, node.vals) == (
+        (tuple(keys), tuple(vals)) if outcome == "sealed" else (keys, vals)
+    )
 
 
 def test_nodes_are_untracked_and_freed_by_reference_counting():
