@@ -710,6 +710,7 @@ class Bucket(_Base):
         the next shrink round."""
         tx = self._tx
         page_size = tx._db.page_size
+        freelist = tx._db._freelist
         load = tx._load
         moves: list[tuple[int, ...]] = []  # index paths from the root to the nodes to copy
         values: list[tuple[tuple[int, ...], int, OverflowRef]] = []  # leaf path, index, value
@@ -736,6 +737,7 @@ class Bucket(_Base):
             # A nested bucket that changes has its header rewritten in a leaf of this tree:
             # the path to that leaf is paid for first, and refunded if nothing changed.
             before = (budget.pages, budget.runs)
+            reserved = freelist.reserved_runs()
             if not self._charge(self._path_to(name), None, budget):
                 break
             child = self.bucket(name)
@@ -743,6 +745,9 @@ class Bucket(_Base):
             child._relocate(cut, budget)
             if child._dirty == was_dirty:
                 budget.pages, budget.runs = before
+                # With the free runs its charges set aside: kept until the commit, they were
+                # pages no copy could take, and spill grew the file past them.
+                freelist.release_reserved(keep=reserved)
         for path in moves:
             if not self._charge(path, None, budget):
                 return

@@ -244,10 +244,15 @@ class Freelist:
         self._reserved.append([first, span])
         return True
 
-    def release_reserved(self) -> None:
-        for first, left in self._reserved:
+    def reserved_runs(self) -> int:
+        """How many runs are set aside now (see release_reserved's ``keep``)."""
+        return len(self._reserved)
+
+    def release_reserved(self, keep: int = 0) -> None:
+        """Give back what is left of the runs set aside, all but the first ``keep``."""
+        for first, left in self._reserved[keep:]:
             self.free.update(range(first, first + left))
-        self._reserved.clear()
+        del self._reserved[keep:]
 
     def chunks_in_use(self, hwm: int) -> int:
         """How many chunks would hold a free or pending page were the file ``hwm`` pages long:
