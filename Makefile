@@ -29,7 +29,7 @@ torture: $(STAMP)
 
 # Peers one by one: one that cannot build here (plyvel needs LevelDB's headers) must not keep
 # the others out; the suites skip a missing peer with its reason.
-PEERS := lmdb rocksdict plyvel pysyncobj matplotlib
+PEERS := lmdb rocksdict plyvel pysyncobj matplotlib sortedcontainers
 peers: $(STAMP)
 	@for p in $(PEERS); do $(BIN)/python -m pip install -q $$p >/dev/null 2>&1 || echo "peer $$p did not install; its cases will be skipped"; done
 

@@ -2,8 +2,9 @@
 
 On disk (format in :mod:`keyval.db.page`) the freelist is a bitmap cut into chunk pages plus a
 root page listing them. In memory it is the same bitmap (``bits``: every page that is not part
-of the newest committed tree) split into two sets: ``free`` (reusable now) and ``pending``
-(freed by a transaction that some open reader may predate). Moving a page from pending to free
+of the newest committed tree) split into two sets: ``free`` (reusable now; a second bitmap,
+:class:`~keyval.db.freeset.FreeSet`) and ``pending`` (freed by a transaction that some open
+reader may predate). Moving a page from pending to free
 does not change the bitmap, so a commit rewrites only the chunks in which pages were really
 allocated or freed, plus the small root: its cost does not grow with the number of free pages
 (bbolt rewrites its whole freelist on every commit).
@@ -20,10 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sortedcontainers import SortedList
-
 from keyval.errors import CorruptionError
 
+from .freeset import FreeSet
 from .page import (
     CHUNK_SLOT,
     HEADER_SIZE,
@@ -35,10 +35,6 @@ from .page import (
     pgid_array,
     span_for,
 )
-
-# How far allocate() looks through the free set for a run of consecutive pages before it
-# gives up and grows the file: bounds the cost of one allocation on a fragmented file.
-RUN_SEARCH_LIMIT = 4096
 
 # Single pages come from windows of this many pages (see allocate): the freest first (in
 # levels, lowest first within one), down to half as free as the freest, and WINDOW_MIN_FREE
@@ -60,7 +56,7 @@ class Freelist:
         self.bits = bytearray()
         # Free-or-pending pages per window of WINDOW_PAGES (one byte each), kept by _set/_clear.
         self.window_counts = bytearray()
-        self.free: SortedList = SortedList()
+        self.free = FreeSet()
         self.pending: dict[int, list[int]] = {}
         self.chunk_pgids: list[int] = []
         self.root = 0
@@ -137,7 +133,7 @@ class Freelist:
             int.from_bytes(bits[i : i + step], "little").bit_count()
             for i in range(0, len(bits), step)
         )
-        self.free = SortedList(set_bits(self.bits))
+        self.free = FreeSet.from_bitmap(self.bits)  # no reader yet: every page is free
 
     # -- bits ------------------------------------------------------------------------------
 
@@ -199,7 +195,7 @@ class Freelist:
                         return pgid, hwm
                     if not self._next_window():
                         break
-            pgid = free.pop(0)
+            pgid = free.pop_first()
             self._clear(pgid)
             return pgid, hwm
         for run in self._reserved:
@@ -210,23 +206,13 @@ class Freelist:
                 for p in range(first, first + span):
                     self._clear(p)
                 return first, hwm
-        i = self._find_run(span)
-        if i is None:
+        first = free.find_run(span)
+        if first is None:
             return hwm, hwm + span
-        first = free[i]
-        del free[i : i + span]
+        free.remove_run(first, span)
         for p in range(first, first + span):
             self._clear(p)
         return first, hwm
-
-    def _find_run(self, span: int) -> int | None:
-        """Index in ``free`` of the lowest run of ``span`` consecutive free pages (searched
-        from RUN_SEARCH_LIMIT starting points at most), or None."""
-        free = self.free
-        for i in range(min(len(free) - span + 1, RUN_SEARCH_LIMIT)):
-            if free[i + span - 1] == free[i] + span - 1:
-                return i
-        return None
 
     def reserve_run_below(self, span: int, pgid: int) -> bool:
         """shrink(): set aside the lowest run of ``span`` free pages, if it lies below page
@@ -236,11 +222,10 @@ class Freelist:
         lowest free ones, and took pages of the run before the moves planned on it came to
         allocate theirs; those then went to the end of the file. Whatever the commit does not
         use goes back (release_reserved)."""
-        i = self._find_run(span)
-        if i is None or self.free[i] >= pgid:
+        first = self.free.find_run(span)
+        if first is None or first >= pgid:
             return False
-        first = self.free[i]
-        del self.free[i : i + span]
+        self.free.remove_run(first, span)
         self._reserved.append([first, span])
         return True
 
@@ -269,11 +254,7 @@ class Freelist:
 
     def free_tail(self, hwm: int) -> int:
         """How many reusable pages end the file (what trim_tail would cut)."""
-        free = self.free
-        n = 0
-        while n < len(free) and free[-1 - n] == hwm - 1 - n:
-            n += 1
-        return n
+        return self.free.tail_run(hwm)
 
     def _next_window(self) -> bool:
         """Move on to this commit's next window of free pages; False when none is left.
@@ -314,7 +295,7 @@ class Freelist:
                         continue  # emptied at a higher level (its count holds pending pages)
                     self._window_seen.add(w)
                     lo = w << WINDOW_SHIFT
-                    self._window = list(self.free.irange(lo, lo + WINDOW_PAGES - 1))
+                    self._window = self.free.in_range(lo, lo + WINDOW_PAGES)
                     self._window_at = 0
                     return True
             if not self._window_levels:
@@ -354,12 +335,11 @@ class Freelist:
 
     def trim_tail(self, hwm: int) -> int:
         """Drop reusable pages at the end of the file; returns the new hwm."""
-        free = self.free
-        while free and free[-1] == hwm - 1:
-            free.pop()
-            self._clear(hwm - 1)
-            hwm -= 1
-        return hwm
+        n = self.free.tail_run(hwm)
+        self.free.remove_run(hwm - n, n)
+        for p in range(hwm - n, hwm):
+            self._clear(p)
+        return hwm - n
 
     # -- persisting ------------------------------------------------------------------------
 
@@ -447,13 +427,3 @@ class Freelist:
 
     def pending_pages(self) -> int:
         return sum(len(p) for p in self.pending.values())
-
-
-def set_bits(bits: bytes | bytearray):
-    """Page ids whose bit is set, ascending."""
-    for byte_index, byte in enumerate(bits):
-        if byte:
-            base = byte_index * 8
-            for b in range(8):
-                if byte >> b & 1:
-                    yield base + b

@@ -201,7 +201,7 @@ class Tx:
         # while they do not run out (the file would grow), less what rewriting the freelist
         # itself (every chunk and the root, at most) will need.
         budget = len(freelist.free) - len(freelist.chunk_pgids) - freelist.root_span - 1
-        if freelist.free.bisect_left(cut) > 0 and budget > 0:
+        if freelist.free.count_below(cut) > 0 and budget > 0:
             self._root._relocate(cut, ShrinkBudget(budget))
         self._shrink_moved = bool(self._freed)
 
@@ -227,7 +227,7 @@ class Tx:
             # Only when the free pages below the cut can take every chunk to rewrite and the
             # root: a rewrite into pages past it (or new ones) would not shrink the file.
             rewrite = len(tail | freelist.dirty) + max(1, freelist.root_span)
-            if tail and freelist.free.bisect_left(cut) >= rewrite:
+            if tail and freelist.free.count_below(cut) >= rewrite:
                 freelist.dirty.update(tail)
                 self._shrink_moved = True
             # Cutting the free tail rewrites the freelist: at most a page per chunk still in

@@ -2,8 +2,8 @@
 collector does not track. It must be an ordinary list with the items of its argument, refuse
 what list() refuses, and stay a working list under every mutation a write transaction makes.
 The same for clean_tuple (a clean node's tuples), seal_entries (which makes a dirty node's
-lists its tuples, moving their entries when nothing else holds them) and for the Node objects themselves, whose
-fields live in CNode, a C base class that the C put path reads directly."""
+lists its tuples, moving their entries when nothing else holds them) and for the Node objects
+themselves, whose fields live in CNode, a C base class that the C put path reads directly."""
 
 import gc
 import weakref
