@@ -82,6 +82,20 @@ class FreeSet:
         bits[byte] &= ~mask & 0xFF
         self._len -= 1
 
+    def take_range(self, lo: int, hi: int) -> bytes:
+        """Take out every page ``lo <= p < hi`` (both multiples of 8); returns the bitmap
+        bytes they had, for the caller to clear the same pages elsewhere."""
+        if lo & 7 or hi & 7:
+            raise ValueError("take_range works on whole bytes")
+        bits = self._bits
+        start, end = lo >> 3, min(hi >> 3, len(bits))
+        if start >= end:
+            return b""
+        taken = bytes(bits[start:end])
+        self._len -= int.from_bytes(taken, "little").bit_count()
+        bits[start:end] = bytes(end - start)
+        return taken
+
     def remove_run(self, first: int, span: int) -> None:
         """Take out ``span`` pages from ``first`` on, all of which must be in the set."""
         for pgid in range(first, first + span):
@@ -121,13 +135,7 @@ class FreeSet:
             return []
         start, end = lo >> 3, (hi + 7) >> 3
         x = int.from_bytes(self._bits[start:end], "little") >> (lo - start * 8)
-        x &= (1 << (hi - lo)) - 1
-        out = []
-        while x:
-            low = x & -x
-            out.append(lo + low.bit_length() - 1)
-            x ^= low
-        return out
+        return set_bits(x & ((1 << (hi - lo)) - 1), lo)
 
     def count_below(self, pgid: int) -> int:
         """How many pages of the set are below ``pgid`` (SortedList.bisect_left)."""
@@ -174,3 +182,14 @@ class FreeSet:
             n += 1
             p -= 1
         return n
+
+
+def set_bits(x: int, base: int) -> list[int]:
+    """``base + i`` for each bit ``i`` set in ``x``, ascending (for small ``x``: each step
+    costs a pass over it)."""
+    out = []
+    while x:
+        low = x & -x
+        out.append(base + low.bit_length() - 1)
+        x ^= low
+    return out

@@ -213,6 +213,7 @@ class Tx:
         freelist.lowest_first = self._force_commit
         header = self._root._spill()
         freelist.release_reserved()  # what the moves of a shrink() round did not take
+        freelist.give_back_taken()  # and the free pages of the last window spill took
         for pgid, span in self._freed:
             freelist.pend(self.txid, pgid, span)
         if self._force_commit:
