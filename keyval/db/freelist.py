@@ -19,7 +19,7 @@ Not thread-safe by itself: the database calls it only from the one writer, and r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from keyval.errors import CorruptionError
 
@@ -348,10 +348,31 @@ class Freelist:
 
     def pend(self, txid: int, pgid: int, span: int) -> None:
         """Pages of the tree before ``txid`` that ``txid`` no longer uses."""
-        pages = self.pending.setdefault(txid, [])
-        for p in range(pgid, pgid + span):
-            pages.append(p)
-            self._set(p)
+        self.pend_runs(txid, ((pgid, span),))
+
+    def pend_runs(self, txid: int, runs: Iterable[tuple[int, int]]) -> None:
+        """pend() for each (first page, span) of ``runs``, in one pass: a commit frees
+        ~1,500 pages, and a call of _set for each was a tenth of its CPU."""
+        pages = [pgid for pgid, span in runs if span == 1]
+        for pgid, span in runs:
+            if span > 1:
+                pages.extend(range(pgid, pgid + span))
+        if not pages:
+            return
+        self.pending.setdefault(txid, []).extend(pages)
+        bits, counts = self.bits, self.window_counts
+        top = max(pages)
+        if top >> 3 >= len(bits):
+            bits.extend(bytes((top >> 3) + 1 - len(bits)))
+        if top >> WINDOW_SHIFT >= len(counts):
+            counts.extend(bytes((top >> WINDOW_SHIFT) + 1 - len(counts)))
+        for p in pages:
+            byte, mask = p >> 3, 1 << (p & 7)
+            if not bits[byte] & mask:
+                bits[byte] |= mask
+                counts[p >> WINDOW_SHIFT] += 1
+        chunk_bits = self.chunk_bits
+        self.dirty.update({p // chunk_bits for p in pages})
 
     def trim_tail(self, hwm: int) -> int:
         """Drop reusable pages at the end of the file; returns the new hwm."""

@@ -214,8 +214,7 @@ class Tx:
         header = self._root._spill()
         freelist.release_reserved()  # what the moves of a shrink() round did not take
         freelist.give_back_taken()  # and the free pages of the last window spill took
-        for pgid, span in self._freed:
-            freelist.pend(self.txid, pgid, span)
+        freelist.pend_runs(self.txid, self._freed)
         if self._force_commit:
             # shrink(): move the freelist's own pages down too, those in the tail (rewriting
             # any chunk rewrites the root); the pages they leave are trimmed by the next
