@@ -195,15 +195,9 @@ static PyObject *py_encode_leaf(PyObject *module, PyObject *const *args, Py_ssiz
     return db_encode_plain_leaf(pgid, args[1], args[2], 0, n, data, page_size);
 }
 
-static PyObject *py_encode_branch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+PyObject *db_encode_branch(unsigned long long pgid, PyObject *keys, PyObject *children,
+                           long page_size)
 {
-    (void)module;
-    unsigned long long pgid;
-    long page_size;
-    if (encoder_args(args, nargs, "encode_branch(pgid, keys, children, page_size)", &pgid,
-                     &page_size) < 0)
-        return NULL;
-    PyObject *keys = args[1], *children = args[2];
     if (!PyList_CheckExact(keys) || !PyList_CheckExact(children)) {
         PyErr_SetString(PyExc_TypeError, "a branch's keys and children are lists");
         return NULL;
@@ -255,6 +249,17 @@ static PyObject *py_encode_branch(PyObject *module, PyObject *const *args, Py_ss
     }
     db_seal(p, used, run, (uint32_t)page_size, pgid, DB_TYPE_BRANCH, (uint32_t)n);
     return out;
+}
+
+static PyObject *py_encode_branch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    unsigned long long pgid;
+    long page_size;
+    if (encoder_args(args, nargs, "encode_branch(pgid, keys, children, page_size)", &pgid,
+                     &page_size) < 0)
+        return NULL;
+    return db_encode_branch(pgid, args[1], args[2], page_size);
 }
 
 PyMethodDef db_py_encoders[] = {

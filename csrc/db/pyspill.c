@@ -265,10 +265,113 @@ done:
     return out;
 }
 
+/* seal_branch(node, page_size, allocate, runs) -> (first key, page id) | None: spill's sealing
+ * of a dirty branch whose children are sealed (page ids all) when it fits one page, which is
+ * the common case: allocate(1), the page encoded, (pgid, 1, [page], node) appended to runs,
+ * the node itself made the clean one (its entries moved into tuples when nothing else holds
+ * its lists, as seal_entries does). None, with nothing done, for anything else (a branch
+ * that must be cut into pieces, a child still a node, an entry of another type): spill's
+ * Python path does it, or raises what it should. Errors from allocate propagate; the commit
+ * then fails as a whole. */
+static PyObject *py_seal_branch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 4 || !PyObject_TypeCheck(args[0], (PyTypeObject *)db_node_base) ||
+        !PyList_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "seal_branch(node, page_size, allocate, runs)");
+        return NULL;
+    }
+    db_node_object *node = (db_node_object *)args[0];
+    PyObject *allocate = args[2], *runs = args[3];
+    long page_size;
+    if (db_page_size_arg(args[1], &page_size) < 0)
+        return NULL;
+    if (node->leaf != Py_False || node->dirty != Py_True || node->keys == NULL ||
+        node->vals == NULL || !PyList_CheckExact(node->keys) || !PyList_CheckExact(node->vals))
+        Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(node->keys);
+    if (n == 0 || PyList_GET_SIZE(node->vals) != n)
+        Py_RETURN_NONE;
+    size_t used = DB_HEADER_SIZE + DB_BRANCH_ELEMENT * (size_t)n;
+    for (Py_ssize_t i = 0; i < n && used <= (size_t)page_size; i++) {
+        PyObject *k = PyList_GET_ITEM(node->keys, i);
+        if (!PyBytes_CheckExact(k) || !PyLong_CheckExact(PyList_GET_ITEM(node->vals, i)))
+            Py_RETURN_NONE;
+        used += (size_t)PyBytes_GET_SIZE(k);
+    }
+    if (used > (size_t)page_size)
+        Py_RETURN_NONE;
+    PyObject *one = PyLong_FromLong(1), *out = NULL;
+    PyObject *pgid_obj = NULL, *page = NULL, *kt = NULL, *vt = NULL, *buffers = NULL, *run = NULL;
+    Py_INCREF(node); /* allocate runs Python code: hold the node until it is sealed */
+    pgid_obj = PyObject_CallFunctionObjArgs(allocate, one, NULL);
+    if (pgid_obj == NULL)
+        goto out;
+    unsigned long long pgid = PyLong_AsUnsignedLongLong(pgid_obj);
+    if (pgid == (unsigned long long)-1 && PyErr_Occurred())
+        goto out;
+    /* allocate ran Python code: the lists must be the ones measured. */
+    if (!PyList_CheckExact(node->keys) || !PyList_CheckExact(node->vals) ||
+        PyList_GET_SIZE(node->keys) != n || PyList_GET_SIZE(node->vals) != n) {
+        PyErr_SetString(PyExc_RuntimeError, "a branch changed while it was being sealed");
+        goto out;
+    }
+    page = db_encode_branch(pgid, node->keys, node->vals, page_size);
+    if (page == NULL || PyByteArray_GET_SIZE(page) != page_size) {
+        if (page != NULL)
+            PyErr_SetString(PyExc_RuntimeError, "a branch changed while it was being sealed");
+        goto out;
+    }
+    kt = db_entries_room(node->keys, 1);
+    vt = kt != NULL ? db_entries_room(node->vals, 1) : NULL;
+    if (vt == NULL || (buffers = PyList_New(1)) == NULL)
+        goto out;
+    Py_INCREF(page);
+    PyList_SET_ITEM(buffers, 0, page);
+    run = PyTuple_Pack(4, pgid_obj, one, buffers, (PyObject *)node);
+    if (run == NULL)
+        goto out;
+    PyObject_GC_UnTrack(buffers); /* as seal_piece's: never part of a cycle */
+    PyObject_GC_UnTrack(run);
+    out = PyTuple_New(2);
+    if (out == NULL || PyList_Append(runs, run) < 0) {
+        Py_CLEAR(out);
+        goto out;
+    }
+    /* Nothing fails from here on. */
+    db_entries_move(kt, node->keys);
+    db_entries_move(vt, node->vals);
+    PyObject *first = PyTuple_GET_ITEM(kt, 0);
+    Py_INCREF(first);
+    PyTuple_SET_ITEM(out, 0, first);
+    Py_INCREF(pgid_obj);
+    PyTuple_SET_ITEM(out, 1, pgid_obj);
+    db_set_field(&node->keys, kt);
+    db_set_field(&node->vals, vt);
+    db_set_field(&node->dirty_kids, Py_None);
+    db_set_field(&node->pgid, pgid_obj);
+    db_set_field(&node->span, one);
+    db_set_field(&node->dirty, Py_False);
+    db_set_field(&node->plain, Py_False);
+out:
+    Py_DECREF(node);
+    Py_XDECREF(one);
+    Py_XDECREF(pgid_obj);
+    Py_XDECREF(page);
+    Py_XDECREF(kt);
+    Py_XDECREF(vt);
+    Py_XDECREF(buffers);
+    Py_XDECREF(run);
+    return out;
+}
+
 PyMethodDef db_py_spill_functions[] = {
     {"seal_leaves", (PyCFunction)(void (*)(void))py_seal_leaves, METH_FASTCALL,
      "seal_leaves(keys, children, dirty, end, page_size, threshold, min_entries, allocate, "
      "runs) -> entries of dirty left: spill's sealing of a branch's dirty plain leaves "
      "(csrc/db/pyspill.c)"},
+    {"seal_branch", (PyCFunction)(void (*)(void))py_seal_branch, METH_FASTCALL,
+     "seal_branch(node, page_size, allocate, runs) -> (first key, page id) or None: spill's "
+     "sealing of a dirty branch that fits one page (csrc/db/pyspill.c)"},
     {NULL, NULL, 0, NULL},
 };

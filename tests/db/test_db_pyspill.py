@@ -1,8 +1,10 @@
-"""csrc/db/pyspill.c's seal_leaves: a commit's sealing of a branch's dirty plain leaves in C.
+"""csrc/db/pyspill.c's seal_leaves and seal_branch: a commit's sealing of a branch's dirty plain
+leaves, and of the branch itself, in C.
 
-It must give every page the id and the bytes the Python spill gives it (checked on whole
-database files written both ways), stop at the first child it does not handle, refuse bad
-input before it changes anything, and fail loudly when a leaf changes under it."""
+They must give every page the id and the bytes the Python spill gives it (checked on whole
+database files written both ways), stop at the first child seal_leaves does not handle (and
+leave to Python a branch seal_branch does not), refuse bad input before they change anything,
+and fail loudly when a node changes under them."""
 
 import gc
 import random
@@ -12,20 +14,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keyval.db import DB, node
+from keyval.db.encode import branch_parts, encode_branch
 from keyval.db.node import MIN_ENTRIES, Node
 from keyval.db.pagemap import PY_EXPORTS
 
 seal_leaves = PY_EXPORTS.get("seal_leaves")
+seal_branch = PY_EXPORTS.get("seal_branch")
 pytestmark = pytest.mark.skipif(seal_leaves is None, reason="no C extension")
 
 PAGE = 4096
 
 
 def write_both_ways(tmp_path, monkeypatch, txs, fill, page_size):
-    """The files (bytes) of one database written with seal_leaves and one without."""
+    """The files (bytes) of one database written with seal_leaves and seal_branch, and one
+    without."""
     files = []
-    for name, sealer in (("c", seal_leaves), ("py", None)):
-        monkeypatch.setattr(node, "_seal_leaves", sealer)
+    for name, sealers in (("c", (seal_leaves, seal_branch)), ("py", (None, None))):
+        monkeypatch.setattr(node, "_seal_leaves", sealers[0])
+        monkeypatch.setattr(node, "_seal_branch", sealers[1])
         path = tmp_path / f"{name}.db"
         with DB(str(path), page_size=page_size, sync=False) as db:
             for ops in txs:
@@ -239,6 +245,57 @@ def test_the_collector_state_is_restored():
     leaf = dirty_leaf([b"a"], [b"1"])
     seal_leaves([b"a"], [leaf], [0], 1, PAGE, PAGE, 2, Allocator(), [])
     assert gc.isenabled()
+
+
+def dirty_branch(n: int, key_size: int = 8) -> Node:
+    keys = [b"%0*d" % (key_size, i) for i in range(n)]
+    return Node(False, node.dirty_list(keys), node.dirty_list(range(500, 500 + n)), dirty=True)
+
+
+def test_seal_branch_seals_a_branch_that_fits_in_place():
+    branch, allocate, runs = dirty_branch(50), Allocator(), []
+    keys, children = list(branch.keys), list(branch.vals)
+    assert seal_branch(branch, PAGE, allocate, runs) == (keys[0], 100)
+    assert allocate.calls == [1]
+    assert (branch.keys, branch.vals) == (tuple(keys), tuple(children))
+    assert (branch.pgid, branch.span, branch.dirty, branch.dirty_kids) == (100, 1, False, None)
+    [(pgid, span, buffers, owner)] = runs
+    assert (pgid, span, owner) == (100, 1, branch)
+    assert bytes(buffers[0]) == bytes(encode_branch(100, branch_parts(keys), children, PAGE))
+
+
+def test_seal_branch_leaves_to_python_what_it_does_not_handle():
+    too_big = dirty_branch(200, key_size=40)  # over one 4 KiB page
+    with_node = dirty_branch(3)
+    with_node.vals[1] = dirty_leaf([b"a"], [b"b"])
+    clean = Node(False, (b"a",), (7,))
+    for n in (too_big, with_node, clean, dirty_leaf([b"a"], [b"b"])):
+        allocate, runs = Allocator(), []
+        before = (list(n.keys), list(n.vals), n.dirty)
+        assert seal_branch(n, PAGE, allocate, runs) is None
+        assert (list(n.keys), list(n.vals), n.dirty) == before
+        assert allocate.calls == [] and runs == []
+
+
+def test_seal_branch_lets_an_error_of_allocate_through_and_changes_nothing():
+    branch = dirty_branch(5)
+    before = (list(branch.keys), list(branch.vals))
+
+    def failing(span):
+        raise OSError("no space")
+
+    runs = []
+    with pytest.raises(OSError):
+        seal_branch(branch, PAGE, failing, runs)
+    assert (branch.keys, branch.vals, branch.dirty, runs) == (*before, True, [])
+
+    def shrinking(span):
+        branch.keys.pop()
+        return 100
+
+    with pytest.raises(RuntimeError):
+        seal_branch(branch, PAGE, shrinking, runs)
+    assert runs == [] and branch.dirty
 
 
 def test_pages_written_early_make_the_same_file(tmp_path, monkeypatch):
