@@ -6,8 +6,9 @@ Commit protocol (the order is what makes a crash at any instant safe):
    last committed tree uses: copy-on-write), pages freed by this transaction become *pending*.
 2. Write the freelist chunks that changed and a new freelist root.
 3. Write all those pages in page order, then fdatasync: the new tree is on disk, unreachable.
-   (A large transaction writes its sealed pages in batches while it spills, so that its
-   memory does not hold them all: they are unreachable from the last commit either way.)
+   (A transaction writes its sealed pages in batches while it spills and starts their
+   writeback, so that the disk works while it seals the rest and a large one's memory does
+   not hold them all: they are unreachable from the last commit either way.)
 4. Write the meta page for ``txid`` into slot ``txid % 2`` (the other slot keeps the previous
    commit), then fdatasync: the commit point. A torn meta fails its checksum and open falls
    back to the previous one, whose pages step 1-3 never touched.
@@ -120,16 +121,20 @@ class Tx:
         return self._db._read_overflow(ref)
 
     def _write_early(self) -> None:
-        """Write the runs sealed so far and let their buffers go (step 3, ahead of time).
+        """Write the runs sealed so far, start their writeback and let their buffers go
+        (step 3, ahead of time; see node.EARLY_WRITE_FIRST for when spill calls this).
 
-        Spill calls this once EARLY_WRITE_RUNS runs wait: a 1M-key load seals some 60,000
-        pages, and holding them all cost 250 MB, most of the commit's page faults, and a copy
-        from cold memory when they were finally written."""
+        Why: the disk writes them while the rest is sealed, so the commit's fdatasync waits
+        for less (a 1,000-put commit over 1M keys: 22-35 ms -> 18-25 ms). And a 1M-key load
+        seals some 60,000 pages: holding them all cost 250 MB, most of the commit's page
+        faults, and a copy from cold memory when they were finally written."""
         runs = self._runs
         runs.sort(key=_first)
         db = self._db
         db._evict(runs)
         write_runs(db._fd, db.page_size, runs)
+        if db.sync:  # else nothing waits for the disk; its writes would only compete
+            start_writeback(db._fd)
         self._written.extend([(pgid, node) for pgid, _, _, node in runs])
         runs.clear()
 
@@ -252,6 +257,31 @@ class Tx:
 
 def _first(run: tuple) -> int:
     return run[0]
+
+
+def _sync_file_range():
+    """libc's sync_file_range through cffi's ABI mode (which releases the GIL around the
+    call; Python's os module lacks it), or None where there is none (not Linux)."""
+    try:
+        from cffi import FFI
+
+        ffi = FFI()
+        ffi.cdef("int sync_file_range(int, int64_t, int64_t, unsigned int);")
+        return ffi.dlopen(None).sync_file_range
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>
+
+
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing the file's dirty pages to the disk, without waiting:
+    a hint, never a promise of durability (only fdatasync makes one, and it reports any write
+    error, so this one's result is ignored)."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def write_runs(fd: int, page_size: int, runs: list) -> None:

@@ -308,6 +308,7 @@ def test_pages_written_early_make_the_same_file(tmp_path, monkeypatch):
     rnd.shuffle(keys)
     files = []
     for name, limit in (("early", 3), ("whole", 10**9)):
+        monkeypatch.setattr(node, "EARLY_WRITE_FIRST", limit)
         monkeypatch.setattr(node, "EARLY_WRITE_RUNS", limit)
         path = tmp_path / f"{name}.db"
         sizes = random.Random(8)
