@@ -19,7 +19,7 @@ Not thread-safe by itself: the database calls it only from the one writer, and r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 
 from keyval.errors import CorruptionError
 
@@ -350,7 +350,7 @@ class Freelist:
         """Pages of the tree before ``txid`` that ``txid`` no longer uses."""
         self.pend_runs(txid, ((pgid, span),))
 
-    def pend_runs(self, txid: int, runs: Iterable[tuple[int, int]]) -> None:
+    def pend_runs(self, txid: int, runs: Sequence[tuple[int, int]]) -> None:
         """pend() for each (first page, span) of ``runs``, in one pass: a commit frees
         ~1,500 pages, and a call of _set for each was a tenth of its CPU."""
         pages = [pgid for pgid, span in runs if span == 1]
