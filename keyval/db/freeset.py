@@ -56,19 +56,10 @@ class FreeSet:
         return f"FreeSet({len(self)} pages)"
 
     def add(self, pgid: int) -> None:
-        bits = self._bits
-        byte = pgid >> 3
-        if byte >= len(bits):
-            bits.extend(bytes(byte + 1 - len(bits)))
-        mask = 1 << (pgid & 7)
-        if not bits[byte] & mask:
-            bits[byte] |= mask
-            self._len += 1
-            if byte < self._low:
-                self._low = byte
+        self.update((pgid,))
 
     def update(self, pages: Iterable[int]) -> None:
-        # add() inlined: a commit releases ~1,500 pages at once.
+        # One loop for many pages: a commit releases ~1,500 at once.
         bits = self._bits
         added = 0
         low = self._low
