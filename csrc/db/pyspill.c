@@ -310,8 +310,10 @@ static PyObject *py_seal_branch(PyObject *module, PyObject *const *args, Py_ssiz
     unsigned long long pgid = PyLong_AsUnsignedLongLong(pgid_obj);
     if (pgid == (unsigned long long)-1 && PyErr_Occurred())
         goto out;
-    /* allocate ran Python code: the lists must be the ones measured. */
-    if (!PyList_CheckExact(node->keys) || !PyList_CheckExact(node->vals) ||
+    /* allocate ran Python code: the lists must be the ones measured (a field it deleted is
+     * NULL), and the node still a branch. */
+    if (node->leaf != Py_False || node->keys == NULL || node->vals == NULL ||
+        !PyList_CheckExact(node->keys) || !PyList_CheckExact(node->vals) ||
         PyList_GET_SIZE(node->keys) != n || PyList_GET_SIZE(node->vals) != n) {
         PyErr_SetString(PyExc_RuntimeError, "a branch changed while it was being sealed");
         goto out;

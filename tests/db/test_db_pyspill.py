@@ -298,6 +298,25 @@ def test_seal_branch_lets_an_error_of_allocate_through_and_changes_nothing():
     assert runs == [] and branch.dirty
 
 
+@pytest.mark.parametrize("field", ["keys", "vals", "leaf"])
+def test_seal_branch_refuses_a_field_allocate_deleted_or_changed(field):
+    """allocate runs Python code: a node field it deletes (NULL in C) or a branch it turns
+    into a leaf must be refused, not read (a deleted list crashed the interpreter)."""
+    branch = dirty_branch(5)
+
+    def mutating(span):
+        if field == "leaf":
+            branch.leaf = True
+        else:
+            delattr(branch, field)
+        return 100
+
+    runs = []
+    with pytest.raises(RuntimeError):
+        seal_branch(branch, PAGE, mutating, runs)
+    assert runs == [] and branch.dirty and branch.pgid == 0
+
+
 def test_pages_written_early_make_the_same_file(tmp_path, monkeypatch):
     """A commit that writes its sealed pages in batches while it spills (Tx._write_early)
     writes the file a commit holding them all writes, and it checks clean and reads back."""
