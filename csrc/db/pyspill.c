@@ -81,6 +81,10 @@ static int seal_piece(db_node_object *node, Py_ssize_t a, Py_ssize_t b, const lo
     unsigned long long pgid = PyLong_AsUnsignedLongLong(pgid_obj);
     if (pgid == (unsigned long long)-1 && PyErr_Occurred())
         goto out;
+    if (node->keys == NULL || node->vals == NULL) { /* allocate ran Python code and deleted one */
+        PyErr_SetString(PyExc_RuntimeError, "a leaf changed while it was being sealed");
+        goto out;
+    }
     page = db_encode_plain_leaf(pgid, node->keys, node->vals, a, b, data, page_size);
     if (page == NULL)
         goto out;

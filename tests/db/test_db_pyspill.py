@@ -317,6 +317,21 @@ def test_seal_branch_refuses_a_field_allocate_deleted_or_changed(field):
     assert runs == [] and branch.dirty and branch.pgid == 0
 
 
+@pytest.mark.parametrize("field", ["keys", "vals"])
+def test_seal_leaves_refuses_a_leaf_whose_list_allocate_deleted(field):
+    """A leaf's list that allocate deletes is NULL in C: refused, not read (it crashed)."""
+    leaf = dirty_leaf([b"a", b"b"], [b"1", b"2"])
+
+    def mutating(span):
+        delattr(leaf, field)
+        return 100
+
+    runs = []
+    with pytest.raises(RuntimeError):
+        seal_leaves([b"a"], [leaf], [0], 1, PAGE, PAGE // 2, MIN_ENTRIES, mutating, runs)
+    assert runs == [] and leaf.dirty
+
+
 def test_pages_written_early_make_the_same_file(tmp_path, monkeypatch):
     """A commit that writes its sealed pages in batches while it spills (Tx._write_early)
     writes the file a commit holding them all writes, and it checks clean and reads back."""
