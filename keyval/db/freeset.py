@@ -4,9 +4,9 @@ Why not a sorted list (sortedcontainers' SortedList, used until now): a 1,000-pu
 1M keys takes ~1,500 single pages and gives back as many, and each remove or insert into a
 sorted list of ~70,000 page ids cost 2-4 us (a bisect, a list shift, index upkeep): about a
 sixth of the commit's CPU. Here adding or removing a page is a bit flip, and the searches
-(lowest, highest, a window's members, a run of consecutive pages, how many lie below a page)
-run over the bitmap's bytes at C speed (bytes and int methods), not per page. One bit per page
-of the file: 16 KiB for a 512 MiB file of 4 KiB pages.
+(lowest, a window's pages taken at once, a run of consecutive pages, how many lie below a page,
+the free tail) run over the bitmap's bytes at C speed (bytes and int methods), not per page.
+One bit per page of the file: 16 KiB for a 512 MiB file of 4 KiB pages.
 
 Not thread-safe: the freelist is used by the one writer only.
 """
@@ -118,28 +118,10 @@ class FreeSet:
         byte = bits[low]
         return low * 8 + ((byte & -byte).bit_length() - 1)
 
-    def last(self) -> int:
-        """The highest page id; ValueError when empty."""
-        bits = self._bits
-        end = len(bits.rstrip(b"\0"))
-        if not end:
-            raise ValueError("no free page")
-        return (end - 1) * 8 + bits[end - 1].bit_length() - 1
-
     def pop_first(self) -> int:
         pgid = self.first()
         self.remove(pgid)
         return pgid
-
-    def in_range(self, lo: int, hi: int) -> list[int]:
-        """The pages ``lo <= p < hi``, ascending (for short ranges: a window of the freelist;
-        its cost grows with the square of the range's length)."""
-        lo = max(lo, 0)
-        if hi <= lo:
-            return []
-        start, end = lo >> 3, (hi + 7) >> 3
-        x = int.from_bytes(self._bits[start:end], "little") >> (lo - start * 8)
-        return set_bits(x & ((1 << (hi - lo)) - 1), lo)
 
     def count_below(self, pgid: int) -> int:
         """How many pages of the set are below ``pgid`` (SortedList.bisect_left)."""
