@@ -466,10 +466,7 @@ def spill(tx: Tx, node: Node, fill: float) -> list[tuple[bytes, int]]:
             else:
                 keys[i : i + 1] = [k for k, _ in pieces]
                 children[i : i + 1] = [p for _, p in pieces]
-        waiting = len(tx._runs)
-        if waiting >= EARLY_WRITE_FIRST and waiting >= min(
-            EARLY_WRITE_RUNS, max(EARLY_WRITE_FIRST, len(tx._written) // 2)
-        ):
+        if len(tx._runs) >= min(EARLY_WRITE_RUNS, max(EARLY_WRITE_FIRST, len(tx._written) // 2)):
             tx._write_early()
         if _seal_branch is not None:
             # It moves the entries only out of lists nothing else refers to: drop this frame's.
