@@ -59,6 +59,42 @@ static PyObject *clean_slice(PyObject *list, Py_ssize_t a, Py_ssize_t b)
     return t;
 }
 
+/* allocate(span), its answer read as a page id into *pgid: a new reference to it, or NULL with
+ * an exception. allocate is Python code: the caller looks at its node again afterwards. */
+static PyObject *allocate_page(PyObject *allocate, PyObject *span, unsigned long long *pgid)
+{
+    PyObject *pgid_obj = PyObject_CallFunctionObjArgs(allocate, span, NULL);
+    if (pgid_obj == NULL)
+        return NULL;
+    *pgid = PyLong_AsUnsignedLongLong(pgid_obj);
+    if (*pgid == (unsigned long long)-1 && PyErr_Occurred())
+        Py_CLEAR(pgid_obj);
+    return pgid_obj;
+}
+
+/* (pgid, span, [page], owner) appended to runs, as Tx._write queues a run: 0, or -1 with an
+ * exception and runs unchanged. The list and the tuple are untracked: neither can be part of a
+ * cycle (a node's fields never lead back to a run), and tracked, the 31,000 runs of a 1M-key
+ * load made the collector sweep the whole heap during the commit, a tenth of its time. */
+static int queue_run(PyObject *runs, PyObject *pgid, PyObject *span, PyObject *page,
+                     PyObject *owner)
+{
+    PyObject *buffers = PyList_New(1);
+    if (buffers == NULL)
+        return -1;
+    Py_INCREF(page);
+    PyList_SET_ITEM(buffers, 0, page);
+    PyObject *run = PyTuple_Pack(4, pgid, span, buffers, owner);
+    Py_DECREF(buffers); /* the run holds it */
+    if (run == NULL)
+        return -1;
+    PyObject_GC_UnTrack(buffers);
+    PyObject_GC_UnTrack(run);
+    int rc = PyList_Append(runs, run);
+    Py_DECREF(run);
+    return rc;
+}
+
 /* The page run for entries [a, b) of node: allocated, encoded and queued in runs, with its node
  * (node itself when reuse, else a new one). Sets *first and *pgid_out to new references to the
  * page's first key and id: 0, or -1 with an exception. */
@@ -71,15 +107,10 @@ static int seal_piece(db_node_object *node, Py_ssize_t a, Py_ssize_t b, const lo
     size_t span = used <= (size_t)page_size ? 1 : (used + (size_t)page_size - 1) / (size_t)page_size;
     int rc = -1;
     PyObject *span_obj = NULL, *pgid_obj = NULL, *page = NULL, *kt = NULL, *vt = NULL,
-             *buffers = NULL, *owner = NULL, *run = NULL;
+             *owner = NULL;
+    unsigned long long pgid;
     span_obj = PyLong_FromSize_t(span);
-    if (span_obj == NULL)
-        goto out;
-    pgid_obj = PyObject_CallFunctionObjArgs(allocate, span_obj, NULL);
-    if (pgid_obj == NULL)
-        goto out;
-    unsigned long long pgid = PyLong_AsUnsignedLongLong(pgid_obj);
-    if (pgid == (unsigned long long)-1 && PyErr_Occurred())
+    if (span_obj == NULL || (pgid_obj = allocate_page(allocate, span_obj, &pgid)) == NULL)
         goto out;
     if (node->keys == NULL || node->vals == NULL) { /* allocate ran Python code and deleted one */
         PyErr_SetString(PyExc_RuntimeError, "a leaf changed while it was being sealed");
@@ -100,10 +131,8 @@ static int seal_piece(db_node_object *node, Py_ssize_t a, Py_ssize_t b, const lo
         kt = clean_slice(node->keys, a, b);
         vt = kt != NULL ? clean_slice(node->vals, a, b) : NULL;
     }
-    if (vt == NULL || (buffers = PyList_New(1)) == NULL)
+    if (vt == NULL)
         goto out;
-    Py_INCREF(page);
-    PyList_SetItem(buffers, 0, page);
     if (reuse) {
         owner = (PyObject *)node;
         Py_INCREF(owner);
@@ -113,15 +142,7 @@ static int seal_piece(db_node_object *node, Py_ssize_t a, Py_ssize_t b, const lo
         if (owner == NULL)
             goto out;
     }
-    run = PyTuple_Pack(4, pgid_obj, span_obj, buffers, owner);
-    if (run == NULL)
-        goto out;
-    /* Neither can be part of a cycle (a node's fields never lead back to a run); tracked, the
-     * 31,000 runs of a 1M-key load made the collector sweep the whole heap during the commit,
-     * a tenth of its time. */
-    PyObject_GC_UnTrack(buffers);
-    PyObject_GC_UnTrack(run);
-    if (PyList_Append(runs, run) < 0)
+    if (queue_run(runs, pgid_obj, span_obj, page, owner) < 0)
         goto out;
     if (reuse) { /* nothing fails from here on */
         db_entries_move(kt, node->keys);
@@ -146,9 +167,7 @@ out:
     Py_XDECREF(page);
     Py_XDECREF(kt);
     Py_XDECREF(vt);
-    Py_XDECREF(buffers);
     Py_XDECREF(owner);
-    Py_XDECREF(run);
     return rc;
 }
 
@@ -306,13 +325,10 @@ static PyObject *py_seal_branch(PyObject *module, PyObject *const *args, Py_ssiz
     if (used > (size_t)page_size)
         Py_RETURN_NONE;
     PyObject *one = PyLong_FromLong(1), *out = NULL;
-    PyObject *pgid_obj = NULL, *page = NULL, *kt = NULL, *vt = NULL, *buffers = NULL, *run = NULL;
+    PyObject *pgid_obj = NULL, *page = NULL, *kt = NULL, *vt = NULL;
+    unsigned long long pgid;
     Py_INCREF(node); /* allocate runs Python code: hold the node until it is sealed */
-    pgid_obj = PyObject_CallFunctionObjArgs(allocate, one, NULL);
-    if (pgid_obj == NULL)
-        goto out;
-    unsigned long long pgid = PyLong_AsUnsignedLongLong(pgid_obj);
-    if (pgid == (unsigned long long)-1 && PyErr_Occurred())
+    if ((pgid_obj = allocate_page(allocate, one, &pgid)) == NULL)
         goto out;
     /* allocate ran Python code: the lists must be the ones measured (a field it deleted is
      * NULL), and the node still a branch. */
@@ -330,17 +346,9 @@ static PyObject *py_seal_branch(PyObject *module, PyObject *const *args, Py_ssiz
     }
     kt = db_entries_room(node->keys, 1);
     vt = kt != NULL ? db_entries_room(node->vals, 1) : NULL;
-    if (vt == NULL || (buffers = PyList_New(1)) == NULL)
+    if (vt == NULL || (out = PyTuple_New(2)) == NULL)
         goto out;
-    Py_INCREF(page);
-    PyList_SET_ITEM(buffers, 0, page);
-    run = PyTuple_Pack(4, pgid_obj, one, buffers, (PyObject *)node);
-    if (run == NULL)
-        goto out;
-    PyObject_GC_UnTrack(buffers); /* as seal_piece's: never part of a cycle */
-    PyObject_GC_UnTrack(run);
-    out = PyTuple_New(2);
-    if (out == NULL || PyList_Append(runs, run) < 0) {
+    if (queue_run(runs, pgid_obj, one, page, (PyObject *)node) < 0) {
         Py_CLEAR(out);
         goto out;
     }
@@ -366,8 +374,6 @@ out:
     Py_XDECREF(page);
     Py_XDECREF(kt);
     Py_XDECREF(vt);
-    Py_XDECREF(buffers);
-    Py_XDECREF(run);
     return out;
 }
 
